@@ -1,0 +1,25 @@
+# Quick start: `make demo` (main job on the simulated station) and `make test` (whole test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+OUT    ?= runs/demo
+
+.PHONY: demo test venv clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+venv: $(BIN)/activate
+	$(BIN)/pip install --quiet -e '.[test]'
+
+demo: venv
+	rm -rf $(OUT) && mkdir -p $(OUT)
+	$(BIN)/hil program --station sim --pattern levels32 --seed 1 --out $(OUT)/program.h5 --plot $(OUT)/plots
+	$(BIN)/hil runs show $(OUT)/program.h5
+
+test: venv
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs

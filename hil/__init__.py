@@ -1,0 +1,2 @@
+"""memristor-hil core: backend-agnostic crossbar control, programming, VMM, networks and runs."""
+__version__ = "0.1.0"

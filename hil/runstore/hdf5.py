@@ -1,0 +1,311 @@
+"""HDF5 layout of a run record: atomic writing from :class:`RunContent`, checked reading.
+
+Layout (schema_version 1):
+
+* Root attrs: ``format="memristor-hil-run"``, ``schema_version``, ``software_version``,
+  ``kind``, ``status`` (running / interrupted / recovered / complete / ...), ``created``,
+  ``updated`` (ISO 8601 UTC), ``marks`` (JSON text: list of event dicts), plus the
+  user's root attrs.
+* ``/station``: group whose attr ``json`` is the station snapshot as JSON text.
+* Each table ``T`` (names may contain "/", e.g. ``programming/pulses``): a group with
+  attrs ``kind="table"``, ``rows=N``, ``columns`` (JSON list, column order) and one
+  chunked, gzip-1 compressed 1-D dataset per column.
+* Each put dataset at its name (e.g. ``snapshots/after_programming``) with its attrs.
+* Group attrs from ``set_attrs``: bool/int/float/str values are stored natively, any
+  other value as JSON text whose key is listed in the attr ``_json_keys`` (JSON list).
+
+Files are written to ``<path>.tmp``, fsynced, then moved over ``<path>`` with
+``os.replace``, so a reader sees either the old or the new complete file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import DataError
+from .journal import RunContent, journal_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "memristor-hil-run"
+SCHEMA_VERSION = 1
+JSON_KEYS = "_json_keys"
+TABLE_ATTRS = ("kind", "rows", "columns")
+ROOT_RESERVED = ("format", "schema_version", "software_version", "kind", "status",
+                 "created", "updated", "marks")
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def utc_now() -> str:
+    """Current time as ISO 8601 UTC with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _store_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
+    json_keys = []
+    for key, val in attrs.items():
+        plain = isinstance(val, (bool, float, str)) or (
+            isinstance(val, int) and _INT64[0] <= val <= _INT64[1])
+        if plain:
+            obj.attrs[key] = val
+        else:
+            obj.attrs[key] = json.dumps(val)
+            json_keys.append(key)
+    if json_keys:
+        obj.attrs[JSON_KEYS] = json.dumps(json_keys)
+
+
+def _load_attrs(obj: h5py.HLObject, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    json_keys = set(json.loads(obj.attrs[JSON_KEYS])) if JSON_KEYS in obj.attrs else set()
+    out = {}
+    for key, val in obj.attrs.items():
+        if key == JSON_KEYS or key in skip:
+            continue
+        if isinstance(val, bytes):
+            val = val.decode()
+        if key in json_keys:
+            val = json.loads(val)
+        elif isinstance(val, np.generic):
+            val = val.item()
+        out[key] = val
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fill(f: h5py.File, content: RunContent, status: str) -> None:
+    for group, attrs in sorted(content.attrs.items()):
+        if group != "/":
+            _store_attrs(f.require_group(group.lstrip("/")), attrs)
+    st = f.require_group("station")
+    st.attrs["json"] = json.dumps(content.station)
+    for name, cols in content.tables.items():
+        g = f.require_group(name)
+        for col, arr in cols.items():
+            g.create_dataset(col, data=arr, chunks=True, compression="gzip",
+                             compression_opts=1)
+        g.attrs["kind"] = "table"
+        g.attrs["rows"] = content.table_rows(name)
+        g.attrs["columns"] = json.dumps(list(cols))
+    for name, (arr, attrs) in content.datasets.items():
+        big = arr.ndim > 0 and arr.size > 0
+        ds = f.create_dataset(name, data=arr, chunks=True if big else None,
+                              compression="gzip" if big else None,
+                              compression_opts=1 if big else None)
+        _store_attrs(ds, attrs)
+    root = dict(content.attrs.get("/", {}))
+    root.update(format=FORMAT, schema_version=SCHEMA_VERSION, status=status,
+                updated=utc_now(), marks=content.marks)
+    root.setdefault("software_version", __version__)
+    _store_attrs(f, root)
+
+
+def write_hdf5(path: str | os.PathLike, content: RunContent, status: str) -> None:
+    """Write ``content`` to ``path`` atomically (``<path>.tmp`` + fsync + ``os.replace``)."""
+    path = Path(path)
+    tmp = Path(str(path) + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            _fill(f, content, status)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    log.debug("wrote %s (status %s)", path, status)
+
+
+class RunRecord:
+    """Read-only view of a run record HDF5 file, checked on open."""
+
+    def __init__(self, path: Path, f: h5py.File) -> None:
+        self.path = path
+        self._f = f
+        self.attrs = _load_attrs(f, skip=("marks",))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunRecord":
+        path = Path(path)
+        if not path.exists():
+            if journal_path(path).exists():
+                raise DataError(f"run {path} was interrupted (only its journal exists); "
+                                f"run `hil runs recover {path}` first")
+            raise DataError(f"no run record at {path}")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise DataError(f"{path} is not a readable HDF5 file (corrupt or truncated?): "
+                            f"{exc}") from exc
+        try:
+            fmt = f.attrs.get("format")
+            if isinstance(fmt, bytes):
+                fmt = fmt.decode()
+            if fmt != FORMAT:
+                raise DataError(f"{path} is not a memristor-hil run record "
+                                f"(format attribute is {fmt!r}, expected {FORMAT!r})")
+            version = f.attrs.get("schema_version")
+            if version is None:
+                raise DataError(f"{path} has no schema_version; it is not a valid "
+                                f"memristor-hil run record")
+            if int(version) > SCHEMA_VERSION:
+                raise DataError(f"{path} has schema_version {int(version)} but this software "
+                                f"(memristor-hil {__version__}) supports up to "
+                                f"{SCHEMA_VERSION}; upgrade memristor-hil to read it")
+            return cls(path, f)
+        except BaseException:
+            f.close()
+            raise
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", ""))
+
+    @property
+    def kind(self) -> str:
+        return str(self.attrs.get("kind", ""))
+
+    @property
+    def station(self) -> dict:
+        g = self._f.get("station")
+        return json.loads(g.attrs["json"]) if g is not None and "json" in g.attrs else {}
+
+    @property
+    def marks(self) -> list[dict]:
+        raw = self._f.attrs.get("marks")
+        return json.loads(raw) if raw is not None else []
+
+    def _table_group(self, name: str) -> h5py.Group:
+        g = self._f.get(name.strip("/"))
+        if not isinstance(g, h5py.Group) or g.attrs.get("kind") != "table":
+            raise DataError(f"{self.path} has no table {name!r}; available tables: "
+                            f"{', '.join(self.tables()) or '(none)'}")
+        return g
+
+    def table_columns(self, name: str) -> list[str]:
+        return json.loads(self._table_group(name).attrs["columns"])
+
+    def table_rows(self, name: str) -> int:
+        return int(self._table_group(name).attrs["rows"])
+
+    def table(self, name: str) -> dict[str, np.ndarray]:
+        g = self._table_group(name)
+        return {c: g[c][()] for c in json.loads(g.attrs["columns"])}
+
+    def dataset(self, name: str) -> tuple[np.ndarray, dict]:
+        if name.strip("/") not in self.datasets():
+            raise DataError(f"{self.path} has no dataset {name!r}; available datasets: "
+                            f"{', '.join(self.datasets()) or '(none)'}")
+        ds = self._f[name.strip("/")]
+        return np.asarray(ds[()]), _load_attrs(ds)
+
+    def _walk(self) -> tuple[list[str], list[str], list[str]]:
+        tables, datasets, groups = [], [], []
+
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Group):
+                groups.append(name)
+                if obj.attrs.get("kind") == "table":
+                    tables.append(name)
+            elif name.rpartition("/")[0] not in tables:
+                datasets.append(name)
+
+        self._f.visititems(visit)
+        return tables, datasets, groups
+
+    def tables(self) -> list[str]:
+        return self._walk()[0]
+
+    def datasets(self) -> list[str]:
+        return self._walk()[1]
+
+    def groups(self) -> list[str]:
+        """Every group path ("/" first) except ``/station``."""
+        return ["/"] + ["/" + g for g in self._walk()[2] if g != "station"]
+
+    def group_attrs(self, group: str) -> dict:
+        """User attrs of a group (table bookkeeping attrs and ``marks`` excluded)."""
+        name = group.strip("/")
+        if not name:
+            return dict(self.attrs)
+        g = self._f.get(name)
+        if not isinstance(g, h5py.Group):
+            raise DataError(f"{self.path} has no group {group!r}")
+        return _load_attrs(g, skip=TABLE_ATTRS if g.attrs.get("kind") == "table" else ())
+
+    def content(self) -> RunContent:
+        """Load everything into a :class:`RunContent` (used to resume a closed run)."""
+        c = RunContent(station=self.station, marks=self.marks)
+        for g in self.groups():
+            attrs = self.group_attrs(g)
+            if attrs:
+                c.attrs[g] = attrs
+        c.attrs.get("/", {}).pop("updated", None)
+        for name in self.tables():
+            cols = self.table(name)
+            if cols and len(next(iter(cols.values()))):
+                c.add_rows(name, cols)
+        for name in self.datasets():
+            c.datasets[name] = self.dataset(name)
+        return c
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "RunRecord":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _brief(value: Any) -> Any:
+    if isinstance(value, dict):
+        return f"<{len(value)} keys>"
+    if isinstance(value, list):
+        return f"<list of {len(value)}>"
+    return value
+
+
+def summarize(path: str | os.PathLike) -> dict:
+    """Overview of a run record for ``hil runs show`` (no bulk data is read)."""
+    with RunRecord.open(path) as rec:
+        tables, datasets, _ = rec._walk()
+        return {
+            "path": str(rec.path),
+            "kind": rec.kind,
+            "status": rec.status,
+            "software_version": rec.attrs.get("software_version"),
+            "created": rec.attrs.get("created"),
+            "updated": rec.attrs.get("updated"),
+            "station": {k: _brief(v) for k, v in rec.station.items()},
+            "tables": {t: {"rows": rec.table_rows(t), "columns": rec.table_columns(t)}
+                       for t in tables},
+            "datasets": {d: {"shape": list(rec._f[d].shape), "dtype": str(rec._f[d].dtype)}
+                         for d in datasets},
+            "attrs": {g: a for g in rec.groups() if (a := rec.group_attrs(g))},
+            "marks": rec.marks,
+        }

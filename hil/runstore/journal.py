@@ -1,0 +1,276 @@
+"""Append-only run journal: record framing, torn-tail tolerant reading, and replay.
+
+File format (all integers little endian)::
+
+    file header : b"HILJRNL\\x00" (8 bytes) + u16 format version (= 1)
+    record      : b"REC1" (4) + u8 type + u32 payload length + u32 CRC32(payload) + payload
+    payload     : u32 n + n bytes UTF-8 JSON header + raw array bytes
+
+The JSON header always has an ``"arrays"`` list of ``{"name", "dtype", "shape"}``
+(``dtype`` is ``numpy.dtype.str``); the raw C-order bytes of those arrays follow the
+header in that order. Allowed array dtypes: bool, signed/unsigned ints, floats.
+
+Record types and their JSON header fields:
+
+* ``APPEND`` (1): ``"table"``; arrays are the 1-D columns of one chunk of rows.
+* ``PUT`` (2): ``"name"``, ``"attrs"``; one array ``"data"`` (replaces earlier puts).
+* ``ATTRS`` (3): ``"group"`` (``"/"`` is root), ``"attrs"``; optionally ``"station"``.
+* ``MARK`` (4): ``"mark"``, a free-form JSON event such as ``{"event": "resumed"}``.
+
+A journal is only ever appended to, so a crash can only damage its tail. Reading
+stops at the first record that is truncated, has a bad magic, a bad CRC or an
+undecodable payload; everything before it is kept and the rest is reported as
+dropped bytes. Only a wrong file header raises (:class:`~hil.errors.DataError`).
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+FILE_MAGIC = b"HILJRNL\x00"
+FORMAT_VERSION = 1
+FILE_HEADER = struct.Struct("<8sH")
+REC_MAGIC = b"REC1"
+REC_HEADER = struct.Struct("<4sBII")
+_U32 = struct.Struct("<I")
+MAX_PAYLOAD = 0xFFFFFFFF
+ALLOWED_KINDS = "biuf"
+
+
+class RecordType(enum.IntEnum):
+    """Type byte of a journal record."""
+
+    APPEND = 1
+    PUT = 2
+    ATTRS = 3
+    MARK = 4
+
+
+def journal_path(path: str | os.PathLike) -> Path:
+    """The journal file that belongs to the run record at ``path``."""
+    return Path(str(path) + ".journal")
+
+
+def to_jsonable(value: Any, where: str = "value") -> Any:
+    """Convert numpy scalars/arrays and tuples to plain JSON types; ConfigError otherwise."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, where) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{where}: dictionary key {k!r} is not a string")
+            out[k] = to_jsonable(v, f"{where}.{k}")
+        return out
+    raise ConfigError(f"{where}: {type(value).__name__} is not JSON-serialisable")
+
+
+def check_array(arr: Any, where: str) -> np.ndarray:
+    """Return ``arr`` as a C-contiguous native-endian array of an allowed dtype."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in ALLOWED_KINDS:
+        raise ConfigError(
+            f"{where}: dtype {a.dtype} is not allowed (use bool, integer or float arrays)")
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return np.ascontiguousarray(a)
+
+
+@dataclass
+class Record:
+    """One decoded journal record; ``offset``/``end`` are its byte range in the file."""
+
+    type: RecordType
+    header: dict
+    arrays: dict[str, np.ndarray]
+    offset: int = 0
+    end: int = 0
+
+
+def encode_record(rtype: RecordType, header: dict,
+                  arrays: list[tuple[str, np.ndarray]] = ()) -> bytes:
+    """Frame one record (arrays must already have passed :func:`check_array`)."""
+    specs = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays]
+    head = json.dumps({**header, "arrays": specs}, separators=(",", ":")).encode()
+    parts = [_U32.pack(len(head)), head] + [a.tobytes() for _, a in arrays]
+    payload = b"".join(parts)
+    if len(payload) > MAX_PAYLOAD:
+        raise ConfigError(f"record of {len(payload)} bytes exceeds the 4 GiB journal limit")
+    return REC_HEADER.pack(REC_MAGIC, int(rtype), len(payload), zlib.crc32(payload)) + payload
+
+
+def file_header() -> bytes:
+    """The bytes every journal starts with."""
+    return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION)
+
+
+def _decode_payload(rtype: int, payload: bytes) -> Record:
+    (n,) = _U32.unpack_from(payload, 0)
+    header = json.loads(payload[4:4 + n].decode())
+    pos = 4 + n
+    arrays = {}
+    for spec in header.pop("arrays"):
+        dt = np.dtype(spec["dtype"])
+        shape = tuple(int(s) for s in spec["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        size = count * dt.itemsize
+        if dt.kind not in ALLOWED_KINDS or pos + size > len(payload):
+            raise ValueError("bad array spec")
+        arrays[spec["name"]] = np.frombuffer(payload, dt, count, pos).reshape(shape).copy()
+        pos += size
+    if pos != len(payload):
+        raise ValueError("payload length mismatch")
+    return Record(RecordType(rtype), header, arrays)
+
+
+@dataclass
+class JournalScan:
+    """Outcome of reading a journal: complete records and what was dropped."""
+
+    path: Path
+    records: int = 0
+    valid_bytes: int = 0
+    file_bytes: int = 0
+    stop_reason: str | None = None
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self.file_bytes - self.valid_bytes
+
+
+def _check_file_header(f: BinaryIO, path: Path) -> None:
+    raw = f.read(FILE_HEADER.size)
+    if len(raw) < FILE_HEADER.size or not raw.startswith(FILE_MAGIC):
+        raise DataError(f"{path} is not a memristor-hil journal (bad or missing file header)")
+    _, version = FILE_HEADER.unpack(raw)
+    if version > FORMAT_VERSION:
+        raise DataError(f"{path} uses journal format {version}, this software supports up to "
+                        f"{FORMAT_VERSION}; upgrade memristor-hil to read it")
+
+
+def iter_journal(path: str | os.PathLike, scan: JournalScan | None = None) -> Iterator[Record]:
+    """Yield complete records of the journal at ``path``; fill ``scan`` as a side effect."""
+    path = Path(path)
+    scan = scan if scan is not None else JournalScan(path)
+    scan.path = path
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        scan.file_bytes = size
+        _check_file_header(f, path)
+        pos = scan.valid_bytes = FILE_HEADER.size
+        while pos < size:
+            raw = f.read(REC_HEADER.size)
+            if len(raw) < REC_HEADER.size:
+                scan.stop_reason = "truncated record header"
+                break
+            magic, rtype, length, crc = REC_HEADER.unpack(raw)
+            if magic != REC_MAGIC:
+                scan.stop_reason = "bad record magic"
+                break
+            end = pos + REC_HEADER.size + length
+            if end > size:
+                scan.stop_reason = "truncated record payload"
+                break
+            payload = f.read(length)
+            if zlib.crc32(payload) != crc:
+                scan.stop_reason = "bad CRC"
+                break
+            try:
+                rec = _decode_payload(rtype, payload)
+            except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+                scan.stop_reason = f"undecodable record ({exc})"
+                break
+            rec.offset, rec.end = pos, end
+            scan.records += 1
+            pos = scan.valid_bytes = end
+            yield rec
+    if scan.stop_reason:
+        log.warning("%s: stopped after %d records at byte %d (%s); %d trailing bytes dropped",
+                    path, scan.records, scan.valid_bytes, scan.stop_reason, scan.dropped_bytes)
+
+
+def read_journal(path: str | os.PathLike) -> tuple[list[Record], JournalScan]:
+    """Read every complete record of a journal (never raises for a torn tail)."""
+    scan = JournalScan(Path(path))
+    records = list(iter_journal(path, scan))
+    return records, scan
+
+
+@dataclass
+class RunContent:
+    """Logical content of a run: what the journal replays to and the HDF5 file holds."""
+
+    attrs: dict[str, dict] = field(default_factory=dict)
+    station: dict = field(default_factory=dict)
+    datasets: dict[str, tuple[np.ndarray, dict]] = field(default_factory=dict)
+    marks: list[dict] = field(default_factory=list)
+    _chunks: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict, repr=False)
+    _rows: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def tables(self) -> dict[str, dict[str, np.ndarray]]:
+        """Tables with their columns concatenated (chunks are merged lazily, once)."""
+        out = {}
+        for name, cols in self._chunks.items():
+            for col, parts in cols.items():
+                if len(parts) > 1:
+                    parts[:] = [np.concatenate(parts)]
+            out[name] = {col: parts[0] for col, parts in cols.items()}
+        return out
+
+    def table_rows(self, name: str) -> int:
+        return self._rows.get(name, 0)
+
+    def table_columns(self, name: str) -> dict[str, np.dtype] | None:
+        """Column dtypes of table ``name`` in order, or None if it has no rows yet."""
+        cols = self._chunks.get(name)
+        return None if cols is None else {c: p[0].dtype for c, p in cols.items()}
+
+    def add_rows(self, table: str, columns: dict[str, np.ndarray]) -> None:
+        n = len(next(iter(columns.values())))
+        cols = self._chunks.setdefault(table, {c: [] for c in columns})
+        for col, arr in columns.items():
+            cols[col].append(arr)
+        self._rows[table] = self._rows.get(table, 0) + n
+
+    def apply(self, rec: Record) -> None:
+        """Apply one journal record."""
+        h = rec.header
+        if rec.type is RecordType.APPEND:
+            if rec.arrays:
+                self.add_rows(h["table"], rec.arrays)
+        elif rec.type is RecordType.PUT:
+            self.datasets[h["name"]] = (rec.arrays["data"], dict(h.get("attrs", {})))
+        elif rec.type is RecordType.ATTRS:
+            self.attrs.setdefault(h["group"], {}).update(h.get("attrs", {}))
+            if "station" in h:
+                self.station = h["station"]
+        elif rec.type is RecordType.MARK:
+            self.marks.append(h["mark"])
+
+
+def replay(path: str | os.PathLike) -> tuple[RunContent, JournalScan]:
+    """Replay a journal into a :class:`RunContent` (torn tail ignored, reported in scan)."""
+    content, scan = RunContent(), JournalScan(Path(path))
+    for rec in iter_journal(path, scan):
+        content.apply(rec)
+    return content, scan

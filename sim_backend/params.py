@@ -1,0 +1,326 @@
+"""The simulated device's parameter set: one validated, documented, savable object.
+
+Every number the physics uses lives here, grouped by effect. Conductances are given in
+µS and times in seconds inside this file format (field names say so: `_us`, `_s`);
+the model converts to siemens. Defaults are calibrated to PAPERS.md §C (per-pulse step
+table of the Tsinghua 2–20 µS devices, XPEsim and Wan 2022 noise figures) and to the
+Yao 2020 observations (32 levels by write-verify, little read disturb after 1e6 reads,
+visible spreading over 30 days).
+"""
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hil.errors import ConfigError
+
+
+def _f(default, lo=None, hi=None, doc=""):
+    return field(default=default, metadata={"lo": lo, "hi": hi, "doc": doc})
+
+
+# Per-pulse step table (PAPERS.md §C): bin centres of the 10 equal bins of 2-20 µS.
+TABLE_G_US = (2.9, 4.7, 6.5, 8.3, 10.1, 11.9, 13.7, 15.5, 17.3, 19.1)
+
+
+@dataclass
+class SetParams:
+    """SET: positive BL pulse; the gate voltage limits the current and so the final G."""
+
+    table_g_us: tuple = _f(TABLE_G_US, doc="state bins of the step table, µS")
+    mean_dg_us: tuple = _f((1.14, 0.87, 0.83, 0.75, 0.61, 0.52, 0.47, 0.38, 0.23, 0.27),
+                           doc="mean ΔG per reference pulse per bin, µS")
+    sigma_dg_us: tuple = _f(tuple(round(s / 6.0, 4) for s in (3.13, 3.20, 3.45, 3.57, 3.86, 3.80, 3.95, 3.77, 3.73, 2.62)),
+                            doc="cycle-to-cycle σ of ΔG per bin (raw σ / 6, as the authors' simulator), µS")
+    ceiling_us: float = _f(45.0, 20.0, 500.0, "state where SET steps vanish; steps taper linearly above the table")
+    v_ref: float = _f(1.5, 0.1, 5.0, "BL amplitude of the reference pulse, V")
+    v_slope: float = _f(0.15, 0.01, 2.0, "V per e-fold of step size")
+    width_ref_s: float = _f(50e-9, 1e-10, 1e-2, "reference pulse width, s")
+    width_exponent: float = _f(0.3, 0.0, 1.0, "step ∝ (width/width_ref)**exponent")
+    max_drive: float = _f(20.0, 1.0, 1e3, "cap on the amplitude/width multiplier")
+    clip_sigmas: float = _f(2.5, 0.5, 10.0, "noise draws clipped at ± this many σ")
+
+
+@dataclass
+class ResetParams:
+    """RESET: positive SL pulse (reverse polarity) with the gate fully on."""
+
+    table_g_us: tuple = _f(TABLE_G_US, doc="state bins of the step table, µS")
+    mean_dg_us: tuple = _f((-0.04, -0.94, -0.78, -0.96, -1.75, -1.80, -2.76, -3.31, -4.71, -6.26),
+                           doc="mean ΔG per reference pulse per bin, µS")
+    sigma_dg_us: tuple = _f(tuple(round(s / 9.0, 4) for s in (3.42, 4.66, 3.98, 4.49, 5.33, 5.06, 5.83, 6.13, 7.16, 8.15)),
+                            doc="cycle-to-cycle σ of ΔG per bin (raw σ / 9, as the authors' simulator), µS")
+    v_ref: float = _f(1.2, 0.1, 5.0, "SL amplitude of the reference pulse, V")
+    v_slope: float = _f(0.15, 0.01, 2.0, "V per e-fold of step size")
+    width_ref_s: float = _f(50e-9, 1e-10, 1e-2, "reference pulse width, s")
+    width_exponent: float = _f(0.3, 0.0, 1.0, "step ∝ (width/width_ref)**exponent")
+    max_drive: float = _f(20.0, 1.0, 1e3, "cap on the amplitude/width multiplier")
+    gate_full_on_v: float = _f(2.0, 0.1, 10.0, "gate overdrive above threshold for full RESET current, V")
+    clip_sigmas: float = _f(2.5, 0.5, 10.0, "noise draws clipped at ± this many σ")
+
+
+@dataclass
+class ComplianceParams:
+    """Gate-limited compliance: SET cannot take G beyond G_lim(Vg) = k·(Vg − Vth)."""
+
+    vth_v: float = _f(0.7, 0.0, 3.0, "access transistor threshold voltage, V")
+    vth_sigma_v: float = _f(0.02, 0.0, 0.5, "device-to-device σ of the threshold, V")
+    g_per_v_us: float = _f(20.0, 0.1, 1000.0, "compliance-limited conductance per volt of gate overdrive, µS/V")
+    soft_us: float = _f(2.0, 0.01, 50.0, "headroom G_lim − G over which SET steps grow from 0 to full, µS")
+    landing_cv: float = _f(0.02, 0.0, 0.5, "relative spread of the compliance ceiling per pulse")
+
+
+@dataclass
+class FormParams:
+    """Forming: one-time higher-voltage SET of a fresh cell."""
+
+    v_form_mean: float = _f(3.0, 0.5, 10.0, "median forming voltage, V")
+    v_form_sigma: float = _f(0.12, 0.0, 2.0, "device-to-device σ of the forming voltage, V")
+    v_slope: float = _f(0.1, 0.01, 2.0, "V per e-fold of forming rate")
+    tau_s: float = _f(50e-9, 1e-12, 1.0, "time constant of forming at V = v_form")
+    unformed_g_us: float = _f(0.1, 0.001, 1.0, "conductance of an unformed cell, µS")
+    formed_cv: float = _f(0.1, 0.0, 1.0, "relative spread of G right after forming")
+
+
+@dataclass
+class VariationParams:
+    """Device-to-device variation of switching strength (lognormal multipliers)."""
+
+    set_sigma_ln: float = _f(0.25, 0.0, 2.0, "σ of ln(SET step multiplier)")
+    reset_sigma_ln: float = _f(0.25, 0.0, 2.0, "σ of ln(RESET step multiplier)")
+
+
+@dataclass
+class DefectParams:
+    """Stuck and unformable cells."""
+
+    stuck_off_rate: float = _f(2e-4, 0.0, 0.5, "fraction of cells that never form (stuck low)")
+    stuck_on_rate: float = _f(1e-4, 0.0, 0.5, "fraction of cells shorted (stuck high)")
+    stuck_on_g_us: tuple = _f((40.0, 60.0), doc="range of stuck-on conductance, µS")
+    g_floor_us: float = _f(0.3, 0.0, 10.0, "lowest conductance a formed cell reaches, µS")
+    g_max_us: float = _f(80.0, 10.0, 1000.0, "highest conductance of a working cell, µS")
+
+
+@dataclass
+class InitialParams:
+    """State of the chip when the simulation starts."""
+
+    state: str = _f("formed", doc="'formed' (as delivered after forming) or 'fresh' (every cell unformed)")
+    g_low_us: float = _f(1.0, 0.0, 100.0, "formed chip: initial G uniform from this, µS")
+    g_high_us: float = _f(30.0, 0.0, 100.0, "... to this, µS")
+
+
+@dataclass
+class ReadNoiseParams:
+    """Read noise: σ = sqrt((rel·G)² + abs²), drawn per read."""
+
+    rel: float = _f(0.006, 0.0, 0.5, "relative σ")
+    abs_us: float = _f(0.05, 0.0, 10.0, "absolute σ floor, µS (1/f-like: a few % at low G)")
+
+
+@dataclass
+class RelaxationParams:
+    """Relaxation right after programming: a per-event random shift growing in log time."""
+
+    mean_rel: float = _f(-0.005, -0.5, 0.5, "mean shift at full relaxation, fraction of G")
+    sigma_rel: float = _f(0.02, 0.0, 0.5, "σ at full relaxation, fraction of G")
+    sigma_abs_us: float = _f(0.08, 0.0, 10.0, "σ floor at full relaxation, µS")
+    tau_s: float = _f(0.01, 1e-9, 1e6, "onset time")
+    full_s: float = _f(1e5, 1e-3, 1e9, "time by which relaxation is complete")
+
+
+@dataclass
+class DriftParams:
+    """Retention drift in log time: mean pulled toward g_mid, spread growing as sqrt(log t)."""
+
+    t0_s: float = _f(100.0, 1e-6, 1e9, "time after programming where drift starts")
+    pull_per_decade: float = _f(0.006, 0.0, 0.5, "fraction of (G − g_mid) lost per decade")
+    g_mid_us: float = _f(8.0, 0.0, 100.0, "conductance drift pulls toward, µS")
+    sigma_abs_us: float = _f(0.04, 0.0, 10.0, "spread per sqrt(decade), absolute part, µS")
+    sigma_rel: float = _f(0.01, 0.0, 0.5, "spread per sqrt(decade), relative part")
+
+
+@dataclass
+class DisturbParams:
+    """Read disturb: a weak SET-direction shift growing with the logarithm of the read dose."""
+
+    a_us: float = _f(0.01, 0.0, 10.0, "shift per e-fold of dose, µS")
+    dose0: float = _f(1e3, 1.0, 1e12, "dose (equivalent reference reads) where the shift starts")
+    v_ref: float = _f(0.2, 0.01, 2.0, "read amplitude of the reference dose, V")
+    v_slope: float = _f(0.05, 0.005, 1.0, "V per e-fold of disturb strength")
+    width_ref_s: float = _f(50e-9, 1e-10, 1.0, "read pulse width of the reference dose")
+    sigma_ln: float = _f(0.5, 0.0, 3.0, "device-to-device σ of ln(disturb strength)")
+
+
+@dataclass
+class AdcParams:
+    """Per-column ADC of the bit-serial parallel read."""
+
+    bits: int = _f(8, 1, 16, "ADC resolution")
+    full_scale_a: float = _f(100e-6, 1e-9, 1.0, "default full-scale column current, A")
+
+
+@dataclass
+class LineParams:
+    """Optional line resistance (first-order series model; 0 disables it)."""
+
+    r_segment_ohm: float = _f(0.0, 0.0, 1e4, "wire resistance per cell pitch, Ω")
+
+
+@dataclass
+class TimingParams:
+    """Virtual-clock cost of operations (cell-serial programming, parallel VMM)."""
+
+    read_cell_s: float = _f(5e-6, 0.0, 1.0, "one single-cell read including routing")
+    pulse_overhead_s: float = _f(2e-6, 0.0, 1.0, "routing overhead per programming pulse")
+    call_overhead_s: float = _f(50e-6, 0.0, 1.0, "fixed cost of one host command")
+    slot_s: float = _f(50e-9, 0.0, 1.0, "one bit slot of the parallel read (0.2 V, 50 ns)")
+    slot_overhead_s: float = _f(0.0, 0.0, 1.0, "ADC/settling time per slot beyond the pulse")
+
+
+@dataclass
+class DeviceParams:
+    """Complete parameter set of the simulated 1T1R chip."""
+
+    set: SetParams = field(default_factory=SetParams)
+    reset: ResetParams = field(default_factory=ResetParams)
+    compliance: ComplianceParams = field(default_factory=ComplianceParams)
+    form: FormParams = field(default_factory=FormParams)
+    variation: VariationParams = field(default_factory=VariationParams)
+    defects: DefectParams = field(default_factory=DefectParams)
+    initial: InitialParams = field(default_factory=InitialParams)
+    read_noise: ReadNoiseParams = field(default_factory=ReadNoiseParams)
+    relaxation: RelaxationParams = field(default_factory=RelaxationParams)
+    drift: DriftParams = field(default_factory=DriftParams)
+    disturb: DisturbParams = field(default_factory=DisturbParams)
+    adc: AdcParams = field(default_factory=AdcParams)
+    lines: LineParams = field(default_factory=LineParams)
+    timing: TimingParams = field(default_factory=TimingParams)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- validation ---------------------------------------------------------------
+    def validate(self) -> "DeviceParams":
+        """Raise ConfigError naming the first invalid parameter."""
+        for gname, group in self._groups():
+            for f in fields(group):
+                _check_value(f"{gname}.{f.name}", getattr(group, f.name), f.metadata)
+        for g in (self.set, self.reset):
+            n = len(g.table_g_us)
+            if len(g.mean_dg_us) != n or len(g.sigma_dg_us) != n:
+                raise ConfigError(f"{type(g).__name__}: table_g_us, mean_dg_us and sigma_dg_us must have equal length")
+            if any(b <= a for a, b in zip(g.table_g_us, g.table_g_us[1:])):
+                raise ConfigError(f"{type(g).__name__}.table_g_us must be strictly increasing")
+        if any(v < 0 for v in self.set.mean_dg_us):
+            raise ConfigError("set.mean_dg_us must be >= 0 (SET raises conductance)")
+        if any(v > 0 for v in self.reset.mean_dg_us):
+            raise ConfigError("reset.mean_dg_us must be <= 0 (RESET lowers conductance)")
+        if self.initial.state not in ("formed", "fresh"):
+            raise ConfigError(f"initial.state must be 'formed' or 'fresh', got {self.initial.state!r}")
+        if self.initial.g_low_us > self.initial.g_high_us:
+            raise ConfigError("initial.g_low_us must not exceed initial.g_high_us")
+        lo, hi = self.defects.stuck_on_g_us
+        if not 0 < lo <= hi:
+            raise ConfigError("defects.stuck_on_g_us must be an increasing pair of positive values")
+        if self.defects.stuck_off_rate + self.defects.stuck_on_rate >= 1:
+            raise ConfigError("defects: stuck_off_rate + stuck_on_rate must be < 1")
+        return self
+
+    def _groups(self):
+        for f in fields(self):
+            yield f.name, getattr(self, f.name)
+
+    # ---- (de)serialization --------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {name: {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(g).items()}
+                for name, g in self._groups()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeviceParams":
+        """Build from a (possibly partial) nested mapping; unknown keys are errors."""
+        if not isinstance(d, dict):
+            raise ConfigError("device parameters must be a table/object of groups")
+        kwargs = {}
+        known = {f.name: f for f in fields(cls)}
+        for gname, values in d.items():
+            if gname in ("format", "schema_version"):
+                continue
+            if gname not in known:
+                raise ConfigError(f"unknown parameter group {gname!r}; known: {sorted(known)}")
+            gcls = known[gname].default_factory
+            if not isinstance(values, dict):
+                raise ConfigError(f"parameter group {gname!r} must be a table")
+            gfields = {f.name: f for f in fields(gcls)}
+            for k in values:
+                if k not in gfields:
+                    raise ConfigError(f"unknown parameter {gname}.{k}; known: {sorted(gfields)}")
+            conv = {}
+            for k, v in values.items():
+                default = gfields[k].default
+                if isinstance(default, tuple):
+                    if not isinstance(v, (list, tuple)):
+                        raise ConfigError(f"{gname}.{k} must be a list of numbers")
+                    v = tuple(v)
+                conv[k] = v
+            kwargs[gname] = gcls(**conv)
+        return cls(**kwargs)
+
+    def save(self, path) -> Path:
+        """Write as TOML (.toml) or JSON (any other suffix)."""
+        path = Path(path)
+        data = {"format": "memristor-hil-device-params", "schema_version": 1, **self.to_dict()}
+        if path.suffix.lower() == ".toml":
+            import tomli_w
+            text = tomli_w.dumps(data)
+        else:
+            text = json.dumps(data, indent=2)
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "DeviceParams":
+        """Read a TOML or JSON parameter file, validated."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read parameter file {path}: {e.strerror}") from None
+        try:
+            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"parameter file {path} is malformed: {e}") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"parameter file {path}: {e}") from None
+        except TypeError as e:
+            raise ConfigError(f"parameter file {path}: {e}") from None
+
+    def describe(self) -> str:
+        """Human-readable listing of every parameter with its documentation."""
+        lines = []
+        for gname, group in self._groups():
+            lines.append(f"[{gname}]  {type(group).__doc__.strip().splitlines()[0]}")
+            for f in fields(group):
+                lines.append(f"  {f.name:16s} = {getattr(group, f.name)!s:40s} {f.metadata.get('doc', '')}")
+        return "\n".join(lines)
+
+
+def _check_value(name: str, v: Any, meta) -> None:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if isinstance(v, tuple):
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                raise ConfigError(f"parameter {name} must contain finite numbers, got {x!r}")
+        return
+    if isinstance(v, str):
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"parameter {name} must be a finite number, got {v!r}")
+    if lo is not None and v < lo or hi is not None and v > hi:
+        raise ConfigError(f"parameter {name} = {v} is outside the allowed range [{lo}, {hi}]")
