@@ -70,8 +70,8 @@ class WriteVerifyPolicy:
     max_pulses: int = 100
     width_s: float = 50e-9
     set_v_bl: float = 1.5
-    set_gate_start: float = 0.9
-    set_gate_step: float = 0.02
+    set_gate_start: float = 0.8
+    set_gate_step: float = 0.03
     set_gate_max: float = 2.2
     reset_v_sl_start: float = 0.8
     reset_v_sl_step: float = 0.05

@@ -118,18 +118,18 @@ class InitialParams:
 class ReadNoiseParams:
     """Read noise: σ = sqrt((rel·G)² + abs²), drawn per read."""
 
-    rel: float = _f(0.006, 0.0, 0.5, "relative σ")
-    abs_us: float = _f(0.05, 0.0, 10.0, "absolute σ floor, µS (1/f-like: a few % at low G)")
+    rel: float = _f(0.004, 0.0, 0.5, "relative σ")
+    abs_us: float = _f(0.03, 0.0, 10.0, "absolute σ floor, µS (1/f-like: a few % at low G)")
 
 
 @dataclass
 class RelaxationParams:
     """Relaxation right after programming: a per-event random shift growing in log time."""
 
-    mean_rel: float = _f(-0.005, -0.5, 0.5, "mean shift at full relaxation, fraction of G")
-    sigma_rel: float = _f(0.02, 0.0, 0.5, "σ at full relaxation, fraction of G")
-    sigma_abs_us: float = _f(0.08, 0.0, 10.0, "σ floor at full relaxation, µS")
-    tau_s: float = _f(0.01, 1e-9, 1e6, "onset time")
+    mean_rel: float = _f(-0.003, -0.5, 0.5, "mean shift at full relaxation, fraction of G")
+    sigma_rel: float = _f(0.012, 0.0, 0.5, "σ at full relaxation, fraction of G")
+    sigma_abs_us: float = _f(0.04, 0.0, 10.0, "σ floor at full relaxation, µS")
+    tau_s: float = _f(1.0, 1e-9, 1e6, "onset time")
     full_s: float = _f(1e5, 1e-3, 1e9, "time by which relaxation is complete")
 
 
