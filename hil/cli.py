@@ -1,0 +1,375 @@
+"""The `hil` command line. It owns the terminal: progress bars, tables and JSON output."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import __version__
+from .errors import Cancelled, HilError
+from .geometry import Cells
+from .levels import LevelTable
+from .program import WriteVerifyPolicy
+from .progress import CancelToken, Progress
+from .registry import available_backends, open_station
+from .runstore import RunRecord, RunWriter, recover, summarize
+from .runstore.journal import journal_path
+
+log = logging.getLogger("hil")
+
+
+# ---- shared helpers ------------------------------------------------------------------------
+def _emit(args, data: dict, human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, default=_jsonable))
+    else:
+        print(human)
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+@contextmanager
+def _progress_bar(args, desc: str, unit: str = "cell"):
+    """Progress callback backed by a tqdm bar on a terminal (none with --json or no TTY)."""
+    bar = None
+    if not getattr(args, "json", False) and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def cb(p: Progress) -> None:
+        if bar is not None:
+            bar.total = p.total
+            bar.n = p.done
+            if p.message:
+                bar.set_postfix_str(p.message, refresh=False)
+            bar.refresh()
+    try:
+        yield cb
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@contextmanager
+def _cancel_on_sigint():
+    """Ctrl+C / SIGTERM set the cancel token: the job stops cleanly at its next step."""
+    token = CancelToken()
+    handler = lambda signum, frame: token.cancel(f"stopped by signal {signal.Signals(signum).name}")
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield token
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _pes(spec: str, n_pe: int) -> list[int]:
+    if spec in (None, "all"):
+        return list(range(n_pe))
+    try:
+        pes = [int(p) for p in str(spec).split(",")]
+    except ValueError:
+        raise HilError(f"--pe must be 'all' or comma-separated PE numbers, got {spec!r}") from None
+    for p in pes:
+        if not 0 <= p < n_pe:
+            raise HilError(f"--pe {p} is out of range: this station has PEs 0..{n_pe - 1}")
+    return pes
+
+
+def _open(args, state_path=None):
+    opts = {"state_path": state_path} if state_path else {}
+    if args.seed is not None:
+        opts["seed"] = args.seed
+    if getattr(args, "params", None):
+        opts["params_path"] = args.params
+    return open_station(args.station, **opts)
+
+
+def _station_snapshot(args, xbar) -> dict:
+    return {"spec": args.station, "seed": args.seed, "software_version": __version__,
+            "describe": xbar.describe(), "argv": sys.argv[1:]}
+
+
+def _chip_state_path(out: Path, station: str) -> Optional[Path]:
+    """A simulated chip lives beside its run record, as a physical chip lives at the station."""
+    return out.with_name(out.name + ".chip.npz") if station == "sim" or station.endswith(".toml") else None
+
+
+# ---- hil program ---------------------------------------------------------------------------
+def cmd_program(args) -> int:
+    from .jobs import level_plan, plan_from_run, program_job
+    resume = args.resume is not None
+    out = Path(args.resume or args.out or f"runs/program-{time.strftime('%Y%m%d-%H%M%S')}.h5")
+    if resume:
+        if not out.exists() and not journal_path(out).exists():
+            raise HilError(f"--resume {out}: no such run record or journal")
+        writer = RunWriter.resume(out)
+        station = writer.content.station
+        args.station = args.station if args.station_given else station.get("spec", "sim")
+        if args.seed is None:
+            args.seed = station.get("seed")
+    xbar = _open(args, _chip_state_path(out, args.station) if _is_sim(args.station) else None)
+    with xbar:
+        table = LevelTable.linear(n=args.levels)
+        policy = WriteVerifyPolicy(max_pulses=args.max_pulses)
+        if resume:
+            plan = plan_from_run(writer)
+        else:
+            plan = level_plan(xbar.geometry, _pes(args.pe, xbar.geometry.n_pe), table, args.pattern, args.seed)
+            writer = RunWriter.create(out, "programming", _station_snapshot(args, xbar),
+                                      {"pattern": args.pattern, "levels": args.levels})
+        try:
+            with _cancel_on_sigint() as token, _progress_bar(args, "write-verify") as bar:
+                report = program_job(xbar, writer, plan, policy, resume=resume, progress=bar, cancel=token)
+        except Cancelled as e:
+            writer.close()
+            print(f"interrupted ({e}); the record keeps every finished cell. Continue with:\n"
+                  f"  hil program --resume {out}", file=sys.stderr)
+            return 130
+        except BaseException:
+            writer.close()
+            raise
+        summary = report.summary()
+        summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
+        writer.set_attrs("/", summary=summary)
+        writer.finalize()
+    if args.plot:
+        from .plots import plot_level_cdf, plot_pulse_histogram
+        d = Path(args.plot)
+        d.mkdir(parents=True, exist_ok=True)
+        g_after = RunRecord.open(out).dataset("snapshots/after_programming")[0].ravel()[plan.flat]
+        summary["plots"] = [str(plot_level_cdf(g_after, plan.level_index, d / "level_cdf.png",
+                                               targets_s=plan.targets_s, tolerance_s=plan.tolerance_s,
+                                               title=f"{summary['cells']} cells, {args.levels} levels")),
+                            str(plot_pulse_histogram(report.pulses, plan.level_index, d / "pulse_histogram.png"))]
+    human = (f"programmed {summary['cells']} cells: {100 * summary['in_band_fraction']:.2f}% in band, "
+             f"{summary['write_errors']} write errors ({summary['unresponsive']} unresponsive), "
+             f"pulses mean {summary['mean_pulses']:.1f} / max {summary['max_pulses']}, "
+             f"{summary['seconds']:.2f} s wall, {summary['virtual_seconds']:.2f} s at the station\n"
+             f"record: {out}")
+    _emit(args, summary, human)
+    return 0
+
+
+def _is_sim(station: str) -> bool:
+    if station == "sim":
+        return True
+    try:
+        from .registry import load_station_file
+        return load_station_file(station)["station"]["backend"] == "sim"
+    except HilError:
+        return False
+
+
+# ---- hil read ------------------------------------------------------------------------------
+def cmd_read(args) -> int:
+    with _open(args) as xbar:
+        g = xbar.geometry
+        pes = _pes(args.pe, g.n_pe)
+        cells = Cells.all(g, pes)
+        vals = xbar.read(cells, n_avg=args.n_avg).reshape(len(pes), g.rows, g.cols)
+    stats = [{"pe": p, "mean_us": float(v.mean() * 1e6), "min_us": float(v.min() * 1e6),
+              "max_us": float(v.max() * 1e6), "std_us": float(v.std() * 1e6)} for p, v in zip(pes, vals)]
+    data = {"pes": stats, "cells": int(vals.size)}
+    if args.plot:
+        from .plots import plot_heatmaps
+        data["plots"] = [str(plot_heatmaps(vals, pes, Path(args.plot) / "conductance_map.png"))]
+    if args.full:
+        data["g_s"] = vals
+    human = "\n".join(f"PE {s['pe']}: mean {s['mean_us']:.2f} µS, min {s['min_us']:.2f}, max {s['max_us']:.2f}, "
+                      f"std {s['std_us']:.2f}" for s in stats)
+    _emit(args, data, human)
+    return 0
+
+
+# ---- hil experiment ------------------------------------------------------------------------
+def _program_for_experiment(args, xbar, kind: str, pes):
+    from .jobs import level_plan, program_job
+    table = LevelTable.linear()
+    plan = level_plan(xbar.geometry, pes, table)
+    out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
+    writer = RunWriter.create(out, kind, _station_snapshot(args, xbar), {})
+    return plan, writer, out, program_job
+
+
+def cmd_experiment(args) -> int:
+    from . import experiments
+    with _open(args) as xbar:
+        pes = _pes(args.pe, xbar.geometry.n_pe)
+        plan, writer, out, program_job = _program_for_experiment(args, xbar, args.which, pes)
+        cells = Cells.from_flat(plan.flat, xbar.geometry)
+        try:
+            with _cancel_on_sigint() as token:
+                with _progress_bar(args, "write-verify") as bar:
+                    program_job(xbar, writer, plan, WriteVerifyPolicy(), progress=bar, cancel=token)
+                with _progress_bar(args, args.which, unit="step") as bar:
+                    if args.which == "read-disturb":
+                        res = experiments.read_disturb(xbar, cells, plan.targets_s, plan.tolerance_s,
+                                                       reads=args.reads, progress=bar, cancel=token)
+                    else:
+                        res = experiments.drift(xbar, cells, plan.targets_s, plan.tolerance_s, days=args.days,
+                                                level_index=plan.level_index, progress=bar, cancel=token)
+        except Cancelled as e:
+            writer.close()
+            print(f"interrupted ({e}); partial record at {out}", file=sys.stderr)
+            return 130
+        except BaseException:
+            writer.close()
+            raise
+        for label, g in res.snapshots.items():
+            writer.put(f"experiment/snapshots/{label}", np.asarray(g))
+        summary = res.to_dict()
+        writer.set_attrs("experiment", summary=summary)
+        writer.finalize()
+    summary["out"] = str(out)
+    if args.plot:
+        from .plots import plot_distributions_over_time
+        d = Path(args.plot)
+        d.mkdir(parents=True, exist_ok=True)
+        summary["plots"] = [str(plot_distributions_over_time(
+            res.snapshots, plan.level_index, d / f"{args.which}.png",
+            title=f"{args.which} on {len(cells)} cells"))]
+    _emit(args, summary, json.dumps(summary, indent=2, default=_jsonable))
+    return 0
+
+
+# ---- hil info / runs -----------------------------------------------------------------------
+def cmd_info(args) -> int:
+    from sim_backend.params import DeviceParams  # the active simulated parameter set
+    params = DeviceParams.load(args.params) if args.params else DeviceParams()
+    data = {"version": __version__, "backends": available_backends(),
+            "params_source": args.params or "built-in defaults", "params": params.to_dict(),
+            "policy": WriteVerifyPolicy().to_dict()}
+    human = (f"memristor-hil {__version__}\nbackends: "
+             + ", ".join(f"{k} ({'available' if v else 'not installed'})" for k, v in data["backends"].items())
+             + f"\nsimulated device parameters ({data['params_source']}):\n{params.describe()}")
+    _emit(args, data, human)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    if args.runs_cmd == "recover":
+        rep = recover(args.file)
+        human = (f"recovered {rep['records']} records into {rep['path']} "
+                 f"(dropped {rep['dropped_bytes']} bytes of a torn final record)\n"
+                 + "\n".join(f"  {k}: {v} rows" for k, v in rep["tables"].items())
+                 + f"\ncontinue an interrupted programming run with: hil program --resume {rep['path']}")
+        _emit(args, rep, human)
+        return 0
+    s = summarize(args.file)
+    lines = [f"{s['path']}: {s['kind']} run, status {s['status']}, software {s['software_version']}",
+             f"created {s['created']}, updated {s['updated']}"]
+    for name, t in s.get("tables", {}).items():
+        lines.append(f"  table {name}: {t['rows']} rows ({', '.join(t['columns'])})")
+    for name, d in s.get("datasets", {}).items():
+        lines.append(f"  dataset {name}: shape {tuple(d['shape'])}")
+    summ = s.get("group_attrs", {}).get("/", {}).get("summary")
+    if summ:
+        lines.append("  summary: " + ", ".join(f"{k}={v}" for k, v in summ.items()))
+    _emit(args, s, "\n".join(lines))
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hil", description="Memristor crossbar hardware-in-the-loop control.")
+    p.add_argument("--version", action="version", version=f"memristor-hil {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def station_opts(sp):
+        sp.add_argument("--station", default="sim", help="'sim' or a station TOML file (default: sim)")
+        sp.add_argument("--seed", type=int, default=None, help="seed of the simulated chip")
+        sp.add_argument("--params", help="device parameter file (TOML/JSON) for the simulated chip")
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = sub.add_parser("program", help="write-verify every cell of the chosen PEs to a level pattern")
+    station_opts(sp)
+    sp.add_argument("--pattern", default="levels32", help="levels32 (default), checker or random")
+    sp.add_argument("--levels", type=int, default=32, help="number of levels in 2-20 µS (default 32)")
+    sp.add_argument("--pe", default="all", help="'all' or comma-separated PE numbers")
+    sp.add_argument("--max-pulses", type=int, default=WriteVerifyPolicy.max_pulses)
+    sp.add_argument("--out", help="run record (.h5) to write")
+    sp.add_argument("--resume", metavar="RUN", help="continue an interrupted programming run")
+    sp.add_argument("--plot", metavar="DIR", help="write CDF and pulse-count PNGs here")
+    sp.set_defaults(func=cmd_program)
+
+    sp = sub.add_parser("read", help="read conductances")
+    station_opts(sp)
+    sp.add_argument("--pe", default="all")
+    sp.add_argument("--n-avg", type=int, default=1)
+    sp.add_argument("--full", action="store_true", help="include every value in the JSON output")
+    sp.add_argument("--plot", metavar="DIR")
+    sp.set_defaults(func=cmd_read)
+
+    sp = sub.add_parser("experiment", help="read-disturb and drift experiments")
+    esub = sp.add_subparsers(dest="which", required=True)
+    e = esub.add_parser("read-disturb", help="program, then apply read pulses and track the states")
+    station_opts(e)
+    e.add_argument("--reads", type=int, default=1_000_000)
+    e.add_argument("--pe", default="0,1", help="PEs to use (default 0,1 as Yao Ext. Data Fig. 7)")
+    e.add_argument("--out")
+    e.add_argument("--plot", metavar="DIR")
+    e.set_defaults(func=cmd_experiment)
+    e = esub.add_parser("drift", help="program, then follow the states on the clock")
+    station_opts(e)
+    e.add_argument("--days", type=float, default=30.0)
+    e.add_argument("--pe", default="all")
+    e.add_argument("--out")
+    e.add_argument("--plot", metavar="DIR")
+    e.set_defaults(func=cmd_experiment)
+
+    sp = sub.add_parser("info", help="version, backends and the active parameter set")
+    sp.add_argument("--params", help="show this parameter file instead of the defaults")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("runs", help="inspect and recover run records")
+    rsub = sp.add_subparsers(dest="runs_cmd", required=True)
+    for name, hlp in (("show", "summarize a run record"), ("recover", "rebuild a record from its journal")):
+        r = rsub.add_parser(name, help=hlp)
+        r.add_argument("file")
+        r.add_argument("--json", action="store_true")
+        r.set_defaults(func=cmd_runs)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.station_given = "--station" in argv
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HilError as e:
+        print(f"hil: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        if args.verbose:
+            raise
+        print(f"hil: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hil: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Long operations as plain functions over (crossbar, run writer, progress, cancel): the CLI
+shows them with a progress bar, the GUI runs the same functions in a worker thread."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .crossbar import Crossbar
+from .errors import DataError
+from .geometry import Cells
+from .levels import LevelTable
+from .program import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy, write_verify
+from .progress import CancelToken, ProgressCallback
+from .runstore import RunWriter
+
+log = logging.getLogger(__name__)
+
+TARGETS = "programming/targets"
+CELLS = "programming/cells"
+VERIFY = "programming/verify"
+PULSES = "programming/pulses"
+
+
+@dataclass
+class ProgramPlan:
+    """Which cells get which targets: flat cell indices, level indices and targets (S)."""
+
+    flat: np.ndarray
+    level_index: np.ndarray
+    targets_s: np.ndarray
+    tolerance_s: float
+
+
+def journal_program_steps(writer: RunWriter, flat: np.ndarray):
+    """on_step callback that appends every verify read, pulse and finished cell to the run."""
+    def on_step(step: ProgramStep) -> None:
+        it = np.int64(step.iteration)
+        if step.read_idx.size:
+            writer.append(VERIFY, iteration=np.full(step.read_idx.size, it), cell=flat[step.read_idx],
+                          g_s=step.read_g_s, time_s=np.full(step.read_idx.size, step.time_s))
+        if step.pulse_idx.size:
+            writer.append(PULSES, iteration=np.full(step.pulse_idx.size, it), cell=flat[step.pulse_idx],
+                          op=step.pulse_op, v=step.pulse_v, v_gate=step.pulse_v_gate,
+                          width_s=step.pulse_width_s, time_s=np.full(step.pulse_idx.size, step.time_s))
+        if step.done_idx.size:
+            writer.append(CELLS, cell=flat[step.done_idx], final_g_s=step.done_g_s,
+                          pulses=step.done_pulses, status=step.done_status)
+    return on_step
+
+
+def start_program_run(writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy) -> None:
+    writer.put(TARGETS, np.stack([plan.flat.astype(float), plan.level_index.astype(float), plan.targets_s]),
+               rows="cell, level_index, target_s", tolerance_s=plan.tolerance_s,
+               levels_s=[float(v) for v in np.unique(plan.targets_s)])
+    writer.set_attrs("programming", policy=policy.to_dict(), tolerance_s=plan.tolerance_s, cells=int(plan.flat.size))
+
+
+def plan_from_run(writer: RunWriter) -> ProgramPlan:
+    """The plan an interrupted run was following."""
+    content = writer.content
+    if TARGETS not in content.datasets:
+        raise DataError(f"{writer.path} holds no programming targets; it is not a programming run")
+    arr, attrs = content.datasets[TARGETS]
+    return ProgramPlan(arr[0].astype(np.int64), arr[1].astype(np.int64), arr[2], float(attrs["tolerance_s"]))
+
+
+def prior_from_run(writer: RunWriter, plan: ProgramPlan) -> dict:
+    """write_verify resume arguments from the cells an earlier run finished."""
+    n = plan.flat.size
+    final = np.full(n, np.nan)
+    pulses = np.zeros(n, np.int64)
+    status = np.full(n, NOT_FINISHED, np.int64)
+    table = writer.content.tables.get(CELLS)
+    if table:
+        pos = {int(c): i for i, c in enumerate(plan.flat)}
+        idx = np.array([pos[int(c)] for c in table["cell"]], dtype=np.int64)
+        final[idx], pulses[idx], status[idx] = table["final_g_s"], table["pulses"], table["status"]
+    return {"done_mask": status != NOT_FINISHED, "prior_final_s": final, "prior_pulses": pulses,
+            "prior_status": status}
+
+
+def program_job(xbar: Crossbar, writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy, *,
+                resume: bool = False, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[CancelToken] = None) -> ProgramReport:
+    """Write-verify `plan` on `xbar`, journaling every step into `writer`; snapshot at the end."""
+    geom = xbar.geometry
+    cells = Cells.from_flat(plan.flat, geom)
+    prior = prior_from_run(writer, plan) if resume else {}
+    if not resume:
+        start_program_run(writer, plan, policy)
+        writer.put("snapshots/before_programming", _snapshot(xbar), time_s=xbar.now())
+    report = write_verify(xbar, cells, plan.targets_s, plan.tolerance_s, policy,
+                          on_step=journal_program_steps(writer, plan.flat),
+                          progress=progress, cancel=cancel, **prior)
+    writer.put("snapshots/after_programming", _snapshot(xbar), time_s=xbar.now())
+    writer.set_attrs("programming", summary=report.summary())
+    return report
+
+
+def _snapshot(xbar: Crossbar) -> np.ndarray:
+    """Read every cell of the chip (4 averaged reads), shaped (PE, rows, cols), in siemens."""
+    g = xbar.geometry
+    return xbar.read(Cells.all(g), n_avg=4).reshape(g.shape)
+
+
+def level_plan(geometry, pes, table: LevelTable, pattern: str = "levels32", seed: Optional[int] = None) -> ProgramPlan:
+    """Plan for every cell of `pes` following a level pattern."""
+    from .levels import make_pattern
+    cells = Cells.all(geometry, pes)
+    li, targets = make_pattern(pattern, len(cells), table, **({"seed": seed} if pattern == "random" else {}))
+    return ProgramPlan(cells.flat(geometry), np.asarray(li, np.int64), np.asarray(targets, float), table.tolerance_s)
