@@ -124,7 +124,13 @@ def cmd_program(args) -> int:
         args.station = args.station if args.station_given else station.get("spec", "sim")
         if args.seed is None:
             args.seed = station.get("seed")
-    xbar = _open(args, _chip_state_path(out, args.station) if _is_sim(args.station) else None)
+    chip_state = _chip_state_path(out, args.station) if _is_sim(args.station) else None
+    if not resume:
+        if out.exists() or journal_path(out).exists():
+            raise HilError(f"{out} already exists; choose another --out or continue it with --resume {out}")
+        if chip_state is not None and chip_state.exists():
+            chip_state.unlink()  # left by a deleted record: a new run starts with a new chip
+    xbar = _open(args, chip_state)
     with xbar:
         table = LevelTable.linear(n=args.levels)
         policy = WriteVerifyPolicy(max_pulses=args.max_pulses)

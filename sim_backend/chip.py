@@ -9,13 +9,14 @@ from typing import Optional
 
 import numpy as np
 
-from hil.crossbar import Crossbar, VmmResult
+from hil.crossbar import INPUT_BITS, Crossbar, VmmResult
 from hil.errors import ConfigError, DataError
 from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, SafetyLimits
-from hil.vmm import adc_convert, adc_lsb, bit_planes, shift_add
+from hil.vmm import adc_lsb
 
 from .device import US, DeviceArray
+from .noise import NoisePool
 from .params import DeviceParams
 
 log = logging.getLogger(__name__)
@@ -72,36 +73,95 @@ class SimulatedCrossbar(Crossbar):
         self.counters["pulses"] += len(cells)
         self._autosave()
 
+    _VMM_CHUNK = 256          # batch rows per pipeline chunk (keeps the working set in cache)
+
+    def _noise_pool(self) -> NoisePool:
+        """Lazily built pool of read-noise normals, seeded from the chip seed (deterministic)."""
+        pool = getattr(self, "_pool", None)
+        if pool is None or self._pool_seed != self.seed:
+            self._pool = pool = NoisePool(np.random.default_rng(np.random.SeedSequence([self.seed, 0x4E015E])))
+            self._pool_seed = self.seed
+        return pool
+
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
         g = self.geometry
         adc = self.params.adc
+        tp = self.params.timing
         fs = adc.full_scale_a if adc_full_scale_a is None else adc_full_scale_a
+        lsb = adc_lsb(fs, adc.bits)
+        top = float(2 ** adc.bits - 1)
+        nb = INPUT_BITS
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
         idx = ((pe * g.rows + rr) * g.cols + cc).ravel()
         G = self.device.conductance(idx, self._t).reshape(rr.shape)
         r_seg = self.params.lines.r_segment_ohm
         if r_seg > 0:
             G = G / (1.0 + G * r_seg * (rr + cc + 2))
-        sig2 = self.device.read_noise_sigma(G) ** 2
-        planes = bit_planes(inputs)                                  # (8, B, R)
-        nb, batch, _ = planes.shape
-        aug = np.concatenate([G, sig2], axis=1).astype(np.float32)   # one matmul for mean and variance
-        out = planes.reshape(nb * batch, -1) @ aug
-        ncol = cols.size
-        mean = out[:, :ncol]
-        std = np.sqrt(np.maximum(out[:, ncol:], 0.0))
-        noise = self.device.rng.standard_normal(mean.shape, dtype=np.float32)
-        currents = v_read * (mean + std * noise)
-        codes, sat = adc_convert(currents, fs, adc.bits)
-        codes = codes.reshape(nb, batch, ncol)
-        sat = sat.reshape(nb, batch, ncol).any(axis=0)
-        ones_per_row = planes.sum(axis=(0, 1))                      # read pulses seen by each row
-        self.device.add_dose(idx, np.repeat(ones_per_row, ncol), v_read, self.params.timing.slot_s)
-        tp = self.params.timing
+        nrow, ncol = G.shape
+        batch = inputs.shape[0]
+
+        # Work in ADC-code units: slot current / lsb = (v_read / lsb) * sum_i b_i G_ij.
+        scale = v_read / lsb
+        Gc = G * scale
+        aug = np.empty((nrow, ncol + 1), np.float32)      # last column of ones counts active rows
+        aug[:, :ncol] = Gc
+        aug[:, ncol] = 1.0
+        # Read-noise variance sum_i b_i (rel^2 G_i^2 + abs^2) is estimated without a second matmul:
+        # sum_i b_i G_ij^2 ~= S1_j * r_j with r_j = sum_i G_ij^2 / sum_i G_ij over the selected rows.
+        rn = self.params.read_noise
+        s1 = Gc.sum(axis=0)
+        r = np.divide((Gc * Gc).sum(axis=0), s1, out=np.zeros(ncol), where=s1 > 0)
+        c_rel = (rn.rel ** 2 * r).astype(np.float32)               # per column, code units
+        c_abs = np.float32((rn.abs_us * 1e-6 * scale) ** 2)       # per active row, code units^2
+        noisy = rn.rel > 0 or rn.abs_us > 0
+
+        xu = inputs.astype(np.uint8)                               # validated 0..255
+        codes = np.empty((batch, ncol), np.float32)                # shift-and-sum, exact (< 2**24)
+        sat = np.empty((batch, ncol), bool)
+        ones_per_row = np.zeros(nrow, np.float64)
+        weights = (2.0 ** np.arange(nb)).astype(np.float32)
+        chunk = min(self._VMM_CHUNK, batch)
+        noise = self._noise_pool().take(nb * batch * ncol) if noisy else None
+        planes = np.empty((nb, chunk, nrow), np.float32)
+        tmp = np.empty((chunk, nrow), np.uint8)
+        outbuf = np.empty((nb * chunk, ncol + 1), np.float32)
+        qbuf = np.empty((nb * chunk, ncol), np.float32)
+        ones = np.ones(nb * chunk, np.float32)
+        for b0 in range(0, batch, chunk):
+            b1 = min(b0 + chunk, batch)
+            c = b1 - b0
+            xc = xu[b0:b1]
+            pl = planes[:, :c]
+            t = tmp[:c]
+            for k in range(nb):                                    # bit planes, LSB first
+                np.right_shift(xc, k, out=t)
+                np.bitwise_and(t, 1, out=t)
+                pl[k] = t
+            flat = pl.reshape(nb * c, nrow)
+            out = np.matmul(flat, aug, out=outbuf[:nb * c])        # slot means (codes) | active rows
+            ones_per_row += ones[:nb * c] @ flat                   # read pulses seen by each row
+            mean = out[:, :ncol]
+            q = qbuf[:nb * c]
+            if noisy:
+                np.multiply(mean, c_rel, out=q)
+                q += c_abs * out[:, ncol:]
+                np.sqrt(q, out=q)
+                lo = nb * b0 * ncol
+                q *= noise[lo:lo + nb * c * ncol].reshape(nb * c, ncol)
+                q += mean
+            else:
+                q[...] = mean
+            np.rint(q, out=q)
+            np.clip(q, 0.0, top, out=q)
+            q2 = q.reshape(nb, c * ncol)
+            sat[b0:b1] = (q2.max(axis=0) >= top).reshape(c, ncol)
+            codes[b0:b1] = (weights @ q2).reshape(c, ncol)
+
+        self.device.add_dose(idx, np.repeat(ones_per_row, ncol), v_read, tp.slot_s)
         self._t += tp.call_overhead_s + nb * batch * (tp.slot_s + tp.slot_overhead_s)
         self.counters["vmm_calls"] += 1
         self.counters["vmm_slots"] += nb * batch
-        return VmmResult(codes=shift_add(codes), lsb_a=adc_lsb(fs, adc.bits), v_read=v_read,
+        return VmmResult(codes=codes.astype(np.int64), lsb_a=lsb, v_read=v_read,
                          saturated=sat, adc_bits=adc.bits, input_bits=nb)
 
     def read_stress(self, cells: Cells, n_reads: int, v_read: Optional[float] = None,
@@ -142,6 +202,7 @@ class SimulatedCrossbar(Crossbar):
         meta = {"format": STATE_FORMAT, "version": 1, "seed": self.seed, "clock_s": self._t,
                 "geometry": self.geometry.to_dict(), "params": self.params.to_dict(),
                 "rng": self.device.rng.bit_generator.state, "counters": self.counters}
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **self.device.state())

@@ -209,7 +209,7 @@ class DeviceParams:
         """Raise ConfigError naming the first invalid parameter."""
         for gname, group in self._groups():
             for f in fields(group):
-                _check_value(f"{gname}.{f.name}", getattr(group, f.name), f.metadata)
+                _check_value(f"{gname}.{f.name}", getattr(group, f.name), f.metadata, f.default)
         for g in (self.set, self.reset):
             n = len(g.table_g_us)
             if len(g.mean_dg_us) != n or len(g.sigma_dg_us) != n:
@@ -311,8 +311,12 @@ class DeviceParams:
         return "\n".join(lines)
 
 
-def _check_value(name: str, v: Any, meta) -> None:
+def _check_value(name: str, v: Any, meta, default: Any) -> None:
     lo, hi = meta.get("lo"), meta.get("hi")
+    if isinstance(default, str) != isinstance(v, str):
+        raise ConfigError(f"parameter {name} must be {'text' if isinstance(default, str) else 'a number'}, got {v!r}")
+    if isinstance(default, int) and not isinstance(default, bool) and not isinstance(v, int):
+        raise ConfigError(f"parameter {name} must be an integer, got {v!r}")
     if isinstance(v, tuple):
         for x in v:
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):

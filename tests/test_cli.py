@@ -1,0 +1,106 @@
+"""End-to-end tests of the `hil` command line on the simulated station (subprocesses)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hil.runstore import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hil(*args, check=True):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "hil", *map(str, args)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"hil {args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def test_program_json_one_pe(tmp_path):
+    out = tmp_path / "p.h5"
+    r = hil("program", "--station", "sim", "--pe", "3", "--seed", "4", "--out", out, "--json")
+    s = json.loads(r.stdout)
+    assert s["cells"] == 2048
+    assert s["in_band_fraction"] >= 0.99
+    for key in ("write_errors", "mean_pulses", "max_pulses", "seconds"):
+        assert key in s
+    assert 3 < s["mean_pulses"] < 60
+    with RunRecord.open(out) as rec:
+        assert rec.status == "complete"
+        cells = rec.table("programming/cells")
+        assert np.unique(cells["cell"]).size == 2048
+        assert rec.table("programming/pulses")["op"].size >= cells["pulses"].sum()
+        assert rec.station["seed"] == 4
+
+
+def test_sigkill_recover_resume(tmp_path):
+    out = tmp_path / "k.h5"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "hil", "program", "--seed", "2", "--out", str(out), "--json"],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = Path(str(out) + ".journal")
+    while p.poll() is None:
+        if journal.exists() and journal.stat().st_size > 3_000_000:
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    assert p.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    r = hil("runs", "recover", out, "--json")
+    rep = json.loads(r.stdout)
+    finished_before = rep["tables"].get("programming/cells", 0)
+    assert 0 < finished_before < 16384
+    with RunRecord.open(out) as rec:
+        assert rec.status == "recovered"
+        before = rec.table("programming/cells")
+    r = hil("program", "--resume", out, "--json")
+    s = json.loads(r.stdout)
+    assert s["cells"] == 16384 and s["not_finished"] == 0
+    with RunRecord.open(out) as rec:
+        assert rec.status == "complete"
+        cells = rec.table("programming/cells")
+    assert np.unique(cells["cell"]).size == 16384 == cells["cell"].size  # no cell redone
+    np.testing.assert_array_equal(cells["final_g_s"][:before["cell"].size], before["final_g_s"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (("program", "--station", "nowhere.toml"), "neither 'sim' nor an existing station file"),
+    (("program", "--pe", "9"), "out of range"),
+    (("read", "--params", "{bad}"), "cannot read parameter file"),
+    (("runs", "show", "{missing}"), "no run record"),
+    (("runs", "show", "{garbage}"), "not a readable HDF5 file"),
+])
+def test_bad_input_clear_error(tmp_path, args, message):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"this is not hdf5" * 10)
+    args = [a.format(bad=tmp_path / "none.toml", missing=tmp_path / "x.h5", garbage=garbage) for a in args]
+    r = hil(*args, check=False)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_malformed_params_file(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[set]\nv_ref = 'high'\n")
+    r = hil("read", "--pe", "0", "--params", bad, check=False)
+    assert r.returncode == 2 and "set.v_ref" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_info_json():
+    d = json.loads(hil("info", "--json").stdout)
+    assert d["backends"]["sim"] is True
+    assert d["params"]["adc"]["bits"] == 8
+
+
+def test_read_json():
+    d = json.loads(hil("read", "--pe", "1", "--json").stdout)
+    assert d["cells"] == 2048 and d["pes"][0]["pe"] == 1
+    assert 1.0 < d["pes"][0]["mean_us"] < 40.0
