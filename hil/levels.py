@@ -82,7 +82,7 @@ class LevelTable:
     # ---- construction ----------------------------------------------------------------
     @classmethod
     def linear(cls, g_min: float = 2e-6, g_max: float = 20e-6, n: int = 32,
-               tolerance_frac: float = 0.3) -> "LevelTable":
+               tolerance_frac: float = 0.4) -> "LevelTable":
         """`n` levels evenly spaced from `g_min` to `g_max` (both included);
         tolerance = `tolerance_frac` * spacing (at most 0.5, or the bands overlap)."""
         try:

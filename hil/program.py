@@ -66,7 +66,7 @@ class WriteVerifyPolicy:
     gate fixed at `form_gate`. A cell that took `stuck_after` pulses at the top of its ramp
     without a measurable change is given up as unresponsive."""
 
-    n_verify_reads: int = 2
+    n_verify_reads: int = 4
     max_pulses: int = 100
     width_s: float = 50e-9
     set_v_bl: float = 1.5
@@ -83,6 +83,7 @@ class WriteVerifyPolicy:
     form_v_max: float = 3.5
     form_gate: float = 1.2
     stuck_after: int = 12
+    verify_margin: float = 0.75     # accept inside this fraction of the band: room for noise, relaxation, disturb
 
     _INT_FIELDS = ("n_verify_reads", "max_pulses", "stuck_after")
 
@@ -110,6 +111,8 @@ class WriteVerifyPolicy:
             if getattr(self, start) > getattr(self, mx):
                 raise ConfigError(f"write-verify policy: {start} ({getattr(self, start)} V) is above "
                                   f"{mx} ({getattr(self, mx)} V)")
+        if not 0 < self.verify_margin <= 1:
+            raise ConfigError(f"write-verify policy: verify_margin must be in (0, 1], got {self.verify_margin!r}")
         # extremes of every ramp against the limits (ramps are monotonic and capped at *_max)
         for op, v_name, g_name in ((Op.SET, "set_v_bl", "set_gate_max"),
                                    (Op.RESET, "reset_v_sl_max", "reset_gate"),
@@ -369,7 +372,7 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
     n = len(cells)
     targets = _targets(targets_s, n)
     tol = _per_cell(tolerance_s, n, "tolerance_s", positive=True)
-    lo, hi = targets - tol, targets + tol
+    lo, hi = targets - tol * policy.verify_margin, targets + tol * policy.verify_margin
     policy.validate(xbar.limits)
 
     final = np.full(n, np.nan)

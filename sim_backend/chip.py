@@ -73,7 +73,7 @@ class SimulatedCrossbar(Crossbar):
         self.counters["pulses"] += len(cells)
         self._autosave()
 
-    _VMM_CHUNK = 256          # batch rows per pipeline chunk (keeps the working set in cache)
+    _VMM_CHUNK = 512          # batch rows per pipeline chunk (keeps the working set in cache)
 
     def _noise_pool(self) -> NoisePool:
         """Lazily built pool of read-noise normals, seeded from the chip seed (deterministic)."""

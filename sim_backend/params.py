@@ -148,12 +148,12 @@ class DriftParams:
 class DisturbParams:
     """Read disturb: a weak SET-direction shift growing with the logarithm of the read dose."""
 
-    a_us: float = _f(0.01, 0.0, 10.0, "shift per e-fold of dose, µS")
+    a_us: float = _f(0.002, 0.0, 10.0, "shift per e-fold of dose, µS")
     dose0: float = _f(1e3, 1.0, 1e12, "dose (equivalent reference reads) where the shift starts")
     v_ref: float = _f(0.2, 0.01, 2.0, "read amplitude of the reference dose, V")
     v_slope: float = _f(0.05, 0.005, 1.0, "V per e-fold of disturb strength")
     width_ref_s: float = _f(50e-9, 1e-10, 1.0, "read pulse width of the reference dose")
-    sigma_ln: float = _f(0.5, 0.0, 3.0, "device-to-device σ of ln(disturb strength)")
+    sigma_ln: float = _f(0.4, 0.0, 3.0, "device-to-device σ of ln(disturb strength)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ def test_linear_defaults_count_spacing_and_tolerance():
     assert t.levels_s[0] == pytest.approx(2e-6) and t.levels_s[-1] == pytest.approx(20e-6)
     spacing = 18e-6 / 31
     assert np.allclose(np.diff(t.levels_s), spacing)
-    assert t.tolerance_s == pytest.approx(0.3 * spacing)
+    assert t.tolerance_s == pytest.approx(0.4 * spacing)
     assert t.g_window == pytest.approx((2e-6, 20e-6))
 
 

@@ -390,8 +390,8 @@ def test_program_capability_is_used_with_band_edges():
     call = x.program_calls[0]
     assert call["policy"] is pol
     assert np.array_equal(call["cells"].flat(GEO), cells.flat(GEO)[10:])
-    assert np.allclose(call["lo_s"], targets[10:] - 0.25e-6)
-    assert np.allclose(call["hi_s"], targets[10:] + 0.25e-6)
+    assert np.allclose(call["lo_s"], targets[10:] - 0.25e-6 * pol.verify_margin)
+    assert np.allclose(call["hi_s"], targets[10:] + 0.25e-6 * pol.verify_margin)
     assert np.all(r.in_band) and len(r) == n
     assert np.concatenate([s.done_idx for s in steps]).min() == 10   # remapped to the selection
 
