@@ -205,3 +205,24 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
     a2.grid(alpha=0.3)
     _level_colorbar(fig, a2, levels, cmap)
     return _save(fig, path)
+
+
+def plot_heatmaps(g_s, pes, path, *, title: str = "Conductance map") -> Path:
+    """One heat map per PE (rows x columns, µS) on a shared colour scale."""
+    g = np.asarray(g_s, dtype=float) * 1e6
+    if g.ndim != 3 or g.shape[0] != len(pes):
+        raise ValueError(f"expected (PEs, rows, cols) conductances for {len(pes)} PEs, got shape {g.shape}")
+    n = len(pes)
+    fig, axes = _figure(ncols=n, width=max(3.0, 1.4 * n + 1.5), height=4.4)
+    axes = np.atleast_1d(axes)
+    vmin, vmax = np.nanpercentile(g, 0.5), np.nanpercentile(g, 99.5)
+    im = None
+    for ax, pe, block in zip(axes, pes, g):
+        im = ax.imshow(block, aspect="auto", cmap=_cmap("viridis"), vmin=vmin, vmax=vmax,
+                       interpolation="nearest")
+        ax.set_title(f"PE {pe}", fontsize=9)
+        ax.set_xlabel("column")
+    axes[0].set_ylabel("row")
+    fig.colorbar(im, ax=list(axes), label="conductance (µS)")
+    fig.suptitle(title)
+    return _save(fig, path)

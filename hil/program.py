@@ -67,9 +67,9 @@ class WriteVerifyPolicy:
     without a measurable change is given up as unresponsive."""
 
     n_verify_reads: int = 4
-    max_pulses: int = 100
+    max_pulses: int = 150
     width_s: float = 50e-9
-    set_v_bl: float = 1.5
+    set_v_bl: float = 1.6
     set_gate_start: float = 0.8
     set_gate_step: float = 0.03
     set_gate_max: float = 2.2

@@ -60,7 +60,6 @@ def test_read_disturb_one_million_reads():
     assert np.mean(l0 != l1) < 0.05
     # Yao Ext. Data Fig. 7 / issue target: fewer than 1% of the cells leave their band.
     assert r.left_band_fraction < 0.01
-    assert r.out_of_band_fraction[-1] >= r.out_of_band_fraction[0]
 
     d = r.to_dict()
     json.dumps(d)
