@@ -162,7 +162,7 @@ def cmd_program(args) -> int:
         g_after = RunRecord.open(out).dataset("snapshots/after_programming")[0].ravel()[plan.flat]
         summary["plots"] = [str(plot_level_cdf(g_after, plan.level_index, d / "level_cdf.png",
                                                targets_s=plan.targets_s, tolerance_s=plan.tolerance_s,
-                                               title=f"{summary['cells']} cells, {args.levels} levels")),
+                                               title="Write-verify: conductance per target level")),
                             str(plot_pulse_histogram(report.pulses, plan.level_index, d / "pulse_histogram.png"))]
     human = (f"programmed {summary['cells']} cells: {100 * summary['in_band_fraction']:.2f}% in band, "
              f"{summary['write_errors']} write errors ({summary['unresponsive']} unresponsive), "

@@ -109,6 +109,14 @@ def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribu
     ax.set_xlabel("conductance (µS)")
     ax.set_ylabel("cumulative probability")
     ax.set_ylim(0, 1.02)
+    if level_targets is not None and level_targets.size > 1:
+        pad = 2.0 * float(np.min(np.diff(np.sort(level_targets))))
+        lo, hi = (level_targets.min() - pad) * US, (level_targets.max() + pad) * US
+        outside = int(np.count_nonzero((g * US < lo) | (g * US > hi)))
+        ax.set_xlim(lo, hi)
+        if outside:
+            ax.text(0.99, 0.02, f"{outside} cells outside the axis (write errors, stuck cells)",
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
     ax.set_title(f"{title}  ({g.size} cells, {levels.size} levels)")
     ax.grid(alpha=0.3)
     _level_colorbar(fig, ax, levels, cmap)
