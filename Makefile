@@ -17,6 +17,9 @@ demo: venv
 	rm -rf $(OUT) && mkdir -p $(OUT)
 	$(BIN)/hil program --station sim --pattern levels32 --seed 1 --out $(OUT)/program.h5 --plot $(OUT)/plots
 	$(BIN)/hil runs show $(OUT)/program.h5
+	$(BIN)/hil experiment read-disturb --station sim --seed 1 --reads 1000000 --out $(OUT)/read-disturb.h5 --plot $(OUT)/plots
+	$(BIN)/hil experiment drift --station sim --seed 1 --days 30 --out $(OUT)/drift.h5 --plot $(OUT)/plots
+	@echo "figures in $(OUT)/plots"
 
 test: venv
 	$(BIN)/python -m pytest

@@ -251,7 +251,18 @@ def cmd_experiment(args) -> int:
         summary["plots"] = [str(plot_distributions_over_time(
             res.snapshots, plan.level_index, d / f"{args.which}.png",
             title=f"{args.which} on {len(cells)} cells"))]
-    _emit(args, summary, json.dumps(summary, indent=2, default=_jsonable))
+    if args.which == "read-disturb":
+        human = (f"read disturb on {summary['cells']} cells: "
+                 + ", ".join(f"{lab}: {100 * f:.2f}% out of band"
+                             for lab, f in zip(res.labels, summary["out_of_band_fraction"]))
+                 + f"\n{100 * summary['left_band_fraction']:.2f}% of the cells in band before left it; "
+                 f"mean |ΔG| {summary['mean_abs_delta_us']:.3f} µS")
+    else:
+        human = f"drift on {summary['cells']} cells:\n" + "\n".join(
+            f"  {lab:>7s}: {100 * f:5.1f}% in band, mean level σ {np.mean(sd):.3f} µS"
+            for lab, f, sd in zip(res.labels, summary["in_band_fraction"], summary["level_std_us"]))
+    human += f"\nrecord: {out}" + "".join(f"\nplot: {p}" for p in summary.get("plots", []))
+    _emit(args, summary, human)
     return 0
 
 
@@ -285,9 +296,12 @@ def cmd_runs(args) -> int:
         lines.append(f"  table {name}: {t['rows']} rows ({', '.join(t['columns'])})")
     for name, d in s.get("datasets", {}).items():
         lines.append(f"  dataset {name}: shape {tuple(d['shape'])}")
-    summ = s.get("group_attrs", {}).get("/", {}).get("summary")
-    if summ:
-        lines.append("  summary: " + ", ".join(f"{k}={v}" for k, v in summ.items()))
+    for group, attrs in s.get("attrs", {}).items():
+        summ = attrs.get("summary") if isinstance(attrs, dict) else None
+        if isinstance(summ, dict):
+            lines.append(f"  summary ({group}): " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summ.items()
+                if not isinstance(v, (list, dict))))
     _emit(args, s, "\n".join(lines))
     return 0
 

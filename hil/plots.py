@@ -181,8 +181,11 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
         raise ValueError(f"kind must be 'auto', 'hist' or 'cdf', got {kind!r}")
     allg = np.concatenate(arrays) * US
     allg = allg[np.isfinite(allg)]
-    lo, hi = (allg.min(), allg.max()) if allg.size else (0.0, 1.0)
-    bins = np.linspace(lo, hi if hi > lo else lo + 1, 200)
+    # robust range: stuck cells far outside the window would squeeze every level into a few bins
+    lo, hi = (np.percentile(allg, 0.2), np.percentile(allg, 99.8)) if allg.size else (0.0, 1.0)
+    pad = 0.02 * (hi - lo)
+    bins = np.linspace(lo - pad, hi + pad if hi > lo else lo + 1, 600)
+    a1.set_xlim(bins[0], bins[-1])
     tcmap = _cmap("plasma")
     for i, (k, a) in enumerate(zip(labels, arrays)):
         c = tcmap(0.85 * i / max(len(labels) - 1, 1))
