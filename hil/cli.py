@@ -114,6 +114,8 @@ def _chip_state_path(out: Path, station: str) -> Optional[Path]:
 # ---- hil program ---------------------------------------------------------------------------
 def cmd_program(args) -> int:
     from .jobs import level_plan, plan_from_run, program_job
+    if args.dry_run:
+        return _program_dry_run(args)
     resume = args.resume is not None
     out = Path(args.resume or args.out or f"runs/program-{time.strftime('%Y%m%d-%H%M%S')}.h5")
     if resume:
@@ -170,6 +172,28 @@ def cmd_program(args) -> int:
              f"{summary['seconds']:.2f} s wall, {summary['virtual_seconds']:.2f} s at the station\n"
              f"record: {out}")
     _emit(args, summary, human)
+    return 0
+
+
+def _program_dry_run(args) -> int:
+    """Validate every pulse the job would apply against the station's limits, on a shadow chip."""
+    from .dryrun import open_dry_run
+    from .program import write_verify
+    from .jobs import level_plan
+    with open_dry_run(args.station, args.seed) as xbar:
+        plan = level_plan(xbar.geometry, _pes(args.pe, xbar.geometry.n_pe), LevelTable.linear(n=args.levels),
+                          args.pattern, args.seed)
+        with _progress_bar(args, "dry run") as bar:
+            report = write_verify(xbar, Cells.from_flat(plan.flat, xbar.geometry), plan.targets_s,
+                                  plan.tolerance_s, WriteVerifyPolicy(max_pulses=args.max_pulses), progress=bar)
+        data = xbar.report()
+    data["shadow_summary"] = report.summary()
+    human = (f"dry run of {len(plan.flat)} cells on {args.station}: every pulse is within the limits; "
+             f"nothing was sent to the station\n"
+             + "\n".join(f"  {op}: {t['pulses']} pulses, |V| <= {t['max_v']:.2f} V, gate <= {t['max_v_gate']:.2f} V"
+                         for op, t in data["pulses"].items())
+             + f"\n  {data['reads']} reads, about {data['estimated_station_seconds']:.1f} s at the station")
+    _emit(args, data, human)
     return 0
 
 
@@ -328,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run record (.h5) to write")
     sp.add_argument("--resume", metavar="RUN", help="continue an interrupted programming run")
     sp.add_argument("--plot", metavar="DIR", help="write CDF and pulse-count PNGs here")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="check every pulse of the job against the station's limits on a shadow chip; touch nothing")
     sp.set_defaults(func=cmd_program)
 
     sp = sub.add_parser("read", help="read conductances")
