@@ -60,6 +60,7 @@ class SimulatedCrossbar(Crossbar):
         g = self.device.read(idx, self._t, n_avg)
         self.device.add_dose(idx, n_avg, v_read, tp.read_cell_s)
         self.counters["reads"] += len(cells) * n_avg
+        self._dirty = True
         return g
 
     def _pulse(self, cells: Cells, op: Op, v, v_gate, width) -> None:
@@ -160,6 +161,7 @@ class SimulatedCrossbar(Crossbar):
         self.device.add_dose(idx, np.repeat(ones_per_row, ncol), v_read, tp.slot_s)
         self._t += tp.call_overhead_s + nb * batch * (tp.slot_s + tp.slot_overhead_s)
         self.counters["vmm_calls"] += 1
+        self._dirty = True
         self.counters["vmm_slots"] += nb * batch
         return VmmResult(codes=codes.astype(np.int64), lsb_a=lsb, v_read=v_read,
                          saturated=sat, adc_bits=adc.bits, input_bits=nb)
@@ -183,7 +185,8 @@ class SimulatedCrossbar(Crossbar):
                 "clock_s": self._t, "counters": dict(self.counters)}
 
     def _close(self) -> None:
-        self._autosave()
+        if self._dirty:
+            self._autosave()
 
     # ---- oracle access for experiments and tests (not available on hardware) -----------
     def true_conductance(self, cells: Optional[Cells] = None) -> np.ndarray:
@@ -228,6 +231,9 @@ class SimulatedCrossbar(Crossbar):
         self.counters.update(meta.get("counters", {}))
         self.device.load_state(arrays, meta["rng"])
 
+    _dirty = False
+
     def _autosave(self) -> None:
         if self.state_path is not None:
             self.save_state(self.state_path)
+            self._dirty = False
