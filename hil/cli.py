@@ -229,20 +229,14 @@ def cmd_read(args) -> int:
 
 
 # ---- hil experiment ------------------------------------------------------------------------
-def _program_for_experiment(args, xbar, kind: str, pes):
-    from .jobs import level_plan, program_job
-    table = LevelTable.linear()
-    plan = level_plan(xbar.geometry, pes, table)
-    out = Path(args.out or f"runs/{kind}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
-    writer = RunWriter.create(out, kind, _station_snapshot(args, xbar), {})
-    return plan, writer, out, program_job
-
-
 def cmd_experiment(args) -> int:
     from . import experiments
+    from .jobs import level_plan, program_job
     with _open(args) as xbar:
         pes = _pes(args.pe, xbar.geometry.n_pe)
-        plan, writer, out, program_job = _program_for_experiment(args, xbar, args.which, pes)
+        plan = level_plan(xbar.geometry, pes, LevelTable.linear())
+        out = Path(args.out or f"runs/{args.which}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
+        writer = RunWriter.create(out, args.which, _station_snapshot(args, xbar), {})
         cells = Cells.from_flat(plan.flat, xbar.geometry)
         try:
             with _cancel_on_sigint() as token:
