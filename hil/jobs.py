@@ -18,10 +18,16 @@ from .runstore import RunWriter
 
 log = logging.getLogger(__name__)
 
+PROGRAMMING = "programming"
 TARGETS = "programming/targets"
 CELLS = "programming/cells"
 VERIFY = "programming/verify"
 PULSES = "programming/pulses"
+
+
+def _names(prefix: str) -> tuple[str, str, str, str]:
+    """(targets, cells, verify, pulses) dataset/table names of a programming phase."""
+    return tuple(f"{prefix}/{n}" for n in ("targets", "cells", "verify", "pulses"))
 
 
 @dataclass
@@ -34,8 +40,10 @@ class ProgramPlan:
     tolerance_s: float
 
 
-def journal_program_steps(writer: RunWriter, flat: np.ndarray):
+def journal_program_steps(writer: RunWriter, flat: np.ndarray, prefix: str = PROGRAMMING):
     """on_step callback that appends every verify read, pulse and finished cell to the run."""
+    _, CELLS, VERIFY, PULSES = _names(prefix)
+
     def on_step(step: ProgramStep) -> None:
         it = np.int64(step.iteration)
         if step.read_idx.size:
@@ -51,15 +59,17 @@ def journal_program_steps(writer: RunWriter, flat: np.ndarray):
     return on_step
 
 
-def start_program_run(writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy) -> None:
-    writer.put(TARGETS, np.stack([plan.flat.astype(float), plan.level_index.astype(float), plan.targets_s]),
+def start_program_run(writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy,
+                      prefix: str = PROGRAMMING) -> None:
+    writer.put(_names(prefix)[0], np.stack([plan.flat.astype(float), plan.level_index.astype(float), plan.targets_s]),
                rows="cell, level_index, target_s", tolerance_s=plan.tolerance_s,
                levels_s=[float(v) for v in np.unique(plan.targets_s)])
-    writer.set_attrs("programming", policy=policy.to_dict(), tolerance_s=plan.tolerance_s, cells=int(plan.flat.size))
+    writer.set_attrs(prefix, policy=policy.to_dict(), tolerance_s=plan.tolerance_s, cells=int(plan.flat.size))
 
 
-def plan_from_run(writer: RunWriter) -> ProgramPlan:
+def plan_from_run(writer: RunWriter, prefix: str = PROGRAMMING) -> ProgramPlan:
     """The plan an interrupted run was following."""
+    TARGETS = _names(prefix)[0]
     content = writer.content
     if TARGETS not in content.datasets:
         raise DataError(f"{writer.path} holds no programming targets; it is not a programming run")
@@ -67,8 +77,9 @@ def plan_from_run(writer: RunWriter) -> ProgramPlan:
     return ProgramPlan(arr[0].astype(np.int64), arr[1].astype(np.int64), arr[2], float(attrs["tolerance_s"]))
 
 
-def prior_from_run(writer: RunWriter, plan: ProgramPlan) -> dict:
+def prior_from_run(writer: RunWriter, plan: ProgramPlan, prefix: str = PROGRAMMING) -> dict:
     """write_verify resume arguments from the cells an earlier run finished."""
+    CELLS = _names(prefix)[1]
     n = plan.flat.size
     final = np.full(n, np.nan)
     pulses = np.zeros(n, np.int64)
@@ -84,19 +95,20 @@ def prior_from_run(writer: RunWriter, plan: ProgramPlan) -> dict:
 
 def program_job(xbar: Crossbar, writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy, *,
                 resume: bool = False, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None) -> ProgramReport:
-    """Write-verify `plan` on `xbar`, journaling every step into `writer`; snapshot at the end."""
+                cancel: Optional[CancelToken] = None, prefix: str = PROGRAMMING) -> ProgramReport:
+    """Write-verify `plan` on `xbar`, journaling every step into `writer` under `prefix`
+    (several programming phases can share one run); snapshot before and after."""
     geom = xbar.geometry
     cells = Cells.from_flat(plan.flat, geom)
-    prior = prior_from_run(writer, plan) if resume else {}
+    prior = prior_from_run(writer, plan, prefix) if resume else {}
     if not resume:
-        start_program_run(writer, plan, policy)
-        writer.put("snapshots/before_programming", _snapshot(xbar), time_s=xbar.now())
+        start_program_run(writer, plan, policy, prefix)
+        writer.put(f"snapshots/before_{prefix}", _snapshot(xbar), time_s=xbar.now())
     report = write_verify(xbar, cells, plan.targets_s, plan.tolerance_s, policy,
-                          on_step=journal_program_steps(writer, plan.flat),
+                          on_step=journal_program_steps(writer, plan.flat, prefix),
                           progress=progress, cancel=cancel, **prior)
-    writer.put("snapshots/after_programming", _snapshot(xbar), time_s=xbar.now())
-    writer.set_attrs("programming", summary=report.summary())
+    writer.put(f"snapshots/after_{prefix}", _snapshot(xbar), time_s=xbar.now())
+    writer.set_attrs(prefix, summary=report.summary())
     return report
 
 
