@@ -1,0 +1,1 @@
+from . import urlhandler  # noqa: F401  (registers the hilsim:// pyserial URL handler)

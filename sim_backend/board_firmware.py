@@ -1,0 +1,510 @@
+"""Emulated array-board firmware speaking protocol 1 of docs/board-protocol.md.
+
+`EmulatedBoard(world)` turns host bytes into reply bytes (`receive`) and executes every command
+on an `EmulatedWorld`: routing through `world.route/set_drive/dac_gate_v`, pulses, reads, VMM and
+the PROGRAM_JOB on `world.chip` (the job is `hil.program.write_verify_host`, the same algorithm
+the host runs). It is written from the protocol document, not from the driver, so the two check
+each other.
+
+Accounting: one `world.transaction(name, bytes_in, bytes_out)` per frame (bus time on the
+virtual clock), `COMMAND_S` of firmware time per command, the chip's own timing for pulses,
+reads and VMM. The watchdog runs on the virtual clock: it is checked whenever a frame arrives,
+when the host's read times out (`idle`) and on `advance(seconds)`.
+
+Faults (`world.faults.take(name)`, once per received frame): "drop" (request lost), "timeout"
+(executed, reply lost), "garble" (executed, one reply byte corrupted), "reset" (firmware reboots:
+request lost, routing cleared, sequence state reset, EV_RESET latched), "disconnect" (request
+lost; the port raises SerialException from then on).
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import weakref
+import zlib
+from typing import Optional
+
+import numpy as np
+
+from hil.errors import HilError
+from hil.geometry import Cells
+from hil.limits import Op
+
+from .world import BUSES, TERMINALS, EmulatedWorld
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+SOF = 0xA5
+HDR = struct.Struct("<BBHHBB")
+NAK_CODE = 0xFF
+EV_RESET, EV_WATCHDOG, ROUTED = 0x01, 0x02, 0x04
+
+(E_BAD_CRC, E_BAD_LENGTH, E_BAD_VERSION, E_UNKNOWN, E_BAD_ARG, E_RANGE, E_BUSY, E_WATCHDOG,
+ E_NOT_ROUTED, E_INTERNAL) = range(1, 11)
+
+DRIVE_NAMES = {0: "open", 1: "ground", 2: "bus", 3: "dac"}
+OP_BY_CODE = {1: Op.SET, 2: Op.RESET, 3: Op.FORM}
+POLICY_LAYOUT = (("n_verify_reads", "H"), ("max_pulses", "H"), ("width_s", "f"), ("set_v_bl", "f"),
+                 ("set_gate_start", "f"), ("set_gate_step", "f"), ("set_gate_max", "f"),
+                 ("reset_v_sl_start", "f"), ("reset_v_sl_step", "f"), ("reset_v_sl_max", "f"),
+                 ("reset_gate", "f"), ("form_threshold_s", "f"), ("form_v_start", "f"),
+                 ("form_v_step", "f"), ("form_v_max", "f"), ("form_gate", "f"), ("stuck_after", "H"),
+                 ("verify_margin", "f"))
+POLICY_STRUCT = struct.Struct("<" + "".join(c for _, c in POLICY_LAYOUT))
+
+COMMAND_S = 20e-6          # firmware time to decode, check and answer one command
+REL = 1e-6                 # float32 slack on range checks
+
+
+class _Nak(Exception):
+    def __init__(self, err: int, msg: str, detail: Optional[int] = None) -> None:
+        super().__init__(msg)
+        self.err, self.detail = err, detail
+
+
+class _Payload:
+    """Little-endian reader of a request payload; NAK BAD_LENGTH when it does not fit the layout."""
+
+    def __init__(self, buf: bytes, cmd: str) -> None:
+        self.buf, self.off, self.cmd = buf, 0, cmd
+
+    def take(self, fmt: str) -> tuple:
+        s = struct.Struct("<" + fmt)
+        if self.off + s.size > len(self.buf):
+            raise _Nak(E_BAD_LENGTH, f"{self.cmd} payload too short ({len(self.buf)} bytes)")
+        v = s.unpack_from(self.buf, self.off)
+        self.off += s.size
+        return v
+
+    def array(self, dtype: str, n: int) -> np.ndarray:
+        dt = np.dtype(dtype)
+        size = dt.itemsize * n
+        if self.off + size > len(self.buf):
+            raise _Nak(E_BAD_LENGTH, f"{self.cmd} payload too short for {n} values")
+        a = np.frombuffer(self.buf, dt, n, self.off)
+        self.off += size
+        return a
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        (n,) = self.take("H")
+        return tuple(self.array("<u2", n).astype(np.int64) for _ in range(3))
+
+    def end(self) -> None:
+        if self.off != len(self.buf):
+            raise _Nak(E_BAD_LENGTH, f"{self.cmd} payload has {len(self.buf) - self.off} extra bytes")
+
+
+def _frame(seq: int, code: int, flags: int, payload: bytes) -> bytes:
+    body = HDR.pack(SOF, PROTOCOL, len(payload), seq & 0xFFFF, code, flags) + payload
+    return body + struct.pack("<I", zlib.crc32(body[1:]) & 0xFFFFFFFF)
+
+
+def _f32(a) -> bytes:
+    return np.asarray(a, dtype="<f4").tobytes()
+
+
+class EmulatedBoard:
+    """Protocol-1 array-board firmware on an EmulatedWorld (one per world and board name)."""
+
+    MODEL = "HILSIM-AB1"
+    FIRMWARE = "emu-1.0"
+
+    def __init__(self, world: EmulatedWorld, name: str = "board", *, max_payload: int = 8192,
+                 boot_watchdog_s: float = 5.0, serial: str = "SIM-0001", v_pulse_max: float = 5.0,
+                 v_gate_max: float = 5.5, v_read_max: float = 0.5, width_min_s: float = 10e-9,
+                 width_max_s: float = 10e-3, adc_fs_min_a: float = 1e-6, adc_fs_max_a: float = 1e-3,
+                 n_avg_max: int = 1024) -> None:
+        if not 1024 <= max_payload <= 0xFFFF:
+            raise ValueError(f"max_payload must be within 1024..65535, got {max_payload}")
+        self.world, self.name = world, name
+        self.max_payload = int(max_payload)
+        self.boot_watchdog_s = float(boot_watchdog_s)
+        self.serial = serial
+        self.v_pulse_max, self.v_gate_max, self.v_read_max = v_pulse_max, v_gate_max, v_read_max
+        self.width_min_s, self.width_max_s = width_min_s, width_max_s
+        self.adc_fs_min_a, self.adc_fs_max_a = adc_fs_min_a, adc_fs_max_a
+        self.n_avg_max = int(n_avg_max)
+        world.buses.setdefault(name, BUSES["serial"])
+        self.boot_count = 0
+        self.watchdog_fires = 0
+        self._boot()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _boot(self) -> None:
+        w = self.world
+        with w.lock:
+            self.boot_count += 1
+            self.events = EV_RESET
+            self.watchdog_s = self.boot_watchdog_s
+            self.last_seq = 0
+            self.last_error = self.last_error_cmd = 0
+            self.frames_ok = self.frames_bad = 0
+            self.pulses = 0
+            self._rx = bytearray()
+            self.t_boot = self.t_host = w.now()
+            self._wd_armed = True
+            w.ground_all(self.name)
+            w.log(self.name, "boot", count=self.boot_count)
+
+    def reboot(self) -> None:
+        """Firmware reset: routing cleared (grounded), sequence state and watchdog back to boot values."""
+        log.info("emulated board %s reboots", self.name)
+        self._boot()
+
+    def advance(self, seconds: float) -> None:
+        """Let `seconds` of virtual time pass with the host silent (then check the watchdog)."""
+        self.world.spend(float(seconds))
+        self.check_watchdog()
+
+    def idle(self) -> None:
+        """The line was idle for a host read timeout: a partial frame is discarded, watchdog checked."""
+        with self.world.lock:
+            self._rx.clear()
+            self.check_watchdog()
+
+    def check_watchdog(self) -> bool:
+        """Ground everything if the host has been silent longer than the timeout; True if it fired now."""
+        w = self.world
+        with w.lock:
+            if not self._wd_armed or self.watchdog_s <= 0 or w.now() - self.t_host <= self.watchdog_s:
+                return False
+            self._wd_armed = False
+            self.events |= EV_WATCHDOG
+            self.watchdog_fires += 1
+            silent = w.now() - self.t_host
+            w.ground_all(self.name)
+            w.log(self.name, "watchdog", silent_s=silent, timeout_s=self.watchdog_s)
+            log.warning("emulated board %s: watchdog fired after %.3g s of host silence", self.name, silent)
+            return True
+
+    # ---- byte interface ----------------------------------------------------------------------------
+    def receive(self, data: bytes) -> bytes:
+        """Feed bytes from the host; return every reply byte they produce."""
+        out = bytearray()
+        with self.world.lock:
+            self._rx += data
+            while True:
+                item = self._next_frame()
+                if item is None:
+                    break
+                raw, reply = item
+                out += self._transaction(raw, reply)
+        return bytes(out)
+
+    def _next_frame(self):
+        """(raw request, NAK reply or None) for the next complete frame in the buffer, or None."""
+        rx = self._rx
+        i = rx.find(bytes([SOF]))
+        if i < 0:
+            rx.clear()
+            return None
+        del rx[:i]
+        if len(rx) < HDR.size:
+            return None
+        _, ver, length, seq, code, _ = HDR.unpack_from(rx)
+        if ver != PROTOCOL or length > self.max_payload:
+            raw = bytes(rx[:HDR.size])
+            del rx[:1]
+            err, msg = ((E_BAD_VERSION, f"protocol version {ver} not supported (1)") if ver != PROTOCOL else
+                        (E_BAD_LENGTH, f"payload length {length} exceeds max_payload {self.max_payload}"))
+            return raw, self._nak_frame(seq, code, err, msg, framing=True)
+        total = HDR.size + length + 4
+        if len(rx) < total:
+            return None
+        raw = bytes(rx[:total])
+        (crc,) = struct.unpack_from("<I", raw, total - 4)
+        if crc != zlib.crc32(raw[1:total - 4]) & 0xFFFFFFFF:
+            del rx[:1]
+            return raw, self._nak_frame(seq, code, E_BAD_CRC, "CRC mismatch", framing=True)
+        del rx[:total]
+        return raw, None
+
+    def _transaction(self, raw: bytes, reply: Optional[bytes]) -> bytes:
+        w = self.world
+        fault = w.faults.take(self.name)
+        if fault in ("drop", "disconnect"):
+            w.transaction(self.name, len(raw), 0)
+            w.log(self.name, "fault", fault=fault)
+            return b""
+        if fault == "reset":
+            w.transaction(self.name, len(raw), 0)
+            w.log(self.name, "fault", fault=fault)
+            self.reboot()
+            return b""
+        self.check_watchdog()
+        if reply is None:
+            _, _, _, seq, code, _ = HDR.unpack_from(raw)
+            reply = self._execute(seq, code, raw[HDR.size:-4])
+        w.transaction(self.name, len(raw), len(reply))
+        self.t_host = w.now()
+        self._wd_armed = True
+        if fault == "timeout":
+            w.log(self.name, "fault", fault=fault)
+            return b""
+        if fault == "garble":
+            w.log(self.name, "fault", fault=fault)
+            b = bytearray(reply)
+            b[len(b) // 2] ^= 0x5A
+            return bytes(b)
+        return reply
+
+    def _flags(self) -> int:
+        return self.events | (ROUTED if self.world.selected is not None else 0)
+
+    def _nak_frame(self, seq: int, cmd: int, err: int, msg: str, detail: Optional[int] = None,
+                   framing: bool = False) -> bytes:
+        if framing:
+            self.frames_bad += 1
+        self.last_error, self.last_error_cmd = err, cmd & 0xFF
+        payload = struct.pack("<BBH", cmd & 0xFF, err, 0xFFFF if detail is None else int(detail) & 0xFFFF)
+        return _frame(seq, NAK_CODE, self._flags(), payload + msg.encode("ascii", "replace")[:200])
+
+    # ---- command execution -------------------------------------------------------------------------
+    _BLOCKED_AFTER_WATCHDOG = (0x10, 0x11, 0x20, 0x30, 0x31, 0x40)
+
+    def _execute(self, seq: int, code: int, payload: bytes) -> bytes:
+        self.frames_ok += 1
+        self._since_host = self.world.now() - self.t_host
+        self.world.spend(COMMAND_S)
+        handler = self._HANDLERS.get(code)
+        if handler is None:
+            return self._nak_frame(seq, code, E_UNKNOWN, f"unknown command 0x{code:02X}")
+        if self.events & EV_WATCHDOG and code in self._BLOCKED_AFTER_WATCHDOG:
+            return self._nak_frame(seq, code, E_WATCHDOG,
+                                   "watchdog fired; everything grounded; send STATUS clear=1 first")
+        try:
+            out = handler(self, _Payload(payload, handler.__name__[1:].upper()), seq)
+        except _Nak as e:
+            return self._nak_frame(seq, code, e.err, str(e), e.detail)
+        except Exception as e:  # firmware fault: leave the array safe, report INTERNAL
+            log.exception("emulated board %s: internal error in command 0x%02X", self.name, code)
+            self.world.ground_all(self.name)
+            return self._nak_frame(seq, code, E_INTERNAL, f"{type(e).__name__}: {e}")
+        return _frame(seq, code | 0x80, self._flags(), out)
+
+    # -- checks
+    def _cells(self, pe, row, col) -> Cells:
+        g = self.world.geometry
+        for a, n in ((pe, g.n_pe), (row, g.rows), (col, g.cols)):
+            bad = a >= n
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise _Nak(E_RANGE, f"address {int(a[i])} of cell #{i} outside geometry "
+                                    f"{g.n_pe}x{g.rows}x{g.cols}", i)
+        return Cells(pe, row, col)
+
+    @staticmethod
+    def _range(name: str, a: np.ndarray, lo: float, hi: float, open_low: bool = False) -> None:
+        a = np.asarray(a, dtype=float)
+        nan = ~np.isfinite(a)
+        if nan.any():
+            i = int(np.argmax(nan))
+            raise _Nak(E_BAD_ARG, f"{name} #{i} is not a number", i)
+        bad = (a > hi * (1 + REL)) | ((a <= lo) if open_low else (a < lo - abs(lo) * REL))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise _Nak(E_RANGE, f"{name} {a[i]:.4g} #{i} outside {lo:.3g}..{hi:.3g}", i)
+
+    def _gate(self, v: float) -> None:
+        self._range("gate voltage", np.array([v]), 0.0, self.v_gate_max)
+
+    # -- handlers (payload reader, seq) -> ACK payload
+    def _identify(self, p: _Payload, seq: int) -> bytes:
+        p.end()
+        g = self.world.geometry
+        adc = self.world.chip.params.adc
+        head = struct.pack("<BHHHBBH", PROTOCOL, g.n_pe, g.rows, g.cols, adc.bits, 8, self.max_payload)
+        rng = struct.pack("<ffffffffH", self.v_pulse_max, self.v_gate_max, self.v_read_max, self.width_min_s,
+                          self.width_max_s, adc.full_scale_a, self.adc_fs_min_a, self.adc_fs_max_a, self.n_avg_max)
+        strs = b"".join(bytes([len(s)]) + s.encode("ascii") for s in (self.MODEL, self.FIRMWARE, self.serial))
+        return head + rng + strs
+
+    def _status(self, p: _Payload, seq: int) -> bytes:
+        (clear,) = p.take("B")
+        p.end()
+        if clear not in (0, 1):
+            raise _Nak(E_BAD_ARG, f"clear must be 0 or 1, got {clear}")
+        w = self.world
+        out = struct.pack("<BBHHBBfffIII", self.events, int(w.selected is not None), self.boot_count & 0xFFFF,
+                          self.last_seq, self.last_error, self.last_error_cmd, self.watchdog_s,
+                          self._since_host, w.now() - self.t_boot, self.frames_ok, self.frames_bad,
+                          self.pulses & 0xFFFFFFFF)
+        if clear:
+            if self.events:
+                w.log(self.name, "events_cleared", events=self.events)
+            self.events = 0
+        return out
+
+    def _watchdog(self, p: _Payload, seq: int) -> bytes:
+        (t,) = p.take("f")
+        p.end()
+        if not np.isfinite(t):
+            raise _Nak(E_BAD_ARG, "watchdog timeout is not a number")
+        if t != 0.0 and not 1e-3 * (1 - REL) <= t <= 3600.0 * (1 + REL):
+            raise _Nak(E_RANGE, f"watchdog timeout {t:.4g} s outside 0.001..3600 s (0 = off)")
+        if t != self.watchdog_s:
+            self.world.log(self.name, "watchdog_set", timeout_s=float(t))
+        self.watchdog_s = float(t)
+        return struct.pack("<f", t)
+
+    def _ground_all(self, p: _Payload, seq: int) -> bytes:
+        p.end()
+        self.world.ground_all(self.name)
+        return b""
+
+    def _route(self, p: _Payload, seq: int) -> bytes:
+        bl, sl, wl, _ = p.take("BBBB")
+        (gate,) = p.take("f")
+        pe, row, col = p.cells()
+        p.end()
+        for term, c in zip(TERMINALS, (bl, sl, wl)):
+            if c not in DRIVE_NAMES or (c == 3 and term != "WL"):
+                raise _Nak(E_BAD_ARG, f"drive code {c} not allowed for {term}")
+        self._gate(gate)
+        cells = self._cells(pe, row, col) if pe.size else None
+        w = self.world
+        if float(gate) != w.dac_gate_v:
+            w.dac_gate_v = float(gate)
+            w.log(self.name, "gate", volts=float(gate))
+        w.route(cells, self.name)
+        for term, c in zip(TERMINALS, (bl, sl, wl)):
+            if w.drive[term] != DRIVE_NAMES[c]:
+                w.set_drive(term, DRIVE_NAMES[c], self.name)
+        return b""
+
+    def _set_gate(self, p: _Payload, seq: int) -> bytes:
+        (gate,) = p.take("f")
+        p.end()
+        self._gate(gate)
+        w = self.world
+        if w.selected is None:
+            raise _Nak(E_NOT_ROUTED, "nothing is routed; ROUTE first")
+        if float(gate) != w.dac_gate_v:
+            w.dac_gate_v = float(gate)
+            w.log(self.name, "gate", volts=float(gate))
+        return b""
+
+    def _pulse(self, p: _Payload, seq: int) -> bytes:
+        op_code, _ = p.take("BB")
+        pe, row, col = p.cells()
+        n = pe.size
+        v, g, wd = (p.array("<f4", n).astype(float) for _ in range(3))
+        p.end()
+        if op_code not in OP_BY_CODE:
+            raise _Nak(E_BAD_ARG, f"unknown pulse op {op_code} (1 SET, 2 RESET, 3 FORM)")
+        cells = self._cells(pe, row, col)
+        flat = cells.flat(self.world.geometry)
+        _, first = np.unique(flat, return_index=True)
+        if first.size != n:
+            dup = int(np.setdiff1d(np.arange(n), first)[0])
+            raise _Nak(E_BAD_ARG, f"cell #{dup} repeats an earlier cell", dup)
+        self._range("amplitude", v, 0.0, self.v_pulse_max, open_low=True)
+        self._range("gate", g, 0.0, self.v_gate_max)
+        self._range("width", wd, self.width_min_s, self.width_max_s)
+        op = OP_BY_CODE[op_code]
+        if n:
+            w = self.world
+            w.chip.pulse(cells, op, v, g, wd)
+            term = "SL" if op is Op.RESET else "BL"
+            w.max_applied_v[term] = max(w.max_applied_v[term], float(v.max()))
+            w.max_applied_v["WL"] = max(w.max_applied_v["WL"], float(g.max()))
+            w.log(self.name, "pulse", op=op.value, n=n, v_max=float(v.max()), gate_max=float(g.max()))
+            self.pulses += n
+        self.last_seq = seq
+        return struct.pack("<H", n)
+
+    def _read_cells(self, p: _Payload, seq: int) -> bytes:
+        v, n_avg = p.take("fH")
+        pe, row, col = p.cells()
+        p.end()
+        self._range("read voltage", np.array([v]), 0.0, self.v_read_max, open_low=True)
+        if not 1 <= n_avg <= self.n_avg_max:
+            raise _Nak(E_RANGE, f"n_avg {n_avg} outside 1..{self.n_avg_max}")
+        cells = self._cells(pe, row, col)
+        g = self.world.chip.read(cells, v_read=float(v), n_avg=int(n_avg)) if pe.size else np.zeros(0)
+        return struct.pack("<H", pe.size) + _f32(g)
+
+    def _vmm(self, p: _Payload, seq: int) -> bytes:
+        pe, n_rows, n_cols, batch = p.take("HHHH")
+        v, fs = p.take("ff")
+        rows = p.array("<u2", n_rows).astype(np.int64)
+        cols = p.array("<u2", n_cols).astype(np.int64)
+        x = p.array("u1", batch * n_rows).reshape(batch, n_rows)
+        p.end()
+        g = self.world.geometry
+        if pe >= g.n_pe:
+            raise _Nak(E_RANGE, f"PE {pe} outside 0..{g.n_pe - 1}")
+        for what, a, n in (("row", rows, g.rows), ("column", cols, g.cols)):
+            if a.size == 0 or a.max() >= n:
+                raise _Nak(E_RANGE, f"{what} list empty or outside 0..{n - 1}")
+            if np.unique(a).size != a.size:
+                raise _Nak(E_BAD_ARG, f"{what} list repeats an index")
+        self._range("read voltage", np.array([v]), 0.0, self.v_read_max, open_low=True)
+        if fs != 0.0:
+            self._range("ADC full scale", np.array([fs]), self.adc_fs_min_a, self.adc_fs_max_a)
+        adc = self.world.chip.params.adc
+        if batch == 0:
+            from hil.vmm import adc_lsb
+            lsb = adc_lsb(fs or adc.full_scale_a, adc.bits)
+            return struct.pack("<HHBBf", 0, n_cols, adc.bits, 8, lsb)
+        res = self.world.chip.vmm(int(pe), x.astype(np.int64), rows, cols, v_read=float(v),
+                                  adc_full_scale_a=None if fs == 0.0 else float(fs))
+        self.world.log(self.name, "vmm", pe=int(pe), batch=int(batch), rows=int(n_rows), cols=int(n_cols))
+        return (struct.pack("<HHBBf", batch, n_cols, res.adc_bits, res.input_bits, res.lsb_a)
+                + np.asarray(res.codes, dtype="<u4").tobytes() + np.asarray(res.saturated, dtype="u1").tobytes())
+
+    def _program_job(self, p: _Payload, seq: int) -> bytes:
+        from hil.errors import ConfigError
+        from hil.program import WriteVerifyPolicy, write_verify_host
+        values = p.take(POLICY_STRUCT.format[1:])
+        pe, row, col = p.cells()
+        n = pe.size
+        tgt, lo, hi = (p.array("<f4", n).astype(float) for _ in range(3))
+        p.end()
+        kw = {name: (int(v) if c == "H" else float(v)) for (name, c), v in zip(POLICY_LAYOUT, values)}
+        try:
+            policy = WriteVerifyPolicy(**kw)
+            policy.validate(self.world.chip.limits)
+        except ConfigError as e:
+            raise _Nak(E_BAD_ARG, f"policy: {e}") from None
+        for name in ("set_v_bl", "reset_v_sl_max", "form_v_max"):
+            self._range(f"policy {name}", np.array([kw[name]]), 0.0, self.v_pulse_max, open_low=True)
+        for name in ("set_gate_max", "reset_gate", "form_gate"):
+            self._range(f"policy {name}", np.array([kw[name]]), 0.0, self.v_gate_max)
+        self._range("policy width_s", np.array([kw["width_s"]]), self.width_min_s, self.width_max_s)
+        cells = self._cells(pe, row, col)
+        for name, a in (("target", tgt), ("lo", lo), ("hi", hi)):
+            self._range(name, a, 0.0, 1.0)
+        if (lo > hi).any():
+            i = int(np.argmax(lo > hi))
+            raise _Nak(E_BAD_ARG, f"band of cell #{i} has lo above hi", i)
+        if n == 0:
+            return struct.pack("<HHf", 0, 0, 0.0)
+        try:
+            rep = write_verify_host(self.world.chip, cells, tgt, lo, hi, policy)
+        except HilError as e:
+            raise _Nak(E_BAD_ARG, f"{type(e).__name__}: {e}") from None
+        n_p = int(rep.pulses.sum())
+        self.pulses += n_p
+        self.last_seq = seq
+        self.world.log(self.name, "program_job", n=n, pulses=n_p, in_band=int(np.count_nonzero(rep.status == 0)))
+        return (struct.pack("<HHf", n, min(rep.iterations, 0xFFFF), rep.backend_seconds) + _f32(rep.final_s)
+                + np.minimum(rep.pulses, 0xFFFF).astype("<u2").tobytes() + rep.status.astype("i1").tobytes())
+
+    _HANDLERS = {0x01: _identify, 0x02: _status, 0x03: _watchdog, 0x04: _ground_all, 0x10: _route,
+                 0x11: _set_gate, 0x20: _pulse, 0x30: _read_cells, 0x31: _vmm, 0x40: _program_job}
+
+
+_BOARDS: "weakref.WeakKeyDictionary[EmulatedWorld, dict]" = weakref.WeakKeyDictionary()
+
+
+def board_for(world: EmulatedWorld, name: str = "board", **kwargs) -> EmulatedBoard:
+    """The emulated board `name` of `world`, created (powered on) with `kwargs` on first use.
+    The board keeps its state across port open/close, like the physical board."""
+    with world.lock:
+        boards = _BOARDS.setdefault(world, {})
+        b = boards.get(name)
+        if b is None:
+            b = boards[name] = EmulatedBoard(world, name, **kwargs)
+        return b
