@@ -125,8 +125,8 @@ class EmulatedWorld:
         self.selected: Optional[Cells] = None
         self.drive: dict[str, str] = {t: "open" for t in TERMINALS}   # "open" | "ground" | "bus" | "dac"
         self.dac_gate_v = 0.0
-        # Levels the SMU channels currently put on the buses: terminal -> (source, volts, output_on)
-        self.bus_level: dict[str, tuple[str, float, bool]] = {}
+        # Levels the SMU channels currently put on the buses: (source, terminal) -> (volts, output_on)
+        self.bus_level: dict[tuple[str, str], tuple[float, bool]] = {}
         self.max_applied_v: dict[str, float] = {t: 0.0 for t in TERMINALS}
 
     # ---- clock, accounting, log -------------------------------------------------------
@@ -179,16 +179,16 @@ class EmulatedWorld:
     def set_output(self, source: str, terminal: str, volts: float, on: bool) -> None:
         """An SMU channel wired to `terminal` changed level or output state."""
         with self.lock:
-            prev = self.bus_level.get(terminal)
-            self.bus_level[terminal] = (source, float(volts), bool(on))
+            prev = self.bus_level.get((source, terminal))
+            self.bus_level[(source, terminal)] = (float(volts), bool(on))
             if on:
                 self.max_applied_v[terminal] = max(self.max_applied_v[terminal], abs(float(volts)))
-            if prev is None or prev[2] != bool(on) or (on and prev[1] != float(volts)):
+            if prev is None or prev[1] != bool(on) or (on and prev[0] != float(volts)):
                 self.log(source, "output", terminal=terminal, volts=float(volts), on=bool(on))
 
     def outputs_off(self) -> bool:
         """True when no SMU output is on and the board has nothing routed."""
-        return all(not on for (_, _, on) in self.bus_level.values()) and self.selected is None
+        return all(not on for (_, on) in self.bus_level.values()) and self.selected is None
 
     def gate_v(self) -> float:
         """Voltage on the selected cells' word lines."""
@@ -196,8 +196,8 @@ class EmulatedWorld:
         if how == "dac":
             return self.dac_gate_v
         if how == "bus":
-            lvl = self.bus_level.get("WL")
-            return lvl[1] if lvl and lvl[2] else 0.0
+            on = [v for (_, t), (v, o) in self.bus_level.items() if t == "WL" and o]
+            return max(on, key=abs) if on else 0.0
         return 0.0
 
     # ---- physics ----------------------------------------------------------------------
@@ -209,7 +209,8 @@ class EmulatedWorld:
     def apply_pulse(self, terminal: str, volts: float, width_s: float, source: str = "smu") -> None:
         """A pulse of `volts` for `width_s` on bus `terminal` reaches the routed cells.
 
-        BL pulses SET (FORM on fresh cells), SL pulses RESET; the gate comes from the board DAC
+        Positive BL pulses SET (FORM on fresh cells), positive SL pulses RESET, and a negative
+        pulse is the reverse polarity (negative BL = RESET, negative SL = SET); the gate comes from the board DAC
         or the WL bus; nothing happens when the terminal is not routed or the other end floats."""
         with self.lock:
             self.max_applied_v[terminal] = max(self.max_applied_v[terminal], abs(float(volts)))
@@ -225,9 +226,12 @@ class EmulatedWorld:
             idx = cells.flat(self.geometry)
             t = self.now() + width_s
             self.chip._t = t
-            if terminal == "BL" and volts > 0:
+            forward = (terminal == "BL") == (volts > 0)
+            if volts == 0:
+                pass
+            elif forward:
                 self.chip.device.form_pulse(idx, v, vg, w, t)
-            elif terminal == "SL" and volts > 0:
+            else:
                 self.chip.device.reset_pulse(idx, v, vg, w, t)
             self.chip.counters["pulses"] += n
             self.chip._dirty = True
