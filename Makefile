@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= runs/demo
 
-.PHONY: demo test venv clean
+.PHONY: demo demo-quick experiments test venv clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,16 @@ venv: $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[test]'
 
 demo: venv
-	rm -rf $(OUT) && mkdir -p $(OUT)
+	$(BIN)/hil demo --out $(OUT) --seed 0
+	@echo "report: $(OUT)/report.md"
+
+demo-quick: venv
+	$(BIN)/hil demo --quick --out $(OUT)-quick --seed 0
+
+experiments: venv
 	$(BIN)/hil program --station sim --pattern levels32 --seed 1 --out $(OUT)/program.h5 --plot $(OUT)/plots
-	$(BIN)/hil runs show $(OUT)/program.h5
 	$(BIN)/hil experiment read-disturb --station sim --seed 1 --reads 1000000 --out $(OUT)/read-disturb.h5 --plot $(OUT)/plots
 	$(BIN)/hil experiment drift --station sim --seed 1 --days 30 --out $(OUT)/drift.h5 --plot $(OUT)/plots
-	@echo "figures in $(OUT)/plots"
 
 test: venv
 	$(BIN)/python -m pytest

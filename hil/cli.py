@@ -324,6 +324,11 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_gui(args) -> int:
+    from gui.app import main as gui_main
+    return gui_main(args)
+
+
 # ---- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hil", description="Memristor crossbar hardware-in-the-loop control.")
@@ -374,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out")
     e.add_argument("--plot", metavar="DIR")
     e.set_defaults(func=cmd_experiment)
+
+    from . import cli_cnn
+    cli_cnn.register(sub, station_opts)
+
+    sp = sub.add_parser("gui", help="probe-station GUI (PySide6)")
+    sp.add_argument("--station", help="'sim' or a station TOML file to connect at start")
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--run", help="run record (.h5) to open")
+    sp.add_argument("--screenshot", metavar="DIR", help="scripted session, every panel as PNG, then exit")
+    sp.set_defaults(func=cmd_gui)
 
     sp = sub.add_parser("info", help="version, backends and the active parameter set")
     sp.add_argument("--params", help="show this parameter file instead of the defaults")

@@ -58,10 +58,12 @@ class TransferReport:
 
     report: ProgramReport
     weight_error: dict = field(default_factory=dict)     # layer -> RMS error in weight levels
+    weight_mae: dict = field(default_factory=dict)       # layer -> mean |error| in weight levels
     out_of_band: dict = field(default_factory=dict)       # layer -> fraction of cells out of band
 
     def summary(self) -> dict:
         return {"program": self.report.summary(), "weight_rms_error_levels": self.weight_error,
+                "weight_mean_abs_error_levels": self.weight_mae,
                 "out_of_band_fraction": self.out_of_band}
 
 
@@ -239,17 +241,18 @@ def transfer(xbar: Crossbar, model: MCNN, plan: AllocationPlan, writer: RunWrite
                                            "cell_levels": enc.cell_levels, "tolerance_s": enc.tolerance_s})
     report = program_job(xbar, writer, pp, policy, resume=resume, progress=progress, cancel=cancel, prefix=prefix)
     hw = HardwareMCNN(xbar, model, plan, enc)
-    err, oob = {}, {}
+    err, mae, oob = {}, {}, {}
     for name in layers or list(plan.layers):
         gs = [SHARED] if name in plan.fc_layers else (range(plan.groups) if groups is None else groups)
         diffs = [hw.read_levels(name, max(g, 0)) - weight_matrix(model, name) for g in gs]
         err[name] = float(np.sqrt(np.mean(np.square(diffs))))
+        mae[name] = float(np.mean(np.abs(diffs)))
     in_band = np.abs(report.final_s - pp.targets_s) <= pp.tolerance_s
     lookup = {int(f): i for i, f in enumerate(pp.flat)}
     for name in layers or list(plan.layers):
         gs = [SHARED] if name in plan.fc_layers else (range(plan.groups) if groups is None else groups)
         idx = [lookup[int(f)] for g in gs for f in plan.cells(name, max(g, 0))[0].flat(plan.geometry)]
         oob[name] = float(1.0 - in_band[idx].mean())
-    tr = TransferReport(report, err, oob)
+    tr = TransferReport(report, err, mae, oob)
     writer.set_attrs(prefix, result=tr.summary())
     return tr

@@ -1,0 +1,182 @@
+"""The main window: one tab per panel, a log pane, a big Abort (button and Esc), an
+always-visible connection state, error dialogs, and layout / last station remembered."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable, Optional
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (QDockWidget, QLabel, QMainWindow, QMessageBox, QPushButton,
+                               QSizePolicy, QTabWidget, QToolBar, QWidget)
+
+from hil import __version__
+
+from . import theme
+from .logpane import LogPane
+from .panels.arraymap import ArrayMapPanel
+from .panels.cellops import CellOpsPanel
+from .panels.experiments import ExperimentsPanel
+from .panels.pending import convolver_panel, hybrid_panel, network_panel
+from .panels.programming import ProgrammingPanel
+from .panels.runs import RunsPanel
+from .panels.station import StationPanel
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+#: (key, tab title, factory(session) -> QWidget) in tab order; phase 2 fills the pending ones
+PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
+    ("station", "1 Station", StationPanel),
+    ("arraymap", "2 Array map", ArrayMapPanel),
+    ("cellops", "3 Cell operations", CellOpsPanel),
+    ("programming", "4 Programming", ProgrammingPanel),
+    ("network", "5 Network", network_panel),
+    ("convolver", "6 Convolver", convolver_panel),
+    ("hybrid", "7 Hybrid training", hybrid_panel),
+    ("experiments", "8 Experiments", ExperimentsPanel),
+    ("runs", "9 Runs", RunsPanel),
+]
+
+
+def default_settings() -> QSettings:
+    return QSettings("memristor-hil", "hil-gui")
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, session: Optional[Session] = None, settings: Optional[QSettings] = None) -> None:
+        super().__init__()
+        self.setWindowTitle(f"memristor-hil — probe station ({__version__})")
+        self.s = session or Session(self)
+        self.settings = settings if settings is not None else default_settings()
+
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.panels: dict[str, QWidget] = {}
+        for key, title, factory in PANELS:
+            w = factory(self.s)
+            self.panels[key] = w
+            self.tabs.addTab(w, title)
+        self.setCentralWidget(self.tabs)
+
+        # toolbar: title, running job, Abort
+        tb = QToolBar("Main")
+        tb.setObjectName("main_toolbar")
+        tb.setMovable(False)
+        name = QLabel("  memristor-hil")
+        name.setStyleSheet(f"font-size: 13pt; font-weight: 700; color: {theme.ACCENT};")
+        tb.addWidget(name)
+        spacer = QWidget()
+        spacer.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        tb.addWidget(spacer)
+        self.job_label = QLabel("idle")
+        self.job_label.setStyleSheet(f"color: {theme.MUTED}; padding-right: 12px;")
+        tb.addWidget(self.job_label)
+        self.abort_btn = QPushButton("■  ABORT  (Esc)")
+        self.abort_btn.setObjectName("abort")
+        self.abort_btn.setToolTip("Stop the running job at its next step; outputs are left safe")
+        self.abort_btn.clicked.connect(lambda: self.s.abort("aborted by the user (Abort button)"))
+        tb.addWidget(self.abort_btn)
+        self.addToolBar(Qt.TopToolBarArea, tb)
+        self.esc = QShortcut(QKeySequence(Qt.Key_Escape), self)
+        self.esc.setContext(Qt.ApplicationShortcut)
+        self.esc.activated.connect(lambda: self.s.abort("aborted by the user (Esc)"))
+
+        # log pane
+        self.log_pane = LogPane()
+        self.log_pane.attach()
+        dock = QDockWidget("Log", self)
+        dock.setObjectName("log_dock")
+        dock.setWidget(self.log_pane)
+        dock.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetFloatable)
+        self.addDockWidget(Qt.BottomDockWidgetArea, dock)
+        self.log_dock = dock
+
+        # status bar: connection state always visible
+        self.conn_label = QLabel()
+        self.conn_label.setStyleSheet("padding: 2px 10px; font-weight: 600;")
+        self.clock_label = QLabel()
+        self.clock_label.setStyleSheet(f"color: {theme.MUTED}; padding: 2px 10px;")
+        self.statusBar().addPermanentWidget(self.conn_label)
+        self.statusBar().addPermanentWidget(self.clock_label)
+
+        self.errors: list[tuple[str, str]] = []
+        self.s.error.connect(self.show_error)
+        self.s.connection_changed.connect(self._update_state)
+        self.s.connection_changed.connect(self._remember_station)
+        self.s.busy_changed.connect(lambda _: self._update_state())
+        self.s.job_started.connect(lambda n: self._update_state())
+        self.s.status_message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self._restore()
+        self._update_state()
+
+    # ---- state ---------------------------------------------------------------------------
+    def _update_state(self) -> None:
+        s = self.s
+        busy = s.busy
+        if s.connected:
+            dot, text = (theme.WARN, "BUSY") if busy else (theme.OK, "CONNECTED")
+            self.conn_label.setText(f"<span style='color:{dot}'>●</span> {text} · {s.station_label}")
+            try:
+                self.clock_label.setText(f"station clock {s.xbar.now():.4g} s")
+            except Exception:
+                self.clock_label.setText("")
+        elif busy:
+            self.conn_label.setText(f"<span style='color:{theme.WARN}'>●</span> CONNECTING…")
+        else:
+            self.conn_label.setText(f"<span style='color:{theme.BAD}'>○</span> DISCONNECTED")
+            self.clock_label.setText("")
+        self.abort_btn.setEnabled(busy)
+        self.job_label.setText(f"running: {s.job.name}" if busy and s.job is not None else "idle")
+
+    def show_error(self, title: str, text: str) -> None:
+        """Every error ends here: logged, remembered, and shown in a dialog."""
+        self.errors.append((title, text))
+        log.error("%s: %s", title, text.split("\n")[0])
+        QMessageBox.critical(self, title, text)
+
+    def panel(self, key: str) -> QWidget:
+        return self.panels[key]
+
+    def show_panel(self, key: str) -> None:
+        self.tabs.setCurrentWidget(self.panels[key])
+
+    # ---- settings ------------------------------------------------------------------------
+    def _restore(self) -> None:
+        st = self.settings
+        geo, state = st.value("window/geometry"), st.value("window/state")
+        if geo is not None:
+            self.restoreGeometry(geo)
+        else:
+            self.resize(1480, 940)
+        if state is not None:
+            self.restoreState(state)
+        tab = st.value("window/tab")
+        if tab is not None:
+            self.tabs.setCurrentIndex(int(tab))
+        raw = st.value("station/last")
+        if raw:
+            try:
+                c = json.loads(raw)
+                self.panels["station"].set_choice(c.get("spec", "sim"), c.get("seed"), c.get("geometry", "yao"))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("ignoring unreadable remembered station %r", raw)
+
+    def _remember_station(self) -> None:
+        if self.s.connected:
+            self.settings.setValue("station/last", json.dumps(self.panels["station"].choice()))
+
+    def save_settings(self) -> None:
+        st = self.settings
+        st.setValue("window/geometry", self.saveGeometry())
+        st.setValue("window/state", self.saveState())
+        st.setValue("window/tab", self.tabs.currentIndex())
+        st.setValue("station/last", json.dumps(self.panels["station"].choice()))
+        st.sync()
+
+    def closeEvent(self, ev) -> None:
+        self.save_settings()
+        self.s.shutdown()
+        self.log_pane.detach()
+        super().closeEvent(ev)

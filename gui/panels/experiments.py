@@ -1,0 +1,297 @@
+"""Experiments tab: read disturb and retention drift on the programmed cells, with live plots.
+Both run the `hil.experiments` functions in a worker (virtual clock on the simulator) and
+write a run record like `hil experiment`."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QSpinBox, QDoubleSpinBox, QVBoxLayout,
+                               QWidget)
+
+from hil import experiments
+from hil.crossbar import Crossbar
+from hil.geometry import Cells
+from hil.runstore import RunWriter
+
+from .. import theme
+from ..session import Session
+from ..widgets import muted, plot_widget
+from .programming import station_snapshot, unique_path
+
+log = logging.getLogger(__name__)
+US = 1e6
+DAY = 86400.0
+HIST_BINS = 81
+#: deviation histograms span ± this many tolerances around the target
+DEV_SPAN_TOL = 8
+
+
+class TapCrossbar(Crossbar):
+    """Forwards everything to `inner` and keeps the last read result, so a progress callback
+    can show each experiment snapshot live (the experiment reads, then reports progress)."""
+
+    def __init__(self, inner: Crossbar) -> None:
+        self.inner = inner
+        self.geometry, self.limits = inner.geometry, inner.limits
+        self.capabilities = inner.capabilities
+        self.v_read_default = inner.v_read_default
+        self.last: Optional[np.ndarray] = None
+
+    def _read(self, cells, v_read, n_avg):
+        g = self.inner.read(cells, v_read=v_read, n_avg=n_avg)
+        self.last = g
+        return g
+
+    def _pulse(self, cells, op, v, v_gate, width) -> None:
+        self.inner.pulse(cells, op, v, v_gate, width)
+
+    def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a):
+        return self.inner.vmm(pe, inputs, rows, cols, v_read=v_read, adc_full_scale_a=adc_full_scale_a)
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    def advance(self, seconds: float) -> None:
+        self.inner.advance(seconds)
+
+    def read_stress(self, cells, n_reads, v_read=None) -> None:
+        self.inner.read_stress(cells, n_reads, v_read=v_read)
+
+    def _describe(self) -> dict:
+        return self.inner.describe()
+
+    def _close(self) -> None:       # the session owns the real station
+        pass
+
+
+def disturb_checkpoints(reads: int, n: int) -> list[int]:
+    """`n` log-spaced read counts from 10 up to `reads`."""
+    return sorted({int(round(x)) for x in np.geomspace(min(10, reads), reads, max(1, n))})
+
+
+def drift_times(days: float) -> list[float]:
+    """The standard snapshot times (1 s, 10 min, 1 h, 1 d, 7 d, 30 d) up to `days`, plus `days`."""
+    end = days * DAY
+    ts = [t for t in experiments.DEFAULT_DRIFT_TIMES_S if t < end * (1 - 1e-9)]
+    return ts + [end]
+
+
+class _ExperimentView:
+    """Metric-vs-x plot and per-snapshot conductance distributions of one experiment."""
+
+    def __init__(self, title: str, x_label: str, y_label: str) -> None:
+        self.metric = plot_widget(title, (x_label, ""), (y_label, "%"), log_x=True)
+        self.curve = self.metric.plot([], [], pen=pg.mkPen(theme.ACCENT, width=2), symbol="o", symbolSize=7,
+                                      symbolBrush=theme.ACCENT, symbolPen=None)
+        self.dist = plot_widget("Deviation from target per snapshot", ("G − target", "µS"),
+                                ("cells", ""), legend=True)
+        self.band = pg.LinearRegionItem(movable=False, brush=pg.mkBrush(62, 207, 142, 30), pen=pg.mkPen(None))
+        self.xs: list = []
+        self.ys: list = []
+
+    def reset(self, tol_us: float) -> None:
+        self.xs, self.ys = [], []
+        self.curve.setData([], [])
+        self.dist.clear()
+        self.band.setRegion((-tol_us, tol_us))
+        self.dist.addItem(self.band)
+
+    def add(self, x: float, y_pct: float, dev_us: np.ndarray, label: str, k: int, n: int, bins) -> None:
+        """One snapshot: metric point at `x`, and the histogram of deviations (µS, clipped to the
+        outer bins so nothing falls off the plot)."""
+        self.xs.append(max(x, 1.0))
+        self.ys.append(y_pct)
+        self.curve.setData(np.array(self.xs), np.array(self.ys))
+        counts, edges = np.histogram(np.clip(dev_us, bins[0], bins[-1]), bins=bins)
+        col = theme.level_colors(max(n, 2))[min(k, max(n, 2) - 1)]
+        self.dist.plot(edges, counts, stepMode="center", pen=pg.mkPen(col, width=1.6), name=label)
+
+
+class ExperimentsPanel(QWidget):
+    title = "Experiments"
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(parent)
+        self.s = session
+        self.cells_label = QLabel("")
+        self.cells_label.setStyleSheet("font-weight: 600;")
+        self.folder = QLineEdit("runs")
+
+        self.reads = QSpinBox()
+        self.reads.setRange(10, 2_000_000_000)
+        self.reads.setValue(1_000_000)
+        self.rd_points = QSpinBox()
+        self.rd_points.setRange(1, 20)
+        self.rd_points.setValue(6)
+        self.rd_btn = QPushButton("Start read disturb")
+        self.rd_btn.setProperty("primary", "true")
+        self.rd_btn.clicked.connect(self.start_read_disturb)
+        rd = QGroupBox("Read disturb")
+        g = QGridLayout(rd)
+        g.addWidget(QLabel("read pulses"), 0, 0)
+        g.addWidget(self.reads, 0, 1)
+        g.addWidget(QLabel("checkpoints"), 1, 0)
+        g.addWidget(self.rd_points, 1, 1)
+        g.addWidget(self.rd_btn, 2, 0, 1, 2)
+
+        self.days = QDoubleSpinBox()
+        self.days.setRange(0.001, 3650)
+        self.days.setDecimals(3)
+        self.days.setValue(30.0)
+        self.days.setSuffix(" days")
+        self.dr_btn = QPushButton("Start drift")
+        self.dr_btn.setProperty("primary", "true")
+        self.dr_btn.clicked.connect(self.start_drift)
+        dr = QGroupBox("Retention drift (virtual clock on the simulator)")
+        g = QGridLayout(dr)
+        g.addWidget(QLabel("duration"), 0, 0)
+        g.addWidget(self.days, 0, 1)
+        g.addWidget(muted("snapshots at 1 s, 10 min, 1 h, 1 d, 7 d, 30 d (up to the duration)"), 1, 0, 1, 2)
+        g.addWidget(self.dr_btn, 2, 0, 1, 2)
+
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.message = muted("")
+        top = QHBoxLayout()
+        cells_box = QGroupBox("Cells")
+        cl = QVBoxLayout(cells_box)
+        cl.addWidget(self.cells_label)
+        fl = QHBoxLayout()
+        fl.addWidget(QLabel("run folder"))
+        fl.addWidget(self.folder)
+        cl.addLayout(fl)
+        cl.addWidget(self.bar)
+        cl.addWidget(self.message)
+        top.addWidget(cells_box, 2)
+        top.addWidget(rd, 1)
+        top.addWidget(dr, 1)
+
+        self.rd_view = _ExperimentView("Read disturb: cells out of band", "read pulses", "out of band")
+        self.dr_view = _ExperimentView("Drift: cells in band", "time after programming (s)", "in band")
+        plots = QGridLayout()
+        plots.addWidget(self.rd_view.metric, 0, 0)
+        plots.addWidget(self.rd_view.dist, 0, 1)
+        plots.addWidget(self.dr_view.metric, 1, 0)
+        plots.addWidget(self.dr_view.dist, 1, 1)
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addLayout(plots, 1)
+
+        self.result = None
+        self.out: Optional[Path] = None
+        self.s.plan_changed.connect(self.refresh)
+        self.s.connection_changed.connect(self.refresh)
+        self.s.busy_changed.connect(lambda _: self.refresh())
+        self.refresh()
+
+    def _why_not(self) -> str:
+        if not self.s.connected:
+            return "Connect a station first (Station tab)."
+        if self.s.plan is None:
+            return "Program cells first (Programming tab): experiments follow programmed cells."
+        if self.s.busy:
+            return "A job is running."
+        return ""
+
+    def refresh(self) -> None:
+        why = self._why_not()
+        for b in (self.rd_btn, self.dr_btn):
+            b.setEnabled(not why)
+            b.setToolTip(why)
+        p = self.s.plan
+        if p is None or not self.s.connected:
+            self.cells_label.setText("No programmed cells yet — program some on the Programming tab.")
+        else:
+            pes = np.unique(Cells.from_flat(p.flat, self.s.geometry).pe)
+            self.cells_label.setText(f"{p.flat.size:,} programmed cells on PE {', '.join(map(str, pes))} · "
+                                     f"{np.unique(p.level_index).size} levels · tolerance ±"
+                                     f"{p.tolerance_s * US:.2f} µS")
+
+    # ---- jobs ----------------------------------------------------------------------------
+    def _start(self, kind: str, run_fn, xs: list, labels: list, view: _ExperimentView, metric) -> bool:
+        why = self._why_not()
+        if why:
+            self.s.error.emit("Cannot start", why)
+            return False
+        plan, geom = self.s.plan, self.s.geometry
+        cells = Cells.from_flat(plan.flat, geom)
+        tap = TapCrossbar(self.s.xbar)
+        out = unique_path(Path(self.folder.text().strip() or "runs"), kind)
+        snapshot = station_snapshot(self.s)
+        tol_us = plan.tolerance_s * US
+        span = DEV_SPAN_TOL * tol_us
+        bins = np.linspace(-span, span, HIST_BINS + 1)
+        n = len(xs)
+
+        def job(ctx):
+            writer = RunWriter.create(out, kind, snapshot, {"cells": int(len(cells))})
+
+            def progress(p):
+                ctx.progress(p)
+                if tap.last is not None:
+                    ctx.partial((int(p.done) - 1, tap.last.copy()))
+                    tap.last = None
+            try:
+                res = run_fn(tap, cells, plan, progress, ctx.cancel)
+                for label, g in res.snapshots.items():
+                    writer.put(f"experiment/snapshots/{label}", np.asarray(g))
+                writer.put("experiment/cells", plan.flat)
+                writer.set_attrs("experiment", summary=res.to_dict())
+                writer.finalize()
+            except BaseException:
+                writer.close()
+                raise
+            return res
+
+        def partial(data):
+            k, g = data
+            if 0 <= k < n:
+                view.add(xs[k], 100 * metric(g, plan), (g - plan.targets_s) * US, labels[k], k, n, bins)
+
+        def progress(p):
+            self.bar.setValue(int(1000 * p.fraction))
+            self.message.setText(p.message)
+
+        def done(res):
+            self.result = res
+
+        def end(outcome):
+            if outcome == "done":
+                self.message.setText(f"{kind} finished — record {out}")
+            elif outcome == "cancelled":
+                self.message.setText(f"{kind} aborted — partial record {out}")
+
+        view.reset(tol_us)
+        self.out = out
+        self.bar.setValue(0)
+        return self.s.start_job(kind, job, on_result=done, on_progress=progress, on_partial=partial,
+                                on_end=end, needs_station=True)
+
+    def start_read_disturb(self) -> bool:
+        reads = self.reads.value()
+        cps = disturb_checkpoints(reads, self.rd_points.value())
+        xs = [0] + cps
+        labels = [experiments.format_count(c) for c in xs]
+
+        def run(xbar, cells, plan, progress, cancel):
+            return experiments.read_disturb(xbar, cells, plan.targets_s, plan.tolerance_s, reads=reads,
+                                            checkpoints=cps, progress=progress, cancel=cancel)
+        return self._start("read-disturb", run, xs, labels, self.rd_view, _out_of_band)
+
+    def start_drift(self) -> bool:
+        ts = drift_times(self.days.value())
+        labels = [experiments.format_duration(t) for t in ts]
+
+        def run(xbar, cells, plan, progress, cancel):
+            return experiments.drift(xbar, cells, plan.targets_s, plan.tolerance_s, times_s=ts,
+                                     level_index=plan.level_index, progress=progress, cancel=cancel)
+        return self._start("drift", run, ts, labels, self.dr_view, lambda g, p: 1 - _out_of_band(g, p))
+
+
+def _out_of_band(g: np.ndarray, plan) -> float:
+    return float(np.mean(np.abs(g - plan.targets_s) > plan.tolerance_s))

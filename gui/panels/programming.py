@@ -1,0 +1,376 @@
+"""Programming tab: pick a target (level pattern, weights file, a previous run's snapshot),
+run write-verify in a worker with progress and ETA, watch the per-level CDF and pulse-count
+histogram grow, and read the summary at the end."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDialog, QGridLayout,
+                               QGroupBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+                               QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
+
+from hil import __version__
+from hil.errors import ConfigError, DataError
+from hil.geometry import Cells
+from hil.jobs import CELLS, ProgramPlan, level_plan, program_job
+from hil.levels import LevelTable, validate_targets
+from hil.program import WriteVerifyPolicy
+from hil.runstore import RunRecord, RunWriter
+
+from .. import theme
+from ..history import RunHistory
+from ..session import Session, describe_error
+from ..widgets import muted, plot_widget
+
+log = logging.getLogger(__name__)
+US = 1e6
+PATTERNS = ("levels32", "checker", "random")
+
+
+def unique_path(folder: Path, stem: str) -> Path:
+    """folder/stem-YYYYmmdd-HHMMSS.h5, with a counter if that exists (with or without journal)."""
+    base = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, k = base.with_suffix(".h5"), 1
+    while out.exists() or Path(str(out) + ".journal").exists():
+        out = Path(f"{base}-{k}.h5")
+        k += 1
+    return out
+
+
+def parse_pes(text: str, n_pe: int) -> list[int]:
+    """'all', '0', '0,2' or '0-3' -> PE list; ConfigError naming the problem."""
+    t = text.strip().lower()
+    if t in ("", "all"):
+        return list(range(n_pe))
+    pes: list[int] = []
+    try:
+        for part in t.split(","):
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-"))
+                pes.extend(range(a, b + 1))
+            else:
+                pes.append(int(part))
+    except ValueError:
+        raise ConfigError(f"PEs must be 'all' or numbers like '0', '0,2' or '0-3', got {text!r}") from None
+    bad = [p for p in pes if not 0 <= p < n_pe]
+    if bad:
+        raise ConfigError(f"PE {bad[0]} does not exist: this station has PEs 0..{n_pe - 1}")
+    return sorted(set(pes))
+
+
+def station_snapshot(session: Session) -> dict:
+    return {"spec": session.station_spec, "label": session.station_label, "describe": session.identity,
+            "software_version": __version__, "client": "hil gui"}
+
+
+class ProgrammingPanel(QWidget):
+    title = "Programming"
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(parent)
+        self.s = session
+        # target
+        self.src_pattern = QRadioButton("Level pattern")
+        self.src_weights = QRadioButton("Weights file (.npy, siemens)")
+        self.src_snapshot = QRadioButton("Snapshot of a previous run (.h5)")
+        grp = QButtonGroup(self)
+        for b in (self.src_pattern, self.src_weights, self.src_snapshot):
+            grp.addButton(b)
+        self.src_pattern.setChecked(True)
+        self.pattern = QComboBox()
+        self.pattern.addItems(PATTERNS)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2 ** 31 - 1)
+        self.weights_edit, self.snapshot_edit = QLineEdit(), QLineEdit()
+        self.weights_edit.setPlaceholderText("targets.npy — one conductance per cell of the chosen PEs")
+        self.snapshot_edit.setPlaceholderText("runs/program-….h5 — its snapshots/after_programming")
+        wb, sb = QPushButton("Browse…"), QPushButton("Browse…")
+        wb.clicked.connect(lambda: self._browse(self.weights_edit, "Weights (*.npy)", self.src_weights))
+        sb.clicked.connect(lambda: self._browse(self.snapshot_edit, "Run records (*.h5)", self.src_snapshot))
+        self.n_levels = QSpinBox()
+        self.n_levels.setRange(2, 128)
+        self.n_levels.setValue(32)
+        self.g_min, self.g_max = QDoubleSpinBox(), QDoubleSpinBox()
+        for box, v in ((self.g_min, 2.0), (self.g_max, 20.0)):
+            box.setRange(0.0, 500.0)
+            box.setDecimals(1)
+            box.setSuffix(" µS")
+            box.setValue(v)
+        self.pes = QLineEdit("0")
+        self.pes.setToolTip("'all', '0', '0,2' or '0-3'")
+        self.max_pulses = QSpinBox()
+        self.max_pulses.setRange(1, 100_000)
+        self.max_pulses.setValue(WriteVerifyPolicy.max_pulses)
+        self.folder = QLineEdit("runs")
+        self.start_btn = QPushButton("Start write-verify")
+        self.start_btn.setProperty("primary", "true")
+        self.start_btn.clicked.connect(self.start)
+
+        tgt = QGroupBox("Target")
+        g = QGridLayout(tgt)
+        g.addWidget(self.src_pattern, 0, 0)
+        g.addWidget(self.pattern, 0, 1)
+        g.addWidget(QLabel("seed"), 0, 2, alignment=Qt.AlignRight)
+        g.addWidget(self.seed, 0, 3)
+        g.addWidget(self.src_weights, 1, 0)
+        g.addWidget(self.weights_edit, 1, 1, 1, 2)
+        g.addWidget(wb, 1, 3)
+        g.addWidget(self.src_snapshot, 2, 0)
+        g.addWidget(self.snapshot_edit, 2, 1, 1, 2)
+        g.addWidget(sb, 2, 3)
+        opts = QGroupBox("Levels and job")
+        o = QGridLayout(opts)
+        rows = (("levels", self.n_levels), ("G min", self.g_min), ("G max", self.g_max),
+                ("PEs", self.pes), ("max pulses / cell", self.max_pulses), ("run folder", self.folder))
+        for i, (name, w) in enumerate(rows):
+            o.addWidget(QLabel(name), i // 2, 2 * (i % 2), alignment=Qt.AlignRight)
+            o.addWidget(w, i // 2, 2 * (i % 2) + 1)
+
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.eta = QLabel("idle")
+        self.eta.setStyleSheet("font-family: monospace;")
+        self.message = muted("")
+        run = QGroupBox("Run")
+        rl = QVBoxLayout(run)
+        bl = QHBoxLayout()
+        bl.addWidget(self.start_btn)
+        bl.addWidget(self.bar, 1)
+        rl.addLayout(bl)
+        rl.addWidget(self.eta)
+        rl.addWidget(self.message)
+
+        self.summary = QTableWidget(0, 2)
+        self.summary.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
+        self.summary.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        self.summary.horizontalHeader().setVisible(False)
+        self.summary.verticalHeader().setVisible(False)
+        self.summary.verticalHeader().setDefaultSectionSize(22)
+        self.summary.setMinimumHeight(8 * 22 + 6)
+        self.summary.setEditTriggers(QTableWidget.NoEditTriggers)
+        summ = QGroupBox("Summary")
+        QVBoxLayout(summ).addWidget(self.summary)
+
+        self.cdf_plot = plot_widget("Cumulative distribution per level (live)", ("G", "µS"),
+                                    ("fraction of the level's cells", ""))
+        self.cdf_plot.setYRange(0, 1.02)
+        self.hist_plot = plot_widget("Pulses per finished cell (live)", ("pulses", ""), ("cells", ""))
+        self.hist_curve = self.hist_plot.plot([0, 1], [0], stepMode="center", fillLevel=0,
+                                              brush=pg.mkBrush(74, 163, 255, 150), pen=pg.mkPen(theme.ACCENT))
+        self.cdf_curves: list = []
+
+        left = QVBoxLayout()
+        left.addWidget(tgt)
+        left.addWidget(opts)
+        left.addWidget(run)
+        left.addWidget(summ, 1)
+        right = QVBoxLayout()
+        right.addWidget(self.cdf_plot, 3)
+        right.addWidget(self.hist_plot, 2)
+        lay = QHBoxLayout(self)
+        lay.addLayout(left, 2)
+        lay.addLayout(right, 3)
+
+        self.plan: Optional[ProgramPlan] = None
+        self.report = None
+        self._history = None
+        self.out: Optional[Path] = None
+        self._t0 = 0.0
+        self._inv: Optional[np.ndarray] = None
+        self._seen = 0
+        self.s.connection_changed.connect(self._enable)
+        self.s.busy_changed.connect(lambda _: self._enable())
+        self._enable()
+
+    def _browse(self, edit: QLineEdit, filt: str, radio: QRadioButton) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open", edit.text() or ".", filt)
+        if path:
+            edit.setText(path)
+            radio.setChecked(True)
+
+    def _enable(self) -> None:
+        ok = self.s.connected and not self.s.busy
+        self.start_btn.setEnabled(ok)
+        self.start_btn.setToolTip("" if ok else ("Connect a station first" if not self.s.connected
+                                                 else "A job is running"))
+
+    # ---- plan --------------------------------------------------------------------------------
+    def build_plan(self) -> ProgramPlan:
+        """The plan of the current settings (ConfigError / DataError say what is wrong)."""
+        geom = self.s.geometry
+        table = LevelTable.linear(self.g_min.value() / US, self.g_max.value() / US, self.n_levels.value())
+        pes = parse_pes(self.pes.text(), geom.n_pe)
+        if self.src_pattern.isChecked():
+            return level_plan(geom, pes, table, self.pattern.currentText(), self.seed.value())
+        cells = Cells.all(geom, pes)
+        n = len(cells)
+        if self.src_weights.isChecked():
+            path = Path(self.weights_edit.text().strip())
+            if not path.is_file():
+                raise ConfigError(f"weights file {str(path)!r} does not exist; choose a .npy file of conductances")
+            try:
+                w = np.load(path, allow_pickle=False)
+            except Exception as e:
+                raise DataError(f"{path} is not a readable .npy array ({e})") from None
+            if w.size != n:
+                raise ConfigError(f"{path.name} holds {w.size} values but PEs {pes} have {n} cells; give one "
+                                  f"conductance (siemens) per cell, shaped ({len(pes)}, {geom.rows}, {geom.cols})")
+            targets = validate_targets(w.astype(float).ravel(), table.g_window)
+        else:
+            path = Path(self.snapshot_edit.text().strip())
+            with RunRecord.open(path) as rec:
+                snap, _ = rec.dataset("snapshots/after_programming")
+            if snap.shape != geom.shape:
+                raise ConfigError(f"snapshot in {path.name} has shape {snap.shape}, the station {geom.shape}")
+            lo, hi = table.g_window
+            targets = table.targets(table.nearest_level(np.clip(snap[pes].ravel(), lo, hi)))
+        li = table.nearest_level(targets)
+        return ProgramPlan(cells.flat(geom), li.astype(np.int64), targets, table.tolerance_s)
+
+    # ---- run ---------------------------------------------------------------------------------
+    def start(self) -> bool:
+        if not self.s.connected:
+            self.s.error.emit("No station", "Connect a station on the Station tab first.")
+            return False
+        try:
+            plan = self.build_plan()
+            policy = WriteVerifyPolicy(max_pulses=self.max_pulses.value())
+            policy.validate(self.s.xbar.limits)
+            folder = Path(self.folder.text().strip() or "runs")
+            out = unique_path(folder, "program")
+        except Exception as e:
+            self.s.error.emit(*describe_error(e))
+            return False
+        xbar, snapshot = self.s.xbar, station_snapshot(self.s)
+        meta = {"source": self._source_name(), "levels": self.n_levels.value()}
+
+        def job(ctx):
+            writer = RunWriter.create(out, "programming", snapshot, meta)
+
+            def progress(p):
+                ctx.progress(p)
+                if ctx.want_partial(force=p.done >= p.total):
+                    t = writer.content.tables.get(CELLS)
+                    if t:
+                        ctx.partial((t["cell"].copy(), t["final_g_s"].copy(), t["pulses"].copy()))
+            try:
+                report = program_job(xbar, writer, plan, policy, progress=progress, cancel=ctx.cancel)
+                summary = report.summary()
+                summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
+                writer.set_attrs("/", summary=summary)
+                after = writer.content.datasets["snapshots/after_programming"][0]
+                writer.finalize()
+                history = RunHistory(out, writer.content)
+            except BaseException:
+                writer.close()
+                raise
+            return report, after, history
+
+        self._prepare(plan, out)
+        return self.s.start_job("write-verify", job, on_result=self._done, on_progress=self._progress,
+                                on_partial=self._partial, on_end=self._end, needs_station=True)
+
+    def _source_name(self) -> str:
+        if self.src_pattern.isChecked():
+            return f"pattern {self.pattern.currentText()}"
+        return (self.weights_edit if self.src_weights.isChecked() else self.snapshot_edit).text()
+
+    def _prepare(self, plan: ProgramPlan, out: Path) -> None:
+        self.plan, self.out, self.report, self._history = plan, out, None, None
+        self._t0 = time.monotonic()
+        self._seen = 0
+        self._inv = np.full(self.s.geometry.n_cells, -1, np.int64)
+        self._inv[plan.flat] = np.arange(plan.flat.size)
+        self.bar.setValue(0)
+        self.eta.setText(f"0 / {plan.flat.size:,} cells")
+        self.message.setText(f"recording to {out}")
+        self.summary.setRowCount(0)
+        levels = np.unique(plan.level_index)
+        self._level_ids = levels
+        self._level_count = np.bincount(np.searchsorted(levels, plan.level_index), minlength=levels.size)
+        if len(self.cdf_curves) == levels.size:            # reuse the curves (cheaper than rebuilding)
+            for c in self.cdf_curves:
+                c.setData([], [])
+        else:
+            self.cdf_plot.clear()
+            cols = theme.level_colors(levels.size)
+            self.cdf_curves = [self.cdf_plot.plot([], [], pen=pg.mkPen(c, width=1.6)) for c in cols]
+        lo, hi = plan.targets_s.min() * US, plan.targets_s.max() * US
+        pad = max(0.5, 0.05 * (hi - lo))
+        self.cdf_plot.setXRange(lo - pad, hi + pad)
+        self.hist_curve.setData([0, 1], [0])
+
+    def _progress(self, p) -> None:
+        self.bar.setValue(int(1000 * p.fraction))
+        el = time.monotonic() - self._t0
+        eta = "—" if p.done <= 0 else _fmt_s(el * (p.total - p.done) / p.done)
+        self.eta.setText(f"{int(p.done):,} / {int(p.total):,} cells · {_fmt_s(el)} elapsed · ETA {eta}")
+        if p.message:
+            self.message.setText(p.message)
+
+    def _partial(self, data) -> None:
+        cell, g, pulses = data
+        if self._inv is None:
+            return
+        new = slice(self._seen, cell.size)
+        self.s.set_map_values(cell[new], g[new])
+        self._seen = cell.size
+        pos = self._inv[cell]
+        li = np.searchsorted(self._level_ids, self.plan.level_index[pos])
+        order = np.lexsort((g, li))
+        g_sorted, li_sorted = g[order] * US, li[order]
+        starts = np.searchsorted(li_sorted, np.arange(self._level_ids.size + 1))
+        for k, curve in enumerate(self.cdf_curves):
+            a, b = starts[k], starts[k + 1]
+            y = np.arange(1, b - a + 1) / max(1, self._level_count[k])
+            curve.setData(g_sorted[a:b], y)
+        counts = np.bincount(pulses)
+        self.hist_curve.setData(np.arange(counts.size + 1) - 0.5, counts)
+
+    def _done(self, result) -> None:
+        report, after, self._history = result
+        self.report = report
+        s = report.summary()
+        self.s.set_map(after)
+        rows = (("cells", f"{s['cells']:,}"), ("in band", f"{100 * s['in_band_fraction']:.2f} %"),
+                ("write errors", f"{s['write_errors']} ({s['unresponsive']} unresponsive, "
+                                 f"{s['max_pulses_errors']} at max pulses)"),
+                ("pulses / cell", f"mean {s['mean_pulses']:.1f} · median {s['median_pulses']:.0f} · "
+                                  f"max {s['max_pulses']}"),
+                ("iterations", str(s["iterations"])), ("wall time", f"{s['seconds']:.2f} s"),
+                ("time at the station", _fmt_s(s["backend_seconds"])), ("run record", str(self.out)))
+        self.summary.setRowCount(len(rows))
+        for i, (k, v) in enumerate(rows):
+            self.summary.setItem(i, 0, QTableWidgetItem(k))
+            self.summary.setItem(i, 1, QTableWidgetItem(v))
+
+    def _end(self, outcome: str) -> None:
+        if self.out is None or not self.out.exists():
+            return
+        if outcome == "done":
+            self.message.setText(f"finished — record {self.out}")
+            self.s.set_plan(self.plan)
+        elif outcome == "cancelled":
+            self.message.setText(f"aborted — finished cells are kept in {self.out}; continue with "
+                                 f"`hil program --resume {self.out}`")
+            self.eta.setText(self.eta.text().split(" · ETA")[0] + " · aborted")
+        self.s.set_run(self.out, self._history)
+
+
+def _fmt_s(t: float) -> str:
+    t = float(t)
+    if t < 1e-3:
+        return f"{t * 1e6:.0f} µs"
+    if t < 1:
+        return f"{t * 1e3:.0f} ms"
+    if t < 120:
+        return f"{t:.1f} s"
+    m, s = divmod(int(round(t)), 60)
+    return f"{m}:{s:02d} min" if m < 60 else f"{m // 60}:{m % 60:02d} h"

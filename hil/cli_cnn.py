@@ -1,0 +1,244 @@
+"""`hil demo`, `hil train`, `hil transfer`, `hil hybrid`: the Yao 2020 reproduction from the shell."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .cli import _cancel_on_sigint, _chip_state_path, _emit, _jsonable, _open, _station_snapshot
+from .errors import DataError, HilError
+from .progress import Progress
+from .runstore import RunRecord, RunWriter
+
+KIND = "mcnn"
+
+
+class Bars:
+    """One tqdm bar per stage on a terminal (none with --json or without a TTY)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.open: list = []
+
+    def __call__(self, desc: str, unit: str):
+        state = {"bar": None}
+
+        def cb(p: Progress) -> None:
+            if not self.enabled:
+                return
+            if state["bar"] is None:
+                from tqdm import tqdm
+                state["bar"] = tqdm(desc=desc, unit=unit, total=p.total, file=sys.stderr, dynamic_ncols=True)
+                self.open.append(state["bar"])
+            bar = state["bar"]
+            bar.total = p.total
+            bar.n = p.done
+            if p.message:
+                bar.set_postfix_str(p.message, refresh=False)
+            bar.refresh()
+            if p.done >= p.total:
+                bar.close()
+        return cb
+
+    def close(self) -> None:
+        for b in self.open:
+            b.close()
+
+
+def _say(args):
+    return (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or path-1, path-2 ... when a record (or its journal) already exists there."""
+    k, p = 0, path
+    while p.exists() or p.with_name(p.name + ".journal").exists():
+        k += 1
+        p = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return p
+
+
+def _dataset(args):
+    from .datasets import load_dataset
+    return load_dataset(args.data, seed=args.seed or 0, download=getattr(args, "download", False))
+
+
+# ---- hil demo -----------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+    from .report import table_text, write_report
+    seed = 0 if args.seed is None else args.seed
+    cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
+    cfg.hybrid.seed = seed
+    if args.hybrid_fraction is not None:
+        cfg.hybrid.fraction = args.hybrid_fraction
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = _say(args)
+    ds = _dataset(args)
+    say(f"data: {ds.source} ({len(ds.x_train)} training / {len(ds.x_test)} test digits)")
+    run_path = _free_name(out / "demo.h5")
+    args.seed = seed
+    bars = Bars(not args.json)
+    with _open(args) as xbar, _cancel_on_sigint() as cancel:
+        writer = RunWriter.create(run_path, KIND, _station_snapshot(args, xbar), {"seed": seed, "demo": True})
+        try:
+            res = run_demo(xbar, ds, writer, cfg, bars=bars, cancel=cancel, say=say)
+        except BaseException:
+            bars.close()
+            writer.mark("stopped")
+            writer.finalize("incomplete")
+            raise
+        writer.finalize()
+    bars.close()
+    with RunRecord.open(run_path) as rec:
+        content = rec.content()
+    md = write_report(res, out, content)
+    res["run_record"] = str(run_path)
+    res["report"] = str(md)
+    human = (table_text(res) + f"\n\nallocation plan:\n{res['plan']}\n\nrun record {run_path}\nreport {md}"
+             f"\nwall time {res['seconds']:.0f} s")
+    keys = ("software_acc", "software_float_acc", "transfer_acc", "hybrid_acc", "group_acc_transfer",
+            "group_acc_hybrid", "parallel_acc", "conv_throughput_ratio", "gops_per_w", "seconds",
+            "run_record", "report", "after", "seed")
+    _emit(args, {k: res[k] for k in keys}, human)
+    return 0
+
+
+# ---- hil train / transfer / hybrid ----------------------------------------------------------
+def cmd_train(args) -> int:
+    from .demo import train_stage
+    seed = 0 if args.seed is None else args.seed
+    ds = _dataset(args)
+    out = Path(args.out)
+    bars = Bars(not args.json)
+    with _cancel_on_sigint() as cancel:
+        writer = RunWriter.create(out, KIND, {"spec": None, "note": "ex-situ training only"}, {"seed": seed})
+        try:
+            model, hist = train_stage(ds, writer, epochs=args.epochs, seed=seed, progress=bars("train", "batch"),
+                                      cancel=cancel)
+        except BaseException:
+            writer.finalize("incomplete")
+            raise
+        finally:
+            bars.close()
+        writer.finalize()
+    res = {"run_record": str(out), "dataset": ds.describe(), "history": hist,
+           "software_acc": model.accuracy(ds.x_test, ds.y_test, quantized=True)}
+    _emit(args, res, f"software accuracy {res['software_acc']:.2%} on {len(ds.x_test)} test digits "
+                     f"({ds.source}); model stored in {out}\nnext: hil transfer --run {out}")
+    return 0
+
+
+def _resume_run(args) -> RunWriter:
+    path = Path(args.run)
+    if not path.exists() and not path.with_name(path.name + ".journal").exists():
+        raise DataError(f"{path} does not exist; create it with `hil train --out {path}`")
+    return RunWriter.resume(path, KIND)
+
+
+def cmd_transfer(args) -> int:
+    from .demo import load_model, transfer_stage
+    writer = _resume_run(args)
+    resume = "transfer/targets" in writer.content.datasets
+    model = load_model(writer.content)
+    bars = Bars(not args.json)
+    with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
+        try:
+            plan, rep = transfer_stage(xbar, model, writer, groups=args.groups, resume=resume,
+                                       progress=bars("transfer", "cell"), cancel=cancel)
+        except BaseException:
+            writer.finalize("incomplete")
+            raise
+        finally:
+            bars.close()
+        writer.finalize()
+    s = rep.summary()
+    _emit(args, {"run_record": args.run, "resumed": resume, "transfer": s, "plan": plan.to_dict()},
+          f"{plan.table()}\n\n{'resumed; ' if resume else ''}{s['program']['cells']} cells, "
+          f"{100 * s['program']['in_band_fraction']:.2f}% in band; RMS weight error (levels) "
+          + ", ".join(f"{k} {v:.3f}" for k, v in s["weight_rms_error_levels"].items())
+          + f"\nnext: hil hybrid --run {args.run}")
+    return 0
+
+
+def cmd_hybrid(args) -> int:
+    from .demo import load_model, load_plan
+    from .hwnet import HardwareMCNN
+    from .hybrid import HybridConfig, accuracy, hybrid_train
+    writer = _resume_run(args)
+    content = writer.content
+    model, plan = load_model(content), load_plan(content)
+    seed = 0 if args.seed is None else args.seed
+    cfg = HybridConfig(fraction=args.fraction, epochs=args.epochs, lr_levels=args.lr, seed=seed)
+    ds = _dataset(args)
+    done = len(content.tables.get("hybrid/epochs", {}).get("epoch", []))
+    start = max(0, done - 1)
+    bars = Bars(not args.json)
+    with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
+        try:
+            hw = HardwareMCNN(xbar, model, plan)
+            hw.calibrate_adc(ds.x_train[:64])
+            groups = list(range(plan.groups)) if args.group == "all" else [int(args.group) - 1]
+            sub = ds.subset(cfg.fraction, seed)
+            which = hw.dispatch(len(sub.x_train), groups)
+            codes = np.zeros((len(sub.x_train), 192), np.int64)
+            for g in groups:
+                sel = which == g
+                codes[sel] = hw.features(sub.x_train[sel], g, progress=bars(f"training subset G{g + 1}", "img"),
+                                         cancel=cancel)
+            test = hw.parallel_features(ds.x_test, groups, progress=bars("test images", "img"), cancel=cancel)
+            hist = hybrid_train(hw, codes, sub.y_train, cfg, evals={"test": (test, ds.y_test)}, writer=writer,
+                                start_epoch=start, progress=bars("hybrid", "batch"), cancel=cancel)
+        except BaseException:
+            writer.finalize("incomplete")
+            raise
+        finally:
+            bars.close()
+        writer.finalize()
+    res = {"run_record": args.run, "resumed_from_epoch": start, "history": hist,
+           "hybrid_acc": hist[-1]["acc_test"] if hist else float("nan")}
+    _emit(args, res, "\n".join(f"epoch {r['epoch']}: test {r['acc_test']:.2%}, {r['pulses']} pulses" for r in hist))
+    return 0
+
+
+def register(sub, station_opts) -> None:
+    """Add the CNN commands to the `hil` parser."""
+    def data_opts(sp):
+        sp.add_argument("--data", metavar="DIR", help="directory of MNIST IDX files (default: $HIL_MNIST_DIR, "
+                        "else the embedded 5,000 digits)")
+        sp.add_argument("--download", action="store_true", help="download full MNIST into the cache (checksummed)")
+
+    sp = sub.add_parser("demo", help="the main job: Yao 2020 mCNN on the simulated chip, with a report folder")
+    station_opts(sp)
+    data_opts(sp)
+    sp.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
+    sp.add_argument("--quick", action="store_true", help="shorter run (under 2 minutes)")
+    sp.add_argument("--hybrid-fraction", type=float, default=None, help="training fraction for hybrid training")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("train", help="train the mCNN ex situ; stores the model in a new run record")
+    sp.add_argument("--out", required=True, help="run record (.h5) to create")
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--epochs", type=int, default=12)
+    sp.add_argument("--json", action="store_true")
+    data_opts(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("transfer", help="program the trained weights onto the chip (resumable)")
+    station_opts(sp)
+    sp.add_argument("--run", required=True, help="run record made by `hil train`")
+    sp.add_argument("--groups", type=int, default=3, help="convolver groups (default 3)")
+    sp.set_defaults(func=cmd_transfer)
+
+    sp = sub.add_parser("hybrid", help="hybrid training of the FC layer in situ (resumable)")
+    station_opts(sp)
+    data_opts(sp)
+    sp.add_argument("--run", required=True, help="run record after `hil transfer`")
+    sp.add_argument("--fraction", type=float, default=0.1)
+    sp.add_argument("--epochs", type=int, default=5)
+    sp.add_argument("--lr", type=float, default=0.05, help="step per mini-batch in weight levels")
+    sp.add_argument("--group", default="all", help="convolver group 1..N or 'all' (inputs dispatched)")
+    sp.set_defaults(func=cmd_hybrid)

@@ -1,0 +1,386 @@
+"""The five-layer mCNN of Yao et al. 2020 in numpy, with 15-level weights and 8-bit activations.
+
+Architecture [est, PAPERS.md §A]:
+    input 28x28 uint8 (the pixel value IS the 8-bit input code; one code = 1/255)
+    C1: 8 kernels 3x3, padding 1 -> ReLU -> max-pool 2 -> 8x14x14 -> requantize to 8 bits
+    C3: 12 kernels 3x3x8, no padding -> 12x12x12 -> ReLU -> max-pool 3 -> 12x4x4 = 192
+        -> requantize to 8 bits
+    FC: 192 -> 10
+No biases anywhere (every weight sits on the chip): 72 + 864 = 936 convolution weights and
+1,920 FC weights. Weights are trained ex situ, then fine-tuned with fake-quantized weights
+(15 levels, straight-through estimator) and calibrated 8-bit activations (QAT).
+
+Quantized inference (`forward(quantized=True)`) computes exactly what the hardware path
+computes, in float64: integer codes x integer weight levels, scaled to real values, ReLU,
+pooling and requantization in digital. `conv_patches`, `postprocess_conv` and
+`fc_logits_from` let the hardware path substitute array VMM results in the middle.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import nn
+from .datasets import Dataset
+from .errors import DataError
+from .progress import CancelToken, Progress, ProgressCallback, ensure
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "mcnn-yao2020"
+SHAPES = {"c1": (8, 1, 3, 3), "c3": (12, 8, 3, 3), "fc": (10, 192)}
+PAD = {"c1": 1, "c3": 0}
+POOL = {"c1": 2, "c3": 3}
+CONV_OUT = {"c1": (28, 28), "c3": (12, 12)}        # conv output (OH, OW) before pooling
+INPUT_CODE_SCALE = 1.0 / 255.0                     # real value of one input pixel code
+ACT_PERCENTILE = 99.99                             # activation calibration percentile
+CHUNK = 1000                                       # images per inference chunk (memory)
+
+
+def conv_patches(codes: np.ndarray, pad: int) -> np.ndarray:
+    """(N, C, H, W) integer codes -> (N*OH*OW, C*9) int64 3x3 patches; rows in (n, oh, ow)
+    order, columns in (c, i, j) order matching `weights.reshape(K, -1)`."""
+    return nn.im2col(np.asarray(codes).astype(np.int64, copy=False), 3, 3, pad)
+
+
+def maps_from_patch_outputs(y: np.ndarray, n: int, layer: str) -> np.ndarray:
+    """(N*OH*OW, K) per-patch outputs (rows as from `conv_patches`) -> (N, K, OH, OW) maps."""
+    oh, ow = CONV_OUT[layer]
+    return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
+
+
+def _check_array(name: str, a, shape: tuple) -> np.ndarray:
+    a = np.asarray(a)
+    if a.shape != shape:
+        raise DataError(f"mCNN layer {name!r}: weights of shape {a.shape}, expected {shape}")
+    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)):
+        raise DataError(f"mCNN layer {name!r}: weights contain NaN or inf; retrain or reload "
+                        "the model")
+    return a.astype(np.float32)
+
+
+class MCNN:
+    """The mCNN: `params` {"c1", "c3", "fc"} float32 weights and `act_scale` {"c1", "c3"}
+    (real value of one 8-bit activation code after that layer's ReLU + pooling)."""
+
+    def __init__(self, params: Optional[dict] = None, act_scale: Optional[dict] = None, *,
+                 seed: int = 0) -> None:
+        if params is None:
+            params = init_params(seed)
+        missing = set(SHAPES) - set(params)
+        if missing:
+            raise DataError(f"mCNN weights lack layer(s) {sorted(missing)}")
+        self.params = {k: _check_array(k, params[k], s) for k, s in SHAPES.items()}
+        self.act_scale: dict = {}
+        if act_scale is not None:
+            for k in ("c1", "c3"):
+                v = act_scale.get(k) if hasattr(act_scale, "get") else None
+                if v is None or not np.isfinite(v) or float(v) <= 0:
+                    raise DataError(f"mCNN activation scale of layer {k!r} must be a positive "
+                                    f"finite number, got {v!r}")
+                self.act_scale[k] = float(v)
+
+    # ---- weights ------------------------------------------------------------------------
+    def weight_scale(self, name: str) -> float:
+        """Real value of one of the 15 weight levels of layer `name`."""
+        return nn.weight_scale(self.params[name])
+
+    def weight_levels(self, name: str) -> np.ndarray:
+        """The layer's weights as integer levels -7..7 (int64, same shape as the weights)."""
+        return nn.quantize_weights(self.params[name])[0]
+
+    def quantized_weights(self, name: str) -> np.ndarray:
+        """levels * scale (float64): the real weights the 15-level hardware represents."""
+        q, s = nn.quantize_weights(self.params[name])
+        return q * s
+
+    def input_scale(self, name: str) -> float:
+        """Real value of one input code of layer `name` (1/255 for c1, then act_scale)."""
+        if name == "c1":
+            return INPUT_CODE_SCALE
+        self._need_scales()
+        return self.act_scale["c1" if name == "c3" else "c3"]
+
+    # ---- hardware-path helpers -----------------------------------------------------------
+    conv_patches = staticmethod(conv_patches)
+    maps_from_patch_outputs = staticmethod(maps_from_patch_outputs)
+
+    def postprocess_conv(self, out_real: np.ndarray, layer: str) -> np.ndarray:
+        """Real pre-activation conv output (N, K, OH, OW) -> 8-bit codes after ReLU, pooling and
+        requantization: (N, 8, 14, 14) for "c1", flattened (N, 192) for "c3" (int64).
+        out_real = (patches @ weights_real.T) * input_scale(layer), reshaped."""
+        self._need_scales()
+        out_real = np.asarray(out_real, dtype=np.float64)
+        k = SHAPES[layer][0]
+        if out_real.ndim != 4 or out_real.shape[1:] != (k, *CONV_OUT[layer]):
+            raise DataError(f"postprocess_conv({layer!r}) needs (N, {k}, "
+                            f"{CONV_OUT[layer][0]}, {CONV_OUT[layer][1]}), got {out_real.shape}")
+        pooled, _ = nn.maxpool2d_forward(np.maximum(out_real, 0.0), POOL[layer])
+        codes = nn.quantize_act(pooled, self.act_scale[layer])
+        return codes.reshape(codes.shape[0], -1) if layer == "c3" else codes
+
+    def fc_logits_from(self, codes192: np.ndarray, fc_weights_real: np.ndarray) -> np.ndarray:
+        """Logits (N, 10) from 8-bit C3 codes (N, 192) and real FC weights (10, 192)."""
+        self._need_scales()
+        x = np.asarray(codes192, dtype=np.float64) * self.act_scale["c3"]
+        return x @ np.asarray(fc_weights_real, dtype=np.float64).T
+
+    # ---- inference -----------------------------------------------------------------------
+    def forward(self, x_uint8: np.ndarray, *, quantized: bool = True) -> np.ndarray:
+        """Logits (N, 10) of images (N, 28, 28) uint8. quantized=True: 15-level weights and
+        8-bit activations exactly as the hardware path computes them; False: float network."""
+        x = _as_images(x_uint8)
+        if not quantized:
+            return np.concatenate([forward_float(self.params, x[i:i + CHUNK])
+                                   for i in range(0, len(x), CHUNK)] or [np.zeros((0, 10))])
+        codes = self.features(x, upto="c3")
+        return self.fc_logits_from(codes, self.quantized_weights("fc"))
+
+    def features(self, x_uint8: np.ndarray, upto: str = "c3") -> np.ndarray:
+        """8-bit activation codes (int64) after stage `upto`: "c1" -> (N, 8, 14, 14),
+        "c3" -> (N, 192), on the quantized path."""
+        if upto not in ("c1", "c3"):
+            raise ValueError(f"upto must be 'c1' or 'c3', got {upto!r}")
+        self._need_scales()
+        x = _as_images(x_uint8)
+        outs = []
+        for i in range(0, len(x), CHUNK):
+            codes = x[i:i + CHUNK, None].astype(np.int64)
+            for layer in ("c1", "c3") if upto == "c3" else ("c1",):
+                codes = self._conv_stage(codes, layer)
+            outs.append(codes)
+        if not outs:
+            return np.zeros((0, 8, 14, 14) if upto == "c1" else (0, 192), dtype=np.int64)
+        return np.concatenate(outs)
+
+    def _conv_stage(self, codes: np.ndarray, layer: str) -> np.ndarray:
+        n = codes.shape[0]
+        # integer codes x integer levels, in float64 (exact below 2**53, and BLAS-fast)
+        patches = nn.im2col(codes.astype(np.float64, copy=False), 3, 3, PAD[layer])
+        sums = patches @ self.weight_levels(layer).reshape(SHAPES[layer][0], -1).T.astype(
+            np.float64)
+        real = sums * (self.weight_scale(layer) * self.input_scale(layer))
+        return self.postprocess_conv(maps_from_patch_outputs(real, n, layer), layer)
+
+    def predict(self, x_uint8: np.ndarray, *, quantized: bool = True) -> np.ndarray:
+        return self.forward(x_uint8, quantized=quantized).argmax(axis=1)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray, quantized: bool = True) -> float:
+        y = np.asarray(y)
+        return float((self.predict(x, quantized=quantized) == y).mean()) if y.size else 0.0
+
+    def calibrate(self, x_uint8: np.ndarray, percentile: float = ACT_PERCENTILE) -> dict:
+        """Set act_scale from `percentile` of the activations after each ReLU+pool on images
+        x, layer by layer through the quantized path. Returns the new scales."""
+        x = _as_images(x_uint8)
+        if len(x) == 0:
+            raise DataError("cannot calibrate activation scales on zero images")
+        self.act_scale = calibrate_scales(self.params, x, percentile)
+        return dict(self.act_scale)
+
+    def _need_scales(self) -> None:
+        if set(self.act_scale) != {"c1", "c3"}:
+            raise DataError("the mCNN has no activation scales: call calibrate() on training "
+                            "images (train_mcnn does this) before quantized inference")
+
+    # ---- storage -------------------------------------------------------------------------
+    def to_arrays(self) -> dict:
+        """Float32 weights by layer name, for a run record."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def attrs(self) -> dict:
+        """Scalar attributes (JSON/HDF5-friendly) that with to_arrays() rebuild the model."""
+        out = {"model": MODEL_NAME, "weight_levels": nn.WEIGHT_LEVELS,
+               "act_bits": nn.ACT_BITS, "weight_scale_rule": "max|w|/7"}
+        for k in ("c1", "c3"):
+            if k in self.act_scale:
+                out[f"act_scale_{k}"] = self.act_scale[k]
+        for k in SHAPES:
+            out[f"weight_scale_{k}"] = self.weight_scale(k)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, attrs: Optional[dict] = None) -> "MCNN":
+        """Rebuild from to_arrays() and attrs(); DataError names a wrong or non-finite layer."""
+        attrs = dict(attrs or {})
+        if attrs.get("model", MODEL_NAME) != MODEL_NAME:
+            raise DataError(f"stored model is {attrs.get('model')!r}, not {MODEL_NAME!r}")
+        scales = {k: attrs[f"act_scale_{k}"] for k in ("c1", "c3") if f"act_scale_{k}" in attrs}
+        return cls(dict(arrays), scales or None)
+
+    def describe(self) -> dict:
+        return {"model": MODEL_NAME, "conv_weights": int(self.params["c1"].size
+                                                         + self.params["c3"].size),
+                "fc_weights": int(self.params["fc"].size), **self.attrs()}
+
+
+# ---------------------------------------------------------------------------- functional core
+def _as_images(x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataError(f"mCNN input must be (N, 28, 28) 8-bit images, got {x.shape}")
+    if x.dtype != np.uint8:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError("mCNN input codes must be 0..255")
+        x = x.astype(np.uint8)
+    return x
+
+
+def init_params(seed: int) -> dict:
+    """He-normal initial weights, seeded."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, s in SHAPES.items():
+        fan_in = int(np.prod(s[1:]))
+        out[k] = (rng.standard_normal(s) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    return out
+
+
+def forward_float(params: dict, x_uint8: np.ndarray) -> np.ndarray:
+    """Float network (no quantization) on uint8 images; float32 logits."""
+    logits, _ = _forward_train(params, x_uint8, None)
+    return logits
+
+
+def _forward_train(params: dict, x_uint8: np.ndarray, act_scale: Optional[dict]):
+    """Training forward. act_scale None: float network. Otherwise QAT: fake-quantized weights
+    (STE) and fake-quantized activations with those scales."""
+    qat = act_scale is not None
+    x = (x_uint8[:, None].astype(np.float32) * np.float32(INPUT_CODE_SCALE))
+    c = {}
+    h = x
+    for layer in ("c1", "c3"):
+        w = nn.fake_quant_weights(params[layer]) if qat else params[layer]
+        z, c[layer + "conv"] = nn.conv2d_forward(h, w, PAD[layer])
+        r, c[layer + "relu"] = nn.relu_forward(z)
+        p, c[layer + "pool"] = nn.maxpool2d_forward(r, POOL[layer])
+        if qat:
+            p, c[layer + "ste"] = nn.fake_quant_act(p, act_scale[layer])
+        h = p
+    c["shape3"] = h.shape
+    flat = h.reshape(h.shape[0], -1)
+    wfc = nn.fake_quant_weights(params["fc"]) if qat else params["fc"]
+    logits, c["fc"] = nn.fc_forward(flat, wfc)
+    return logits, c
+
+
+def _backward_train(dlogits: np.ndarray, c: dict) -> dict:
+    """Gradients of the weights (STE: gradients of fake-quantized weights pass to the floats)."""
+    grads = {}
+    dflat, grads["fc"] = nn.fc_backward(dlogits, c["fc"])
+    dh = dflat.reshape(c["shape3"])
+    for layer in ("c3", "c1"):
+        if layer + "ste" in c:
+            dh = dh * c[layer + "ste"]
+        dh = nn.maxpool2d_backward(dh, c[layer + "pool"])
+        dh = nn.relu_backward(dh, c[layer + "relu"])
+        dh, grads[layer] = nn.conv2d_backward(dh, c[layer + "conv"], need_dx=(layer != "c1"))
+    return grads
+
+
+def calibrate_scales(params: dict, x_uint8: np.ndarray,
+                     percentile: float = ACT_PERCENTILE) -> dict:
+    """Activation scales layer by layer on the quantized path: scale = percentile / 255."""
+    scales: dict = {}
+    h = x_uint8[:, None].astype(np.float64) * INPUT_CODE_SCALE
+    for layer in ("c1", "c3"):
+        q, s = nn.quantize_weights(params[layer])
+        z, _ = nn.conv2d_forward(h, q * s, PAD[layer])
+        p, _ = nn.maxpool2d_forward(np.maximum(z, 0.0), POOL[layer])
+        top = float(np.percentile(p, percentile))
+        if not np.isfinite(top) or top <= 0:
+            top = float(p.max()) if p.size and p.max() > 0 else 1.0
+        scales[layer] = top / (2 ** nn.ACT_BITS - 1)
+        h = nn.quantize_act(p, scales[layer]) * scales[layer]
+    return scales
+
+
+# ---------------------------------------------------------------------------- training
+def shift_images(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image by a random integer offset in -max_shift..max_shift (zero fill)."""
+    if max_shift <= 0:
+        return x
+    n = len(x)
+    m = max_shift
+    padded = np.pad(x, ((0, 0), (m, m), (m, m)))
+    dy = rng.integers(0, 2 * m + 1, n)
+    dx = rng.integers(0, 2 * m + 1, n)
+    rows = (dy[:, None] + np.arange(28)[None])[:, :, None]
+    cols = (dx[:, None] + np.arange(28)[None])[:, None, :]
+    return padded[np.arange(n)[:, None, None], rows, cols]
+
+
+def train_mcnn(ds: Dataset, *, epochs: int = 10, batch: int = 64, lr: float = 5e-3,
+               seed: int = 0, qat: bool = True, progress: Optional[ProgressCallback] = None,
+               cancel: Optional[CancelToken] = None,
+               on_epoch: Optional[Callable[[dict], None]] = None,
+               qat_epochs: Optional[int] = None, augment_shift: int = 1,
+               lr_decay: float = 0.85, calib_images: int = 2000,
+               eval_train_images: int = 5000) -> tuple[MCNN, list[dict]]:
+    """Train the mCNN ex situ; deterministic for a seed.
+
+    The first epochs train the float network; the last `qat_epochs` (default epochs // 3,
+    at least 1 when qat) fine-tune with 15-level fake-quantized weights (STE) and 8-bit
+    activations whose scales are recalibrated at the start of each QAT epoch. Training
+    images are randomly shifted by up to `augment_shift` pixels. The learning rate decays by
+    `lr_decay` per epoch. History per epoch: loss, train_acc (running, as trained),
+    train_acc_quant (quantized, on up to `eval_train_images`), test_acc (float),
+    test_acc_quant, phase, lr, seconds."""
+    cancel, progress = ensure(cancel, progress)
+    if epochs < 1 or batch < 1 or lr <= 0:
+        raise DataError(f"train_mcnn needs epochs >= 1, batch >= 1 and lr > 0 "
+                        f"(got {epochs}, {batch}, {lr})")
+    if ds.n_train == 0:
+        raise DataError(f"dataset {ds.source} has no training images")
+    if qat_epochs is None:
+        qat_epochs = max(1, epochs // 3) if qat else 0
+    qat_epochs = min(qat_epochs, epochs) if qat else 0
+    rng = np.random.default_rng(seed)
+    model = MCNN(seed=seed)
+    opt = nn.Adam(model.params, lr=lr)
+    x, y = ds.x_train, ds.y_train
+    calib = x[np.sort(rng.choice(len(x), min(calib_images, len(x)), replace=False))]
+    ev_idx = np.sort(rng.choice(len(x), min(eval_train_images, len(x)), replace=False))
+    n_batches = -(-len(x) // batch)
+    total = epochs * n_batches
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        phase = "qat" if ep >= epochs - qat_epochs else "float"
+        scales = calibrate_scales(model.params, calib) if phase == "qat" else None
+        opt.lr = lr * lr_decay ** ep
+        loss_sum, correct = 0.0, 0
+        ep_seed = int(rng.integers(2 ** 31))
+        aug_rng = np.random.default_rng(ep_seed + 1)
+        for b, idx in enumerate(nn.minibatches(len(x), batch, ep_seed)):
+            cancel.raise_if_cancelled()
+            xb = shift_images(x[idx], augment_shift, aug_rng)
+            logits, cache = _forward_train(model.params, xb, scales)
+            loss, dlogits = nn.softmax_cross_entropy(logits, y[idx])
+            opt.step(_backward_train(dlogits, cache))
+            loss_sum += loss * len(idx)
+            correct += int((logits.argmax(1) == y[idx]).sum())
+            progress(Progress(ep * n_batches + b + 1, total,
+                              f"epoch {ep + 1}/{epochs} ({phase}) loss {loss:.3f}", "batches"))
+        if phase == "qat":
+            model.act_scale = scales
+        else:
+            model.calibrate(calib)
+        rec = {
+            "epoch": ep + 1, "phase": phase, "lr": opt.lr,
+            "loss": loss_sum / len(x), "train_acc": correct / len(x),
+            "train_acc_quant": model.accuracy(x[ev_idx], y[ev_idx], quantized=True),
+            "test_acc": model.accuracy(ds.x_test, ds.y_test, quantized=False),
+            "test_acc_quant": model.accuracy(ds.x_test, ds.y_test, quantized=True),
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info("mCNN epoch %d/%d %s: loss %.4f train %.4f test float %.4f quantized %.4f",
+                 ep + 1, epochs, phase, rec["loss"], rec["train_acc"], rec["test_acc"],
+                 rec["test_acc_quant"])
+        history.append(rec)
+        if on_epoch is not None:
+            on_epoch(dict(rec))
+    return model, history

@@ -1,0 +1,213 @@
+"""A small numpy neural-network core: im2col convolution, max pooling, ReLU, softmax
+cross-entropy, Adam, seeded mini-batches and fake quantization for quantization-aware training.
+
+Layouts: activations (N, C, H, W); convolution weights (K, C, kh, kw); stride 1, no bias.
+Everything is float32 and vectorized; nothing here draws random numbers without a seed.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+F32 = np.float32
+
+
+# ---------------------------------------------------------------------------- convolution
+def conv_output_size(h: int, w: int, kh: int, kw: int, pad: int) -> tuple[int, int]:
+    """Output height and width of a stride-1 convolution."""
+    return h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, pad: int = 0) -> np.ndarray:
+    """(N, C, H, W) -> (N*OH*OW, C*kh*kw) patches; rows in (n, oh, ow) order, columns in
+    (c, i, j) order, matching `w.reshape(K, C*kh*kw)`. Keeps the input dtype."""
+    n, c, h, w = x.shape
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = conv_output_size(h, w, kh, kw, pad)
+    xt = x.transpose(0, 2, 3, 1)                       # (N, H, W, C) view
+    out = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
+    for i in range(kh):                                # kh*kw strided copies, no Python per pixel
+        for j in range(kw):
+            out[:, :, :, :, i, j] = xt[:, i:i + oh, j:j + ow, :]
+    return out.reshape(n * oh * ow, c * kh * kw)
+
+
+def col2im(cols: np.ndarray, x_shape: tuple, kh: int, kw: int, pad: int = 0) -> np.ndarray:
+    """Adjoint of `im2col`: scatter-add (N*OH*OW, C*kh*kw) patch gradients back to x_shape."""
+    n, c, h, w = x_shape
+    oh, ow = conv_output_size(h, w, kh, kw, pad)
+    d = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, kh, kw, OH, OW)
+    dx = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + oh, j:j + ow] += d[:, :, i, j]
+    return dx[:, :, pad:pad + h, pad:pad + w] if pad else dx
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, pad: int = 0):
+    """Stride-1 convolution without bias. Returns (out (N, K, OH, OW), cache)."""
+    n, _, h, wd = x.shape
+    k, _, kh, kw = w.shape
+    oh, ow = conv_output_size(h, wd, kh, kw, pad)
+    cols = im2col(x, kh, kw, pad)
+    out = (cols @ w.reshape(k, -1).T).reshape(n, oh, ow, k).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(out), (x.shape, cols, w, pad)
+
+
+def conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True):
+    """Gradients (dx or None, dw) of `conv2d_forward` given dout (N, K, OH, OW)."""
+    x_shape, cols, w, pad = cache
+    k, _, kh, kw = w.shape
+    d2 = dout.transpose(0, 2, 3, 1).reshape(-1, k)
+    dw = (d2.T @ cols).reshape(w.shape)
+    dx = col2im(d2 @ w.reshape(k, -1), x_shape, kh, kw, pad) if need_dx else None
+    return dx, dw
+
+
+# ---------------------------------------------------------------------------- pooling, ReLU
+def maxpool2d_forward(x: np.ndarray, k: int):
+    """Non-overlapping k x k max pooling (H and W must be multiples of k).
+    Returns (out (N, C, H/k, W/k), cache with the argmax (first maximum) inside each window)."""
+    n, c, h, w = x.shape
+    if h % k or w % k:
+        raise ValueError(f"maxpool {k}x{k} needs H and W divisible by {k}, got {h}x{w}")
+    out = x[:, :, 0::k, 0::k].copy()
+    arg = np.zeros(out.shape, dtype=np.int8)
+    for t in range(1, k * k):                          # k*k strided slices
+        s = x[:, :, t // k::k, t % k::k]
+        better = s > out
+        np.copyto(out, s, where=better)
+        arg[better] = t
+    return out, (x.shape, k, arg)
+
+
+def maxpool2d_backward(dout: np.ndarray, cache) -> np.ndarray:
+    """Route dout to the argmax position of each pooling window."""
+    shape, k, arg = cache
+    dx = np.zeros(shape, dtype=dout.dtype)
+    for t in range(k * k):
+        dx[:, :, t // k::k, t % k::k] = np.where(arg == t, dout, 0)
+    return dx
+
+
+def relu_forward(x: np.ndarray):
+    """ReLU; the cache is the positive mask."""
+    mask = x > 0
+    return x * mask, mask
+
+
+def relu_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return dout * mask
+
+
+# ---------------------------------------------------------------------------- fully connected, loss
+def fc_forward(x: np.ndarray, w: np.ndarray):
+    """y = x @ w.T for w (out, in), no bias."""
+    return x @ w.T, (x, w)
+
+
+def fc_backward(dout: np.ndarray, cache, need_dx: bool = True):
+    x, w = cache
+    return (dout @ w if need_dx else None), dout.T @ x
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray):
+    """Mean cross-entropy of integer labels y; returns (loss float, dlogits)."""
+    n = logits.shape[0]
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    loss = float(-logp[np.arange(n), y].mean())
+    d = np.exp(logp)
+    d[np.arange(n), y] -= 1.0
+    return loss, (d / n).astype(logits.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------- optimizer, batches
+class Adam:
+    """Adam on a dict of parameter arrays (updated in place); deterministic."""
+
+    def __init__(self, params: dict, lr: float = 2e-3, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8) -> None:
+        self.params, self.lr, self.b1, self.b2, self.eps = params, lr, beta1, beta2, eps
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+        self.t = 0
+
+    def step(self, grads: dict) -> None:
+        self.t += 1
+        c1 = 1.0 - self.b1 ** self.t
+        c2 = 1.0 - self.b2 ** self.t
+        for k, g in grads.items():
+            m, v = self.m[k], self.v[k]
+            m *= self.b1
+            m += (1 - self.b1) * g
+            v *= self.b2
+            v += (1 - self.b2) * g * g
+            self.params[k] -= (self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(
+                self.params[k].dtype)
+
+
+def minibatches(n: int, batch: int, seed: int, shuffle: bool = True) -> Iterator[np.ndarray]:
+    """Index arrays covering range(n) in batches, shuffled by `seed` (last batch may be short)."""
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch):
+        yield order[start:start + batch]
+
+
+# ---------------------------------------------------------------------------- fake quantization
+WEIGHT_LEVELS = 15          # two cells of 8 levels each: integers -7..7
+ACT_BITS = 8
+
+
+def weight_scale(w: np.ndarray, levels: int = WEIGHT_LEVELS) -> float:
+    """Real value of one weight level: max|w| / ((levels-1)/2). The full range is used
+    (no percentile clipping): with 72-1,920 weights per layer and QAT, clipping the few
+    largest weights cost accuracy in our trials, and it keeps every weight representable."""
+    half = (levels - 1) // 2
+    m = float(np.max(np.abs(w))) if np.size(w) else 0.0
+    return m / half if m > 0 else 1.0
+
+
+def quantize_weights(w: np.ndarray, levels: int = WEIGHT_LEVELS):
+    """Weights -> (integer levels in -(L-1)/2..(L-1)/2 as int64, scale) with w ~ q * scale."""
+    half = (levels - 1) // 2
+    s = weight_scale(w, levels)
+    q = np.clip(np.rint(np.asarray(w, dtype=np.float64) / s), -half, half).astype(np.int64)
+    return q, s
+
+
+def fake_quant_weights(w: np.ndarray, levels: int = WEIGHT_LEVELS) -> np.ndarray:
+    """q * scale in the dtype of w. Its gradient is the straight-through estimator: use the
+    gradient with respect to the returned array as the gradient of w unchanged."""
+    q, s = quantize_weights(w, levels)
+    return (q * s).astype(w.dtype)
+
+
+ROUND_GUARD = 1e-9
+
+
+def quantize_act(a: np.ndarray, scale: float, bits: int = ACT_BITS) -> np.ndarray:
+    """Non-negative activations -> integer codes round(a/scale) clipped to 0..2**bits-1 (int64).
+
+    Rounds half up with a 1e-9 guard: integer sums over a percentile-derived scale often land
+    exactly on k + 0.5, and the guard makes the code independent of float summation order
+    (hardware path and reference give the same codes)."""
+    top = 2 ** bits - 1
+    x = np.asarray(a, dtype=np.float64) / scale
+    return np.clip(np.floor(x + (0.5 + ROUND_GUARD)), 0, top).astype(np.int64)
+
+
+def fake_quant_act(a: np.ndarray, scale: float, bits: int = ACT_BITS):
+    """(codes * scale in the dtype of a, STE mask): the gradient passes where 0 <= a <= top*scale."""
+    top = 2 ** bits - 1
+    x = a / scale
+    mask = (x >= 0) & (x <= top)
+    return (np.clip(np.floor(x + 0.5), 0, top) * scale).astype(a.dtype), mask
