@@ -13,6 +13,8 @@ from .progress import Progress
 from .runstore import RunRecord, RunWriter
 
 KIND = "mcnn"
+# A stage leaves the record open for the next stage (a "complete" record cannot be resumed).
+STAGE_DONE = {"train": "trained", "transfer": "transferred", "hybrid": "hybrid-trained"}
 
 
 class Bars:
@@ -124,7 +126,7 @@ def cmd_train(args) -> int:
             raise
         finally:
             bars.close()
-        writer.finalize()
+        writer.finalize(STAGE_DONE["train"])
     res = {"run_record": str(out), "dataset": ds.describe(), "history": hist,
            "software_acc": model.accuracy(ds.x_test, ds.y_test, quantized=True)}
     _emit(args, res, f"software accuracy {res['software_acc']:.2%} on {len(ds.x_test)} test digits "
@@ -154,7 +156,7 @@ def cmd_transfer(args) -> int:
             raise
         finally:
             bars.close()
-        writer.finalize()
+        writer.finalize(STAGE_DONE["transfer"])
     s = rep.summary()
     _emit(args, {"run_record": args.run, "resumed": resume, "transfer": s, "plan": plan.to_dict()},
           f"{plan.table()}\n\n{'resumed; ' if resume else ''}{s['program']['cells']} cells, "
@@ -197,7 +199,7 @@ def cmd_hybrid(args) -> int:
             raise
         finally:
             bars.close()
-        writer.finalize()
+        writer.finalize(STAGE_DONE["hybrid"])
     res = {"run_record": args.run, "resumed_from_epoch": start, "history": hist,
            "hybrid_acc": hist[-1]["acc_test"] if hist else float("nan")}
     _emit(args, res, "\n".join(f"epoch {r['epoch']}: test {r['acc_test']:.2%}, {r['pulses']} pulses" for r in hist))

@@ -91,10 +91,15 @@ def save_model(writer: RunWriter, model: MCNN) -> None:
 
 def load_model(content) -> MCNN:
     """The trained model stored in a run record's content."""
-    arrays = {k.split("/", 1)[1]: v[0] for k, v in content.datasets.items() if k.startswith("model/")}
+    arrays = {k.split("/")[-1]: v[0] for k, v in content.datasets.items() if k.lstrip("/").startswith("model/")}
     if not arrays:
         raise DataError("the run record holds no trained model; run `hil train` first")
-    return MCNN.from_arrays(arrays, content.attrs.get("model", {}))
+    return MCNN.from_arrays(arrays, _group_attrs(content, "model"))
+
+
+def _group_attrs(content, group: str) -> dict:
+    """Attributes of a record group (stored under '/group')."""
+    return content.attrs.get("/" + group, content.attrs.get(group, {}))
 
 
 def _row(r: dict) -> dict:
@@ -116,7 +121,7 @@ def transfer_stage(xbar: Crossbar, model: MCNN, writer: RunWriter, *, groups: in
 
 def load_plan(content) -> AllocationPlan:
     try:
-        return AllocationPlan.from_dict(content.attrs["plan"]["plan"])
+        return AllocationPlan.from_dict(_group_attrs(content, "plan")["plan"])
     except KeyError:
         raise DataError("the run record holds no allocation plan; run `hil transfer` first") from None
 
