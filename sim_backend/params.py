@@ -127,8 +127,8 @@ class RelaxationParams:
     """Relaxation right after programming: a per-event random shift growing in log time."""
 
     mean_rel: float = _f(-0.003, -0.5, 0.5, "mean shift at full relaxation, fraction of G")
-    sigma_rel: float = _f(0.04, 0.0, 0.5, "σ at full relaxation, fraction of G (XPEsim-like spread after a day)")
-    sigma_abs_us: float = _f(0.3, 0.0, 10.0, "σ floor at full relaxation, µS")
+    sigma_rel: float = _f(0.07, 0.0, 0.5, "σ at full relaxation, fraction of G (with sigma_abs_us: XPEsim σ_G after a day)")
+    sigma_abs_us: float = _f(0.8, 0.0, 10.0, "σ floor at full relaxation, µS")
     tau_s: float = _f(60.0, 1e-9, 1e6, "onset time")
     full_s: float = _f(1e5, 1e-3, 1e9, "time by which relaxation is complete")
 
