@@ -380,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", metavar="DIR")
     e.set_defaults(func=cmd_experiment)
 
-    from . import cli_cnn
+    from . import cli_cnn, station_check
     cli_cnn.register(sub, station_opts)
+    station_check.register(sub)
 
     sp = sub.add_parser("gui", help="probe-station GUI (PySide6)")
     sp.add_argument("--station", help="'sim' or a station TOML file to connect at start")

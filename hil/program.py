@@ -417,8 +417,11 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
         if sub is not None:
             f[sel], p[sel], s[sel] = sub.final_s, sub.pulses, sub.status
             iters = sub.iterations
-        return ProgramReport(targets.copy(), f, p, s, time.perf_counter() - t_wall,
-                             float(xbar.now() - t_backend), iters)
+        try:
+            backend_s = float(xbar.now() - t_backend)
+        except Exception:          # a dead link must not replace the error being reported
+            backend_s = float("nan")
+        return ProgramReport(targets.copy(), f, p, s, time.perf_counter() - t_wall, backend_s, iters)
 
     if sel.size == 0:
         return merged(None)

@@ -1,0 +1,286 @@
+"""`hil station check FILE` and `hil sim-station serve`.
+
+`station_check(spec)` connects to a station (through the registry, so any backend works), collects
+identities, firmware, channel map and limits from `describe()`, and dry-runs a small write-verify
+job through `hil.dryrun` (every pulse checked against the station's limits on a shadow chip;
+nothing is applied to the hardware).
+
+`serve_station(file)` puts the emulated instruments of a station file's [emulation] table on TCP:
+each SMU on a raw SCPI/TSP socket (pyvisa-py `TCPIP0::HOST::PORT::SOCKET`, served by
+sim_backend.visa_backend.serve) and the array board on a byte bridge (pyserial `socket://HOST:PORT`)
+to its emulated firmware, so other processes and tools can reach the same emulated station.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .errors import ConfigError, HilError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIM_STATION = Path(__file__).resolve().parents[1] / "stations" / "sim-instruments.toml"
+
+
+# ---- station check -----------------------------------------------------------------------------
+def station_check(spec: str, *, cells: int = 16, pe: int = 0, seed: int = 0, connect: bool = True) -> dict:
+    """Connect to station `spec` ('sim' or a station file), describe it and dry-run a small job.
+
+    Returns a JSON-able dict: `ok`, `station`, `describe` (identities, firmware, channel map,
+    limits ...), `dry_run` (hil.dryrun report of write-verifying `cells` cells of PE `pe` to the
+    32-level table). Raises HilError (ConfigError, BackendError ...) when the station is broken."""
+    from .dryrun import open_dry_run
+    from .geometry import Cells
+    from .levels import LevelTable, make_pattern
+    from .program import write_verify
+    from .registry import open_station
+
+    out: dict = {"station": spec, "ok": False}
+    if connect:
+        with open_station(spec) as xbar:
+            out["describe"] = xbar.describe()
+            out["capabilities"] = sorted(xbar.capabilities)
+    with open_dry_run(spec, seed) as dry:
+        g = dry.geometry
+        if not 0 <= pe < g.n_pe:
+            raise ConfigError(f"station check: PE {pe} out of range 0..{g.n_pe - 1}")
+        n = max(1, min(int(cells), g.rows * g.cols))
+        sel = Cells.from_flat(pe * g.rows * g.cols + np.arange(n), g)
+        table = LevelTable.linear()
+        _, targets = make_pattern("levels32", n, table)
+        rep = write_verify(dry, sel, targets, table.tolerance_s)
+        out["dry_run"] = {**dry.report(), "cells": n, "pe": pe, "summary": rep.summary()}
+    if not connect:
+        out["describe"] = {"geometry": dry.geometry.to_dict(), "limits": dry.limits.to_dict()}
+    out["ok"] = True
+    return out
+
+
+def format_check(res: dict) -> str:
+    """Human-readable summary of a station_check result."""
+    d = res.get("describe", {})
+    lines = [f"station {res['station']}: {d.get('station', d.get('backend', '?'))} "
+             f"({d.get('backend', '?')} backend)"]
+    geo = d.get("geometry", {})
+    if geo:
+        lines.append(f"  geometry: {geo.get('n_pe')} PE x {geo.get('rows')} rows x {geo.get('cols')} cols")
+    for name, inst in (d.get("instruments") or {}).items():
+        if inst.get("kind") == "array-board":
+            info = (inst.get("board") or {}).get("info") or {}
+            lines.append(f"  {name}: array board {info.get('model')} firmware {info.get('firmware')} serial "
+                         f"{info.get('serial')} protocol {info.get('protocol')} on {inst.get('port')}")
+        else:
+            ident = inst.get("identity") or {}
+            lines.append(f"  {name}: {inst.get('kind')} {ident.get('manufacturer', '')} {ident.get('model', '')} "
+                         f"serial {ident.get('serial', '')} firmware {ident.get('firmware', '')} at "
+                         f"{inst.get('resource')}")
+    if d.get("channels"):
+        lines.append("  channels: " + ", ".join(f"{k} -> {v}" for k, v in d["channels"].items()))
+    if d.get("program_path"):
+        lines.append(f"  program: {d['program_path']}, read: {d.get('read_path')}, pulse: {d.get('pulse_path')}")
+    for op, lim in (d.get("limits") or {}).items():
+        lines.append(f"  limits {op:5s}: |V| <= {lim['max_v']:g} V, gate <= {lim['max_v_gate']:g} V, "
+                     f"compliance <= {lim['max_compliance_a']:g} A, width {lim['min_width_s']:g}..{lim['max_width_s']:g} s")
+    dr = res.get("dry_run", {})
+    if dr:
+        s = dr.get("summary", {})
+        pulses = ", ".join(f"{op} {t['pulses']} (max {t['max_v']:.3g} V, gate {t['max_v_gate']:.3g} V)"
+                           for op, t in dr.get("pulses", {}).items())
+        lines.append(f"  dry run: {dr['cells']} cells of PE {dr['pe']}: every pulse within the limits; "
+                     f"{s.get('in_band_fraction', 0):.0%} in band on the shadow chip; pulses {pulses}")
+    lines.append("  OK" if res.get("ok") else "  FAILED")
+    return "\n".join(lines)
+
+
+# ---- emulated station on TCP ---------------------------------------------------------------------
+@dataclass
+class StationServer:
+    """Running TCP servers of an emulated station: `addresses[name]` for every instrument."""
+
+    world: object
+    host: str
+    addresses: dict = field(default_factory=dict)
+    _closers: list = field(default_factory=list)
+
+    def close(self) -> None:
+        for c in reversed(self._closers):
+            try:
+                c()
+            except Exception as e:       # best effort
+                log.warning("closing a station server: %s", e)
+        self._closers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _board_bridge(world_name: str, board: str, host: str, port: int):
+    """TCP server whose connections are byte pipes to the emulated board (pyserial hilsim://)."""
+    import socketserver
+
+    import serial
+
+    url = f"hilsim://{world_name}/{board}"
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            try:
+                ser = serial.serial_for_url(url, timeout=0)
+            except (serial.SerialException, ValueError) as e:
+                log.warning("board bridge %s: cannot open %s: %s", board, url, e)
+                return
+            try:
+                while True:
+                    try:
+                        data = self.request.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    try:
+                        ser.write(data)
+                        n = ser.in_waiting
+                        reply = ser.read(n) if n else b""
+                    except serial.SerialException:
+                        return                       # disconnect fault: drop the connection
+                    if reply:
+                        try:
+                            self.request.sendall(reply)
+                        except OSError:
+                            return
+            finally:
+                ser.close()
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    try:
+        srv = Server((host, port), Handler)
+    except OSError as e:
+        raise ConfigError(f"sim-station serve: cannot listen on {host}:{port} for the board: {e}") from None
+    t = threading.Thread(target=srv.serve_forever, name=f"hilsim-board-{board}", daemon=True)
+    t.start()
+
+    def close() -> None:
+        srv.shutdown()
+        srv.server_close()
+        t.join(timeout=2)
+    return srv.server_address[1], close
+
+
+def serve_station(station_file=None, *, host: str = "127.0.0.1", port_base: int = 5025) -> StationServer:
+    """Serve the emulated instruments of `station_file` (default stations/sim-instruments.toml)
+    on TCP: SMUs on port_base, port_base + 1, ... and each array board after them (0: free ports)."""
+    from .registry import load_station_file
+    # emulators are the whole point of this command: imported lazily, only here
+    from sim_backend.visa_backend import build_bench, load_emulation, serve
+
+    path = Path(station_file) if station_file else DEFAULT_SIM_STATION
+    cfg = load_station_file(path)
+    if "emulation" not in cfg:
+        raise ConfigError(f"{path}: no [emulation] table; only emulated stations can be served")
+    bench = build_bench(load_emulation(path))       # registers hilsim:// as well (import sim_backend)
+    server = StationServer(bench.world, host)
+    try:
+        if bench.by_name:
+            smu = serve(bench.world, bench, host=host, port_base=port_base)
+            server._closers.append(smu.close)
+            for name, port in smu.ports.items():
+                server.addresses[name] = f"TCPIP0::{host}::{port}::SOCKET"
+        boards = [(n, t) for n, t in (cfg.get("instruments") or {}).items()
+                  if isinstance(t, dict) and t.get("kind") == "array-board"]
+        for k, (name, t) in enumerate(boards):
+            port_s = str(t.get("port", ""))
+            board = port_s.rstrip("/").rsplit("/", 1)[-1] if port_s.startswith("hilsim://") else name
+            port = 0 if port_base == 0 else port_base + len(bench.by_name) + k
+            p, close = _board_bridge(bench.world.name, board, host, port)
+            server._closers.append(close)
+            server.addresses[name] = f"socket://{host}:{p}"
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+# ---- CLI -------------------------------------------------------------------------------------------
+def cmd_station_check(args) -> int:
+    try:
+        res = station_check(args.file, cells=args.cells, pe=args.pe)
+    except HilError as e:
+        if args.json:
+            print(json.dumps({"station": args.file, "ok": False, "error": str(e), "error_type": type(e).__name__}))
+            return 2
+        raise
+    if args.json:
+        print(json.dumps(res, default=_jsonable))
+    else:
+        print(format_check(res))
+    return 0
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def cmd_sim_station_serve(args, *, wait: Optional[threading.Event] = None) -> int:
+    import signal
+    server = serve_station(args.station, host=args.host, port_base=args.port_base)
+    stop = wait or threading.Event()
+    old_term = None
+    if wait is None and threading.current_thread() is threading.main_thread():
+        old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())       # stop cleanly on SIGTERM too
+    try:
+        print(f"emulated station {args.station or DEFAULT_SIM_STATION} (world {server.world.name!r}) serving:")
+        for name, addr in server.addresses.items():
+            print(f"  {name}: {addr}")
+        print("connect with pyvisa.ResourceManager('@py').open_resource(...) (SMUs) or "
+              "serial.serial_for_url('socket://...') / port = \"socket://...\" in a station file (board); "
+              "Ctrl+C stops", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        print("stopped", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    """Add `hil station check` and `hil sim-station serve` to the `hil` parser."""
+    sp = sub.add_parser("station", help="station files: check connections, identities and limits")
+    ssub = sp.add_subparsers(dest="station_cmd", required=True)
+    c = ssub.add_parser("check", help="connect, print identities, firmware and limits, dry-run a small job")
+    c.add_argument("file", help="station TOML file (or 'sim')")
+    c.add_argument("--cells", type=int, default=16, help="cells in the dry-run job (default 16)")
+    c.add_argument("--pe", type=int, default=0, help="PE of the dry-run job (default 0)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_station_check)
+
+    sp = sub.add_parser("sim-station", help="emulated instrument station tools")
+    ssub = sp.add_subparsers(dest="sim_station_cmd", required=True)
+    s = ssub.add_parser("serve", help="serve the emulated instruments of a station file on TCP")
+    s.add_argument("--station", default=None,
+                   help=f"station TOML with an [emulation] table (default {DEFAULT_SIM_STATION.name})")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port-base", type=int, default=5025, help="first TCP port (0: free ports)")
+    s.set_defaults(func=cmd_sim_station_serve)
