@@ -79,13 +79,58 @@ def _wait(win, what: str, timeout_ms: int = 120_000) -> None:
         raise RuntimeError(f"screenshot session: {what} failed: {win.errors[-1][1]}")
 
 
+def cnn_fits(geometry, groups: int = 3) -> bool:
+    """True if the mCNN with `groups` convolver groups fits `geometry`."""
+    from hil.errors import ConfigError
+    from hil.hwnet import plan_mcnn
+    from hil.mcnn import MCNN
+    try:
+        plan_mcnn(geometry, MCNN(seed=0), groups)
+    except ConfigError:
+        return False
+    return True
+
+
+def cnn_session(win, runs_dir: Path, *, fraction: float = 1.0, epochs: int = 3, digit: int = 7,
+                hybrid_fraction: float = 0.1, hybrid_epochs: int = 4, test_images: int = 300) -> bool:
+    """Scripted CNN session for the screenshots: train ex situ, transfer on 3 groups, convolve one
+    test digit, run hybrid training on all groups. Skipped (False) when the mCNN does not fit."""
+    if not cnn_fits(win.s.geometry):
+        log.info("screenshot session: the mCNN does not fit %s; CNN tabs left idle", win.s.geometry)
+        win.panels["network"].update_plan()
+        return False
+    net = win.panels["network"]
+    net.fraction.setValue(fraction)
+    net.epochs.setValue(epochs)
+    net.folder.setText(str(runs_dir))
+    net.train()
+    _wait(win, "mCNN training")
+    net.groups.setValue(3)
+    net.start_transfer()
+    _wait(win, "weight transfer")
+    conv = win.panels["convolver"]
+    conv.auto.setChecked(False)
+    conv.index.setValue(digit)
+    conv.run()
+    _wait(win, "the convolver")
+    hyb = win.panels["hybrid"]
+    hyb.folder.setText(str(runs_dir))
+    hyb.fraction.setValue(hybrid_fraction)
+    hyb.epochs.setValue(hybrid_epochs)
+    hyb.test_images.setValue(test_images)
+    hyb.start()
+    _wait(win, "hybrid training")
+    return True
+
+
 def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, geometry: str = "yao",
                        settings=None) -> int:
     """Scripted session on the (simulated) station, then every tab rendered to `out_dir`/NN-key.png.
 
     Reads the array, runs an I–V sweep on one cell, programs PE 0 to 32 levels, runs a read
     disturb (1e6 reads) and a 30-day drift on those cells, selects a programmed cell for its
-    history and opens the programming run on the Runs tab."""
+    history and opens the programming run on the Runs tab; then, when the mCNN fits the chip,
+    a short CNN session (`cnn_session`) for the Network, Convolver and Hybrid-training tabs."""
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
@@ -136,6 +181,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         amap._hover(0, min(10, g.rows - 1), min(5, g.cols - 1))     # as if the mouse rested there
         runs = win.panels["runs"]
         runs.open_run(prog.out)
+        cnn_session(win, runs_dir)
 
         files = []
         for i in range(win.tabs.count()):

@@ -17,8 +17,10 @@ from . import theme
 from .logpane import LogPane
 from .panels.arraymap import ArrayMapPanel
 from .panels.cellops import CellOpsPanel
+from .panels.convolver import ConvolverPanel
 from .panels.experiments import ExperimentsPanel
-from .panels.pending import convolver_panel, hybrid_panel, network_panel
+from .panels.hybrid import HybridPanel
+from .panels.network import NetworkPanel
 from .panels.programming import ProgrammingPanel
 from .panels.runs import RunsPanel
 from .panels.station import StationPanel
@@ -26,15 +28,15 @@ from .session import Session
 
 log = logging.getLogger(__name__)
 
-#: (key, tab title, factory(session) -> QWidget) in tab order; phase 2 fills the pending ones
+#: (key, tab title, factory(session) -> QWidget) in tab order
 PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
     ("station", "1 Station", StationPanel),
     ("arraymap", "2 Array map", ArrayMapPanel),
     ("cellops", "3 Cell operations", CellOpsPanel),
     ("programming", "4 Programming", ProgrammingPanel),
-    ("network", "5 Network", network_panel),
-    ("convolver", "6 Convolver", convolver_panel),
-    ("hybrid", "7 Hybrid training", hybrid_panel),
+    ("network", "5 Network", NetworkPanel),
+    ("convolver", "6 Convolver", ConvolverPanel),
+    ("hybrid", "7 Hybrid training", HybridPanel),
     ("experiments", "8 Experiments", ExperimentsPanel),
     ("runs", "9 Runs", RunsPanel),
 ]

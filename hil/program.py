@@ -453,7 +453,7 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
         raise
     report = merged(sub)
     s = report.summary()
-    log.info("write-verify: %d cells, %.1f%% in band, %d write errors (%d unresponsive), "
+    log.log(logging.INFO if len(report) >= 64 else logging.DEBUG, "write-verify: %d cells, %.1f%% in band, %d write errors (%d unresponsive), "
              "mean %.1f pulses", s["cells"], 100 * s["in_band_fraction"], s["write_errors"],
              s["unresponsive"], s["mean_pulses"])
     return report

@@ -406,11 +406,7 @@ def test_runs_browse_preview_export_and_use_for_map(win, qtbot, errors, tmp_path
 
 
 # ---- window ----------------------------------------------------------------------------------
-def test_pending_tabs_say_what_they_need(win):
-    for key, mod in (("network", "hil.mapping"), ("convolver", "hil.hwnet"), ("hybrid", "hil.hybrid")):
-        panel = win.panels[key]
-        assert "requires the CNN module" in panel.status_label.text()
-        assert mod in panel.modules
+def test_cnn_tabs_are_registered(win):
     assert [win.tabs.tabText(i) for i in range(win.tabs.count())][4:7] == ["5 Network", "6 Convolver",
                                                                          "7 Hybrid training"]
 
