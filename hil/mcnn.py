@@ -319,7 +319,8 @@ def train_mcnn(ds: Dataset, *, epochs: int = 10, batch: int = 64, lr: float = 5e
                on_epoch: Optional[Callable[[dict], None]] = None,
                qat_epochs: Optional[int] = None, augment_shift: int = 1,
                lr_decay: float = 0.85, calib_images: int = 2000,
-               eval_train_images: int = 5000) -> tuple[MCNN, list[dict]]:
+               eval_train_images: int = 5000,
+               blas_threads: Optional[int] = 1) -> tuple[MCNN, list[dict]]:
     """Train the mCNN ex situ; deterministic for a seed.
 
     The first epochs train the float network; the last `qat_epochs` (default epochs // 3,
@@ -328,7 +329,15 @@ def train_mcnn(ds: Dataset, *, epochs: int = 10, batch: int = 64, lr: float = 5e
     images are randomly shifted by up to `augment_shift` pixels. The learning rate decays by
     `lr_decay` per epoch. History per epoch: loss, train_acc (running, as trained),
     train_acc_quant (quantized, on up to `eval_train_images`), test_acc (float),
-    test_acc_quant, phase, lr, seconds."""
+    test_acc_quant, phase, lr, seconds. BLAS runs on `blas_threads` threads (see
+    nn.blas_threads; None leaves the setting alone)."""
+    with nn.blas_threads(blas_threads):
+        return _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epochs,
+                      augment_shift, lr_decay, calib_images, eval_train_images)
+
+
+def _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epochs,
+           augment_shift, lr_decay, calib_images, eval_train_images):
     cancel, progress = ensure(cancel, progress)
     if epochs < 1 or batch < 1 or lr <= 0:
         raise DataError(f"train_mcnn needs epochs >= 1, batch >= 1 and lr > 0 "
