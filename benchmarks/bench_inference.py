@@ -51,7 +51,7 @@ def main() -> None:
             sub = ds.subset(0.1, a.seed)
             codes = hw.features(sub.x_train, 0)
             t = time.perf_counter()
-            hybrid_train(hw, codes, sub.y_train, HybridConfig(epochs=5, lr_levels=0.05, seed=a.seed))
+            hybrid_train(hw, codes, sub.y_train, HybridConfig(seed=a.seed))
             t_hybrid = time.perf_counter() - t
 
     print(f"images: {a.images} ({ds.source} test digits repeated)")
@@ -60,7 +60,7 @@ def main() -> None:
     print(f"hardware inference (G1):    {a.images / t_hw:10.0f} images/s  ({t_hw:.2f} s)"
           f"  accuracy {np.mean(hw_logits.argmax(1) == y):.4f}")
     print(f"ratio float / hardware:     {t_hw / t_float:10.1f}x")
-    print(f"hybrid training, {len(sub.x_train)} digits x 5 epochs (FC in situ): {t_hybrid:.2f} s wall")
+    print(f"hybrid training, {len(sub.x_train)} digits x {HybridConfig.epochs} epochs (FC in situ): {t_hybrid:.2f} s wall")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 
 from .cli import _cancel_on_sigint, _chip_state_path, _emit, _jsonable, _open, _station_snapshot
 from .errors import DataError, HilError
+from .hybrid import HybridConfig
 from .progress import Progress
 from .runstore import RunRecord, RunWriter
 
@@ -240,7 +241,7 @@ def register(sub, station_opts) -> None:
     data_opts(sp)
     sp.add_argument("--run", required=True, help="run record after `hil transfer`")
     sp.add_argument("--fraction", type=float, default=0.1)
-    sp.add_argument("--epochs", type=int, default=5)
-    sp.add_argument("--lr", type=float, default=0.05, help="step per mini-batch in weight levels")
+    sp.add_argument("--epochs", type=int, default=HybridConfig.epochs)
+    sp.add_argument("--lr", type=float, default=HybridConfig.lr_levels, help="step per mini-batch in weight levels")
     sp.add_argument("--group", default="all", help="convolver group 1..N or 'all' (inputs dispatched)")
     sp.set_defaults(func=cmd_hybrid)

@@ -32,9 +32,9 @@ class HybridConfig:
     """Settings of in-situ FC training."""
 
     fraction: float = 0.1             # of the training set run through the hardware
-    epochs: int = 8
+    epochs: int = 6
     batch: int = 100
-    lr_levels: float = 0.25           # normalized gradient step per mini-batch, in weight levels
+    lr_levels: float = 0.02           # normalized gradient step per mini-batch, in weight levels
     threshold_levels: float = 0.5     # accumulated update that triggers programming pulses
     max_pulses: int = 12              # per update, per cell
     seed: int = 0

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
+from hil.hybrid import HybridConfig
 from hil.progress import Progress
 
 from .. import theme
@@ -64,16 +65,16 @@ class HybridPanel(QWidget):
         self.fraction.setRange(0.005, 1.0)
         self.fraction.setDecimals(3)
         self.fraction.setSingleStep(0.05)
-        self.fraction.setValue(0.1)
+        self.fraction.setValue(HybridConfig.fraction)
         self.fraction.setToolTip("fraction of the training digits run through the chip's convolvers")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 100)
-        self.epochs.setValue(5)
+        self.epochs.setValue(HybridConfig.epochs)
         self.lr = QDoubleSpinBox()
         self.lr.setRange(0.005, 5.0)
         self.lr.setDecimals(3)
         self.lr.setSingleStep(0.01)
-        self.lr.setValue(0.05)
+        self.lr.setValue(HybridConfig.lr_levels)
         self.lr.setSuffix(" levels")
         self.lr.setToolTip("normalized gradient step per mini-batch, in weight levels")
         self.test_images = QSpinBox()
