@@ -122,17 +122,19 @@ def cmd_train(args) -> int:
         try:
             model, hist = train_stage(ds, writer, epochs=args.epochs, seed=seed, progress=bars("train", "batch"),
                                       cancel=cancel)
-        except BaseException:
-            writer.finalize("incomplete")
-            raise
         finally:
-            bars.close()
-        writer.finalize(STAGE_DONE["train"])
+            _finish(writer, bars, STAGE_DONE["train"])
     res = {"run_record": str(out), "dataset": ds.describe(), "history": hist,
            "software_acc": model.accuracy(ds.x_test, ds.y_test, quantized=True)}
     _emit(args, res, f"software accuracy {res['software_acc']:.2%} on {len(ds.x_test)} test digits "
                      f"({ds.source}); model stored in {out}\nnext: hil transfer --run {out}")
     return 0
+
+
+def _finish(writer: RunWriter, bars: Bars, status: str) -> None:
+    """Close the bars and the record: `status` after success, "incomplete" while an error propagates."""
+    bars.close()
+    writer.finalize(status if sys.exc_info()[0] is None else "incomplete")
 
 
 def _resume_run(args) -> RunWriter:
@@ -152,12 +154,8 @@ def cmd_transfer(args) -> int:
         try:
             plan, rep = transfer_stage(xbar, model, writer, groups=args.groups, resume=resume,
                                        progress=bars("transfer", "cell"), cancel=cancel)
-        except BaseException:
-            writer.finalize("incomplete")
-            raise
         finally:
-            bars.close()
-        writer.finalize(STAGE_DONE["transfer"])
+            _finish(writer, bars, STAGE_DONE["transfer"])
     s = rep.summary()
     _emit(args, {"run_record": args.run, "resumed": resume, "transfer": s, "plan": plan.to_dict()},
           f"{plan.table()}\n\n{'resumed; ' if resume else ''}{s['program']['cells']} cells, "
@@ -195,12 +193,8 @@ def cmd_hybrid(args) -> int:
             test = hw.parallel_features(ds.x_test, groups, progress=bars("test images", "img"), cancel=cancel)
             hist = hybrid_train(hw, codes, sub.y_train, cfg, evals={"test": (test, ds.y_test)}, writer=writer,
                                 start_epoch=start, progress=bars("hybrid", "batch"), cancel=cancel)
-        except BaseException:
-            writer.finalize("incomplete")
-            raise
         finally:
-            bars.close()
-        writer.finalize(STAGE_DONE["hybrid"])
+            _finish(writer, bars, STAGE_DONE["hybrid"])
     res = {"run_record": args.run, "resumed_from_epoch": start, "history": hist,
            "hybrid_acc": hist[-1]["acc_test"] if hist else float("nan")}
     _emit(args, res, "\n".join(f"epoch {r['epoch']}: test {r['acc_test']:.2%}, {r['pulses']} pulses" for r in hist))

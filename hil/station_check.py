@@ -22,6 +22,7 @@ from typing import Optional
 
 import numpy as np
 
+from .cli import _jsonable
 from .errors import ConfigError, HilError
 
 log = logging.getLogger(__name__)
@@ -227,16 +228,6 @@ def cmd_station_check(args) -> int:
     else:
         print(format_check(res))
     return 0
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def cmd_sim_station_serve(args, *, wait: Optional[threading.Event] = None) -> int:
