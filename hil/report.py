@@ -114,7 +114,11 @@ def _after(res: dict, path: Path) -> Path:
         ttl += f"; 1e6 reads on G1 conv weights: {100 * d['acc_before']:.1f} → {100 * d['acc_after']:.1f}%"
     ax.set_title(ttl, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    if after.get("time_s"):
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "this station has no virtual clock:\nfollow drift with `hil experiment drift`",
+                transform=ax.transAxes, ha="center", va="center", color="0.4")
     return _save(fig, path)
 
 
