@@ -302,6 +302,21 @@ class InstrumentCrossbar(Crossbar):
                 "read_gate_v": self.spec.read_gate_v, "clock": self.spec.clock,
                 "emulated": self.spec.emulation is not None, "stats": dict(self.stats)}
 
+    def _safe(self) -> None:
+        """Outputs off and everything grounded, instruments stay connected (after an abort)."""
+        errors = []
+        for name, smu in self.smus.items():
+            try:
+                smu.safe_off()
+            except Exception as e:
+                errors.append(f"{name}: {e!r}")
+        try:
+            self.board.ground_all()
+        except Exception as e:
+            errors.append(f"{self.board.name}: {e!r}")
+        if errors:
+            log.error("station %s: making safe was incomplete: %s", self.spec.name, "; ".join(errors))
+
     def _close(self) -> None:
         """Every SMU output off (levels 0), then the board grounds everything. Each step is
         independent and best effort; failures are logged, never raised."""

@@ -163,7 +163,17 @@ class Session(QObject):
             self.error.emit("No station", "Connect a station on the Station tab first.")
             return False
         token = CancelToken()
-        th = JobThread(name, fn, token)
+        xbar = self.xbar
+
+        def guarded(ctx: JobContext):
+            try:
+                return fn(ctx)
+            except BaseException:
+                if xbar is not None:            # aborted or failed: outputs off, relays open now
+                    xbar.safe()
+                raise
+
+        th = JobThread(name, guarded, token)
         self.job, self.cancel_token = th, token
         self.abort_requested_at = None
         relay = _Relay(self, th, on_result, on_progress, on_partial, on_end)

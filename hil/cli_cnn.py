@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from .cli import _cancel_on_sigint, _chip_state_path, _emit, _jsonable, _open, _station_snapshot
+from .demo import STAGE_DONE
 from .errors import DataError, HilError
 from .hybrid import HybridConfig
 from .progress import Progress
 from .runstore import RunRecord, RunWriter
 
 KIND = "mcnn"
-# A stage leaves the record open for the next stage (a "complete" record cannot be resumed).
-STAGE_DONE = {"train": "trained", "transfer": "transferred", "hybrid": "hybrid-trained"}
 
 
 class Bars:
@@ -168,7 +167,7 @@ def cmd_transfer(args) -> int:
 def cmd_hybrid(args) -> int:
     from .demo import load_model, load_plan
     from .hwnet import HardwareMCNN
-    from .hybrid import HybridConfig, accuracy, hybrid_train
+    from .hybrid import hybrid_train
     writer = _resume_run(args)
     content = writer.content
     model, plan = load_model(content), load_plan(content)

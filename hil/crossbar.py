@@ -132,6 +132,16 @@ class Crossbar(abc.ABC):
         d.update(self._describe())
         return d
 
+    def safe(self) -> None:
+        """Make the hardware safe now (outputs off, levels zero, relays open) without closing;
+        called after an abort or an error. Best effort: never raises."""
+        if self._closed:
+            return
+        try:
+            self._safe()
+        except Exception:
+            log.exception("error while making backend %s safe", type(self).__name__)
+
     def close(self) -> None:
         """Leave the hardware safe (outputs off, relays open). Idempotent."""
         if self._closed:
@@ -168,6 +178,9 @@ class Crossbar(abc.ABC):
 
     def _close(self) -> None:
         pass
+
+    def _safe(self) -> None:
+        """Backend hook of `safe()`; nothing to do for a backend without outputs."""
 
     # ---- helpers ----------------------------------------------------------------------
     def _check_open(self) -> None:

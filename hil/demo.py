@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PAPER = {"software_acc": 0.9799, "transfer_acc": 0.9507, "hybrid_acc": 0.9619, "parallel_acc": 0.9583,
          "group_train_err_transfer": [0.0482, 0.0643, 0.0585], "group_train_err_hybrid": [0.0289, 0.0422, 0.0340],
          "gops_per_w": 11014.0}
+# Record status after a stage: the record stays resumable by the next stage ("complete" is final).
+STAGE_DONE = {"train": "trained", "transfer": "transferred", "hybrid": "hybrid-trained"}
 DAY = 86400.0
 AFTER_TIMES_S = (600.0, 3600.0, 7200.0, DAY, 7 * DAY, 30 * DAY)
 

@@ -123,7 +123,7 @@ def test_network_train_plan_and_transfer(win, qtbot, errors):
     used = cnn.plan.label_map() != ""
     assert np.isfinite(win.s.g_map[used]).all() and np.isnan(win.s.g_map[~used]).all()
     with RunRecord.open(net.out) as rec:
-        assert rec.kind == "mcnn" and rec.status == "complete"
+        assert rec.kind == "mcnn" and rec.status == "transferred"     # resumable by `hil hybrid --run`
         assert "model/c1" in rec.datasets() and rec.group_attrs("plan")["plan"]["groups"] == 2
     assert win.panels["convolver"].run_btn.isEnabled() and win.panels["hybrid"].start_btn.isEnabled()
 

@@ -306,3 +306,16 @@ def test_script_job_extends_the_watchdog_and_restores_it(emulated):
         sets = [e.detail["timeout_s"] for e in world.events if e.kind == "watchdog_set"]
         assert max(sets) > 5.0 and sets[-1] == 5.0
         assert not [e for e in world.events if e.kind == "watchdog"]
+
+
+
+def test_safe_turns_everything_off_without_closing(emulated):
+    """`Crossbar.safe()` (called by the GUI after an abort) leaves the station usable."""
+    path, name = emulated(gate="smu1.b", program="smu-script")
+    world = get_world(name)
+    cells = Cells.block(1, [0], range(4))
+    with _open(path) as xb:
+        write_verify(xb, cells, _targets(4), TABLE.tolerance_s)
+        xb.safe()
+        assert_safe(world)
+        assert xb.read(cells).shape == (4,)          # still connected and working

@@ -16,7 +16,7 @@ from hil.limits import Op
 from hil.progress import Progress
 
 from .. import theme
-from ..iv import iv_sweep
+from hil.iv import iv_sweep
 from ..session import Session, describe_selection
 from ..widgets import LimitField, OpGroup, muted, plot_widget
 

@@ -492,7 +492,7 @@ class NetworkPanel(QWidget):
     # ---- transfer -------------------------------------------------------------------------------
     def start_transfer(self) -> bool:
         """Program the model's weights onto the chip by the current plan, then calibrate the ADC."""
-        from hil.demo import save_model, transfer_stage
+        from hil.demo import STAGE_DONE, save_model, transfer_stage
         from hil.hwnet import HardwareMCNN, transfer_plan
         from hil.mapping import PairEncoding
         from hil.runstore import RunWriter
@@ -525,7 +525,7 @@ class NetworkPanel(QWidget):
                 if ds is not None:
                     hw.calibrate_adc(ds.x_train[:ADC_CALIB_IMAGES])
                     writer.set_attrs("adc", full_scale_a=hw.adc_fs)
-                writer.finalize()
+                writer.finalize(STAGE_DONE["transfer"])       # `hil hybrid --run` can continue it
             except BaseException:
                 writer.close()
                 raise
