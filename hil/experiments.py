@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +44,9 @@ MAX_SLEEP_S = 0.1
 
 
 # ---- labels --------------------------------------------------------------------------------
+SnapshotCallback = Callable[[int, str, np.ndarray], None]
+
+
 def format_count(n: int, unit: str = "read") -> str:
     """Short label for a count of reads: 0 -> '0 reads', 1 -> '1 read', 500000 -> '5e5 reads'."""
     n = int(n)
@@ -181,13 +184,15 @@ def read_disturb(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, reads:
                  checkpoints: Optional[Sequence[int]] = None, v_read: Optional[float] = None,
                  n_avg: int = 16, chunk_reads: int = FALLBACK_CHUNK_READS,
                  progress: Optional[ProgressCallback] = None,
-                 cancel: Optional[CancelToken] = None) -> ReadDisturbResult:
+                 cancel: Optional[CancelToken] = None,
+                 on_snapshot: Optional[SnapshotCallback] = None) -> ReadDisturbResult:
     """Read the cells (averaging `n_avg` reads), then apply read pulses up to each checkpoint
     (default 1, reads/10, reads/2, reads) and read them again at every checkpoint.
 
     Uses `xbar.read_stress(cells, n, v_read)` when the backend has it, else `xbar.read` calls of
     at most `chunk_reads` reads each (the cancel token is checked between chunks). `v_read` is the
-    stress pulse amplitude (None: the backend default); measurements use the default amplitude."""
+    stress pulse amplitude (None: the backend default); measurements use the default amplitude.
+    `on_snapshot(k, label, g)` sees every snapshot as it is taken (live plots)."""
     cancel, progress = ensure(cancel, progress)
     cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, n_avg)
     reads = int(reads)
@@ -209,6 +214,8 @@ def read_disturb(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, reads:
         label = format_count(count)
         labels.append(label)
         snaps[label] = g
+        if on_snapshot is not None:
+            on_snapshot(len(labels) - 1, label, g)
         frac = 1.0 - float(np.mean(_in_band(g, targets, tol)))
         oob.append(frac)
         progress(Progress(step, total, f"read disturb: {label}, {100 * frac:.2f}% out of band", unit="steps"))
@@ -351,13 +358,15 @@ def _wait_real(seconds: float, cancel: CancelToken) -> None:
 def drift(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, days: float = 30.0,
           times_s: Optional[Sequence[float]] = None, n_avg: int = 4, level_index=None,
           progress: Optional[ProgressCallback] = None,
-          cancel: Optional[CancelToken] = None) -> DriftResult:
+          cancel: Optional[CancelToken] = None,
+          on_snapshot: Optional[SnapshotCallback] = None) -> DriftResult:
     """Read the cells at times after the start: by default 1 s, 10 min, 1 h, 1 d, 7 d and 30 d,
     limited to `days` (or explicit `times_s`, seconds).
 
     Uses `xbar.advance` (virtual clock) when the backend has it, else waits in real time in
     sleeps of at most 0.1 s that check the cancel token. Per-level statistics group the cells
-    by `level_index` (one per cell) or, if None, by identical targets."""
+    by `level_index` (one per cell) or, if None, by identical targets. `on_snapshot(k, label, g)`
+    sees every snapshot as it is taken."""
     cancel, progress = ensure(cancel, progress)
     cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, n_avg)
     ts = _drift_times(days, times_s)
@@ -385,6 +394,8 @@ def drift(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, days: float =
             label = f"{label} ({t:g} s)"
         labels.append(label)
         snaps[label] = g
+        if on_snapshot is not None:
+            on_snapshot(k, label, g)
         frac = float(np.mean(_in_band(g, targets, tol)))
         inb.append(frac)
         m, s = _group_stats(g, inv, ids.size)

@@ -161,3 +161,16 @@ def test_plots_write_png(tmp_path):
     p4 = plot_distributions_over_time(d.snapshots, li, tmp_path / "drift.png")
     for p in (p1, p2, p3, p4):
         assert p.exists() and _is_png(p), p
+
+
+def test_snapshots_are_reported_live():
+    x, cells, li, targets, _ = programmed(seed=4)
+    seen = []
+    r = read_disturb(x, cells, targets, TABLE.tolerance_s, reads=1000,
+                     on_snapshot=lambda k, label, g: seen.append((k, label, g.copy())))
+    assert [s[:2] for s in seen] == list(enumerate(r.labels))
+    for _, label, g in seen:
+        np.testing.assert_array_equal(g, r.snapshots[label])
+    seen.clear()
+    d = drift(x, cells, targets, TABLE.tolerance_s, days=1, on_snapshot=lambda k, label, g: seen.append(label))
+    assert seen == d.labels

@@ -14,7 +14,6 @@ from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLin
                                QWidget)
 
 from hil import experiments
-from hil.crossbar import Crossbar
 from hil.geometry import Cells
 from hil.runstore import RunWriter
 
@@ -29,44 +28,6 @@ DAY = 86400.0
 HIST_BINS = 81
 #: deviation histograms span ± this many tolerances around the target
 DEV_SPAN_TOL = 8
-
-
-class TapCrossbar(Crossbar):
-    """Forwards everything to `inner` and keeps the last read result, so a progress callback
-    can show each experiment snapshot live (the experiment reads, then reports progress)."""
-
-    def __init__(self, inner: Crossbar) -> None:
-        self.inner = inner
-        self.geometry, self.limits = inner.geometry, inner.limits
-        self.capabilities = inner.capabilities
-        self.v_read_default = inner.v_read_default
-        self.last: Optional[np.ndarray] = None
-
-    def _read(self, cells, v_read, n_avg):
-        g = self.inner.read(cells, v_read=v_read, n_avg=n_avg)
-        self.last = g
-        return g
-
-    def _pulse(self, cells, op, v, v_gate, width) -> None:
-        self.inner.pulse(cells, op, v, v_gate, width)
-
-    def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a):
-        return self.inner.vmm(pe, inputs, rows, cols, v_read=v_read, adc_full_scale_a=adc_full_scale_a)
-
-    def now(self) -> float:
-        return self.inner.now()
-
-    def advance(self, seconds: float) -> None:
-        self.inner.advance(seconds)
-
-    def read_stress(self, cells, n_reads, v_read=None) -> None:
-        self.inner.read_stress(cells, n_reads, v_read=v_read)
-
-    def _describe(self) -> dict:
-        return self.inner.describe()
-
-    def _close(self) -> None:       # the session owns the real station
-        pass
 
 
 def disturb_checkpoints(reads: int, n: int) -> list[int]:
@@ -220,7 +181,7 @@ class ExperimentsPanel(QWidget):
             return False
         plan, geom = self.s.plan, self.s.geometry
         cells = Cells.from_flat(plan.flat, geom)
-        tap = TapCrossbar(self.s.xbar)
+        xbar = self.s.xbar
         out = unique_path(Path(self.folder.text().strip() or "runs"), kind)
         snapshot = station_snapshot(self.s)
         tol_us = plan.tolerance_s * US
@@ -231,13 +192,10 @@ class ExperimentsPanel(QWidget):
         def job(ctx):
             writer = RunWriter.create(out, kind, snapshot, {"cells": int(len(cells))})
 
-            def progress(p):
-                ctx.progress(p)
-                if tap.last is not None:
-                    ctx.partial((int(p.done) - 1, tap.last.copy()))
-                    tap.last = None
+            def on_snap(k, label, g):
+                ctx.partial((k, g.copy()))
             try:
-                res = run_fn(tap, cells, plan, progress, ctx.cancel)
+                res = run_fn(xbar, cells, plan, ctx.progress, ctx.cancel, on_snap)
                 for label, g in res.snapshots.items():
                     writer.put(f"experiment/snapshots/{label}", np.asarray(g))
                 writer.put("experiment/cells", plan.flat)
@@ -278,18 +236,20 @@ class ExperimentsPanel(QWidget):
         xs = [0] + cps
         labels = [experiments.format_count(c) for c in xs]
 
-        def run(xbar, cells, plan, progress, cancel):
+        def run(xbar, cells, plan, progress, cancel, on_snapshot):
             return experiments.read_disturb(xbar, cells, plan.targets_s, plan.tolerance_s, reads=reads,
-                                            checkpoints=cps, progress=progress, cancel=cancel)
+                                            checkpoints=cps, progress=progress, cancel=cancel,
+                                            on_snapshot=on_snapshot)
         return self._start("read-disturb", run, xs, labels, self.rd_view, _out_of_band)
 
     def start_drift(self) -> bool:
         ts = drift_times(self.days.value())
         labels = [experiments.format_duration(t) for t in ts]
 
-        def run(xbar, cells, plan, progress, cancel):
+        def run(xbar, cells, plan, progress, cancel, on_snapshot):
             return experiments.drift(xbar, cells, plan.targets_s, plan.tolerance_s, times_s=ts,
-                                     level_index=plan.level_index, progress=progress, cancel=cancel)
+                                     level_index=plan.level_index, progress=progress, cancel=cancel,
+                                     on_snapshot=on_snapshot)
         return self._start("drift", run, ts, labels, self.dr_view, lambda g, p: 1 - _out_of_band(g, p))
 
 
