@@ -22,11 +22,15 @@ def accuracy_rows(res: dict) -> list[tuple[str, str, str]]:
             ("single convolver after weight transfer", _pct(res["transfer_acc"]), _pct(PAPER["transfer_acc"])),
             ("single convolver after hybrid training", _pct(res["hybrid_acc"]), _pct(PAPER["hybrid_acc"])),
             ("parallel convolvers after hybrid training", _pct(res["parallel_acc"]), _pct(PAPER["parallel_acc"]))]
+    pt, ph = PAPER["group_train_err_transfer"], PAPER["group_train_err_hybrid"]
+    tr_t, tr_h = res.get("group_train_acc_transfer"), res.get("group_train_acc_hybrid")
     for g in range(len(g_t)):
-        pt = PAPER["group_train_err_transfer"]
-        ph = PAPER["group_train_err_hybrid"]
-        paper = f"train {_pct(1 - pt[g])} → {_pct(1 - ph[g])}" if g < len(pt) else "—"
-        rows.append((f"group G{g + 1}: test after transfer → after hybrid", f"{_pct(g_t[g])} → {_pct(g_h[g])}", paper))
+        paper = f"{_pct(1 - pt[g])} → {_pct(1 - ph[g])}" if g < len(pt) else "—"
+        if tr_t and tr_h:
+            rows.append((f"group G{g + 1}: training digits, after transfer → after hybrid",
+                         f"{_pct(tr_t[g])} → {_pct(tr_h[g])}", paper))
+        rows.append((f"group G{g + 1}: test digits, after transfer → after hybrid",
+                     f"{_pct(g_t[g])} → {_pct(g_h[g])}", "—"))
     rows.append(("convolution throughput, 3 groups vs 1", f"{res['conv_throughput_ratio']:.2f}×", "≈3×"))
     rows.append(("energy efficiency (GOP/s/W, this run's utilization)", f"{res['gops_per_w']:,.0f}",
                  f"{PAPER['gops_per_w']:,.0f}"))
