@@ -370,9 +370,10 @@ def _driver_class(kind: str):
         raise ConfigError(f"the driver of kind {kind!r} ({KINDS[kind][0]}) is not available: {e}") from None
 
 
-def prepare_emulation(spec: StationSpec) -> None:
+def prepare_emulation(spec: StationSpec, state_path=None) -> None:
     """Build the emulated world of an [emulation] station through the @hilsim pyvisa backend
-    (which also registers the hilsim:// serial URL handler). No-op for real stations."""
+    (which also registers the hilsim:// serial URL handler). No-op for real stations.
+    `state_path` keeps the emulated chip in that file between processes."""
     if spec.emulation is None:
         return
     if not spec.path:
@@ -383,7 +384,8 @@ def prepare_emulation(spec: StationSpec) -> None:
     except ImportError as e:       # pragma: no cover - pyvisa is a dependency
         raise ConfigError(f"an emulated station needs pyvisa ({e})") from None
     try:
-        rm = pyvisa.ResourceManager(f"{spec.path}@hilsim")
+        state = f"?state={Path(state_path).resolve()}" if state_path else ""
+        rm = pyvisa.ResourceManager(f"{spec.path}{state}@hilsim")
     except (ValueError, OSError) as e:
         raise ConfigError(f"{spec.path}: cannot load the @hilsim emulation backend: {e}") from None
     try:
@@ -399,12 +401,12 @@ def _check_identity(spec: InstrumentSpec, text: str) -> None:
                           f"right instrument or fix the station file")
 
 
-def open_instruments(spec: StationSpec) -> tuple[Any, dict]:
+def open_instruments(spec: StationSpec, state_path=None) -> tuple[Any, dict]:
     """Open and identify the board and every SMU (board last, so an emulated world is built by
     the SMU backend first). Returns (board, {name: smu}); on any failure closes what was opened."""
     opened: list = []
     try:
-        prepare_emulation(spec)
+        prepare_emulation(spec, state_path)
         smus = {}
         for s in spec.instruments.values():
             if s.is_board:
@@ -454,15 +456,16 @@ def open_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_pat
                             **options):
     """Validate `cfg`, connect every instrument and return an `InstrumentCrossbar`.
 
-    `seed`, `params_path` and `state_path` belong to simulated chips; a physical station ignores
-    them (logged). `read_path` / `program_path` / `pulse_path` override the file's [read] /
+    `seed` and `params_path` belong to simulated chips and are ignored (logged); `state_path`
+    keeps the chip of an emulated station between processes, a physical station ignores it. `read_path` / `program_path` / `pulse_path` override the file's [read] /
     [program] / [pulse] paths."""
     from .crossbar_1t1r import InstrumentCrossbar
     spec = load_station_spec(cfg)
     if options:
         raise ConfigError(f"unknown option(s) for an instrument station: {sorted(options)}")
+    emulated_state = state_path if spec.emulation is not None else None
     for k, v in (("seed", seed), ("params_path", params_path), ("state_path", state_path)):
-        if v is not None:
+        if v is not None and not (k == "state_path" and emulated_state):
             log.info("instrument station %s: option %s=%r has no meaning for instruments; ignored", spec.name, k, v)
     if geometry is not None and geometry.shape != spec.geometry.shape:
         raise ConfigError(f"station {spec.name}: requested geometry {geometry.shape} differs from the "
@@ -476,7 +479,7 @@ def open_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_pat
         if program_path is not None:
             overrides["program"] = {"path": program_path, "read_gate_v": spec.script_read_gate_v}
         spec = load_station_spec({**cfg, **overrides})
-    board, smus = open_instruments(spec)
+    board, smus = open_instruments(spec, emulated_state)
     try:
         return InstrumentCrossbar(spec, board, smus)
     except BaseException:

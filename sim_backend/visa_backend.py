@@ -71,6 +71,10 @@ _INSTRUMENT_KEYS = {"kind", "resource", "bus", "wiring", "serial"}
 
 
 # ---- configuration -----------------------------------------------------------------------
+#: `"STATION.toml?state=CHIP.npz@hilsim"` keeps the emulated chip in CHIP.npz between processes.
+STATE_MARK = "?state="
+
+
 def load_emulation(path: Union[str, Path, None]) -> dict:
     """The validated [emulation] table of a station TOML (DEFAULT_EMULATION for None / "")."""
     if path in (None, "", "unset"):
@@ -161,7 +165,8 @@ def build_bench(emulation: dict) -> Bench:
     geom = emulation["geometry"]
     geometry = preset(geom) if isinstance(geom, str) else Geometry.from_dict(geom)
     params = DeviceParams.load(emulation["params"]) if emulation.get("params") else None
-    world = get_world(emulation["world"], geometry=geometry, seed=emulation["seed"], params=params)
+    world = get_world(emulation["world"], geometry=geometry, seed=emulation["seed"], params=params,
+                      state_path=emulation.get("state_path"))
     with _BENCH_LOCK:
         bench = _BENCHES.get(world.name)
         if bench is None or bench.world is not world:
@@ -214,9 +219,11 @@ class HilsimVisaLibrary(highlevel.VisaLibraryBase):
 
     def _init(self) -> None:
         self.sessions: dict[int, Any] = {}
-        path = str(self.library_path)
+        path, _, state = str(self.library_path).partition(STATE_MARK)
         self._config_path = None if path in ("", "unset") else path
         self.emulation = load_emulation(self._config_path)
+        if state:
+            self.emulation["state_path"] = state
 
     def _bench(self) -> Bench:
         return build_bench(self.emulation)
@@ -252,8 +259,11 @@ class HilsimVisaLibrary(highlevel.VisaLibraryBase):
         return self._register(sess), StatusCode.success
 
     def close(self, session):
-        if self.sessions.pop(session, None) is None:
+        s = self.sessions.pop(session, None)
+        if s is None:
             return StatusCode.error_invalid_object
+        if isinstance(s, _Session):
+            s.inst.world.checkpoint()
         return StatusCode.success
 
     def _sess(self, session) -> _Session:

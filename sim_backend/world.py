@@ -254,6 +254,13 @@ class EmulatedWorld:
             i = float(np.sum(g) * volts)
             return float(np.clip(i, -compliance_a, compliance_a))
 
+    def checkpoint(self) -> None:
+        """Save the chip state when it persists (`state_path`) and changed: an emulated chip keeps
+        its state between processes as the chip at a real station does."""
+        with self.lock:
+            if self.chip.state_path is not None and self.chip._dirty:
+                self.chip._autosave()
+
     def summary(self) -> dict:
         """Counters, fired faults and the final safe state, for tests and benchmarks."""
         return {"counters": {k: dict(v) for k, v in self.counters.items()},

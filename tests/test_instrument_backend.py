@@ -319,3 +319,30 @@ def test_safe_turns_everything_off_without_closing(emulated):
         xb.safe()
         assert_safe(world)
         assert xb.read(cells).shape == (4,)          # still connected and working
+
+
+def test_emulated_chip_keeps_its_state_between_sessions(emulated, tmp_path):
+    """With a state file the emulated chip persists like the chip at a real station, so
+    `hil transfer` and `hil hybrid` can run in separate processes."""
+    from sim_backend.visa_backend import _BENCHES
+    path, name = emulated()
+    state = tmp_path / "chip.npz"
+    cells = Cells.block(3, range(2), range(8))
+    targets = _targets(len(cells))
+
+    def fresh_process():
+        drop_world(name)
+        _BENCHES.pop(name, None)
+
+    fresh_process()
+    with _open(path, state_path=state) as xb:
+        assert write_verify(xb, cells, targets, TABLE.tolerance_s).summary()["in_band_fraction"] >= 0.9
+    assert state.exists()
+    fresh_process()
+    with _open(path, state_path=state) as xb:
+        g = xb.read(cells, n_avg=4)
+    assert np.mean(np.abs(g - targets) <= 2 * TABLE.tolerance_s) >= 0.9
+    fresh_process()
+    with _open(path) as xb:                           # no state file: a fresh chip
+        g = xb.read(cells, n_avg=4)
+    assert np.mean(np.abs(g - targets) <= 2 * TABLE.tolerance_s) < 0.5

@@ -50,6 +50,8 @@ class Serial(SerialBase):
         """Line settings have no meaning in process."""
 
     def close(self) -> None:
+        if self.is_open:
+            self.world.checkpoint()
         self.is_open = False
 
     @property
