@@ -156,6 +156,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         _wait(win, "reading the array")
 
         ops = win.panels["cellops"]
+        ops.runs_dir = runs_dir
         win.s.select_cells(Cells(min(1, win.s.geometry.n_pe - 1), 2, 3))
         ops.do_iv()
         _wait(win, "the I–V sweep")

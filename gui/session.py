@@ -147,7 +147,9 @@ class Session(QObject):
         if self.job is not None:
             self.abort("window closed")
             self.job.wait(5000)
-        self._close_xbar()
+        if self.xbar is not None:
+            self._close_xbar()
+            self.connection_changed.emit()      # panels finalize their records
 
     # ---- jobs ------------------------------------------------------------------------
     def start_job(self, name: str, fn: Callable[[JobContext], Any], *,

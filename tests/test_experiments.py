@@ -174,3 +174,27 @@ def test_snapshots_are_reported_live():
     seen.clear()
     d = drift(x, cells, targets, TABLE.tolerance_s, days=1, on_snapshot=lambda k, label, g: seen.append(label))
     assert seen == d.labels
+
+
+def test_cell_operation_log_records_pulses_reads_and_sweeps(tmp_path):
+    from hil.cellops import CellOpsLog
+    from hil.iv import iv_sweep
+    from hil.runstore import RunRecord
+    x = open_station("sim", seed=6)
+    log = CellOpsLog(tmp_path / "ops.h5", {"spec": "sim"})
+    assert log.close() is None and not (tmp_path / "ops.h5").exists()   # nothing done, no record
+    cells = Cells.block(0, [5], [0, 1])
+    before = x.read(cells)
+    x.pulse(cells, "SET", 1.6, 1.5, 50e-9)
+    after = x.read(cells)
+    log.record("SET", cells, x.now(), after, g_before_s=before, v=1.6, v_gate=1.5, width_s=50e-9)
+    res = iv_sweep(x, cells, v_set_max=1.4, v_reset_max=1.2, v_step=0.2, v_gate_set=1.5, v_gate_reset=4.0,
+                   width_s=50e-9)
+    log.record_iv(cells, x.now(), res.v, res.g_s)
+    path = log.close()
+    with RunRecord.open(path) as rec:
+        ops, iv = rec.table("cellops/ops"), rec.table("cellops/iv")
+    assert ops["op"].tolist() == [1, 1] and ops["col"].tolist() == [0, 1]
+    np.testing.assert_allclose(ops["g_after_s"], after)
+    assert len(iv["g_s"]) == res.g_s.size and iv["step"].max() == len(res.v) - 1
+    np.testing.assert_allclose(iv["g_s"], res.g_s.ravel())

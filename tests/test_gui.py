@@ -49,6 +49,7 @@ def win(qtbot, qapp, settings, errors, tmp_path):
     w.show()
     w.panels["programming"].folder.setText(str(tmp_path / "runs"))
     w.panels["experiments"].folder.setText(str(tmp_path / "runs"))
+    w.panels["cellops"].runs_dir = tmp_path / "runs"
     st = w.panels["station"]
     st.set_choice("sim", 3, "small")
     assert st.connect_station()
@@ -194,6 +195,16 @@ def test_cell_ops_reset_then_read_show_values(win, qtbot):
     wait_idle(qtbot, win)
     assert ops.table.item(0, 3).text() == "—"
     assert "read at 0.200 V" in ops.result_label.text()
+    # every operation is in the session's cell-operation record, finalized on disconnect
+    path = ops.oplog.path
+    assert win.s.disconnect_station()
+    with RunRecord.open(path) as rec:
+        assert rec.kind == "cell-operations" and rec.status == "complete"
+        t = rec.table("cellops/ops")
+    assert t["op"].tolist() == [2, 2, 2, 0, 0, 0]                 # RESET x 3 cells, then READ
+    np.testing.assert_allclose(t["g_after_s"][:3], after)
+    np.testing.assert_allclose(t["g_before_s"][:3], before)
+    assert t["v_gate"][0] == pytest.approx(ops.groups["RESET"].fields["gate"].si())
 
 
 def test_iv_sweep_panel_plots_the_loop(win, qtbot):

@@ -38,6 +38,7 @@ def make_window(qtbot, qapp, tmp_path, geometry="yao"):
     w.show()
     for key in ("network", "hybrid"):
         w.panels[key].folder.setText(str(tmp_path / "runs"))
+    w.panels["cellops"].runs_dir = tmp_path / "runs"
     w.panels["convolver"].auto.setChecked(False)
     st = w.panels["station"]
     st.set_choice("sim", 5, geometry)

@@ -3,6 +3,7 @@ Every input is checked against the connected station's limits and refused with t
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import numpy as np
 import pyqtgraph as pg
@@ -11,13 +12,18 @@ from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
                                QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
+from pathlib import Path
+
+from hil.cellops import CellOpsLog
 from hil.geometry import Cells
 from hil.limits import Op
 from hil.progress import Progress
 
 from .. import theme
 from hil.iv import iv_sweep
+
 from ..session import Session, describe_selection
+from .programming import station_snapshot, unique_path
 from ..widgets import LimitField, OpGroup, muted, plot_widget
 
 log = logging.getLogger(__name__)
@@ -25,6 +31,7 @@ US = 1e6
 NS = 1e-9
 MAX_TABLE_ROWS = 500
 MAX_IV_CURVES = 8
+RUNS_DIR = "runs"
 
 
 class CellOpsPanel(QWidget):
@@ -33,6 +40,8 @@ class CellOpsPanel(QWidget):
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__(parent)
         self.s = session
+        self.oplog: Optional[CellOpsLog] = None
+        self.runs_dir = Path(RUNS_DIR)
         ctx = self._context
 
         # selection
@@ -126,8 +135,19 @@ class CellOpsPanel(QWidget):
             return "Select cells first (Array map tab or the cell fields above)."
         return ""
 
+    def _record(self) -> CellOpsLog:
+        """The cell-operation record of this connection (created with the first operation)."""
+        if self.oplog is None:
+            self.oplog = CellOpsLog(unique_path(self.runs_dir, "cellops"), station_snapshot(self.s))
+        return self.oplog
+
     def _connection_changed(self) -> None:
         x = self.s.xbar
+        if x is None and self.oplog is not None:
+            path = self.oplog.close()
+            self.oplog = None
+            if path is not None:
+                log.info("cell operations recorded in %s", path)
         if x is not None:
             g = x.geometry
             for box, n in ((self.pe, g.n_pe), (self.row, g.rows), (self.col, g.cols)):
@@ -168,8 +188,12 @@ class CellOpsPanel(QWidget):
         xbar, cells = self.s.xbar, self.s.selected_cells()
         v, n_avg = self.read_g.fields["v"].si(), self.n_avg.value()
 
+        record = self._record()
+
         def job(ctx):
-            return None, xbar.read(cells, v_read=v, n_avg=n_avg)
+            g = xbar.read(cells, v_read=v, n_avg=n_avg)
+            record.record("READ", cells, xbar.now(), g, v=v)
+            return None, g
         self._run("read", cells, job, f"read at {v:.3f} V, {n_avg} averages")
 
     def do_pulse(self, op: Op) -> None:
@@ -177,11 +201,15 @@ class CellOpsPanel(QWidget):
         f = self.groups[op.value].fields
         v, gate, w = f["v"].si(), f["gate"].si(), f["width"].si()
 
+        record = self._record()
+
         def job(ctx):
             before = xbar.read(cells)
             ctx.cancel.raise_if_cancelled()
             xbar.pulse(cells, op, v, gate, w)
-            return before, xbar.read(cells)
+            after = xbar.read(cells)
+            record.record(op.value, cells, xbar.now(), after, g_before_s=before, v=v, v_gate=gate, width_s=w)
+            return before, after
         self._run(op.value, cells, job, f"{op.value}: {v:.2f} V, gate {gate:.2f} V, {w / NS:.0f} ns")
 
     def _run(self, name: str, cells: Cells, job, what: str) -> None:
@@ -217,10 +245,14 @@ class CellOpsPanel(QWidget):
         f = {k: v.si() for k, v in self.iv_g.fields.items()}
         flat = cells.flat(self.s.geometry)
 
+        record = self._record()
+
         def job(ctx):
-            return iv_sweep(xbar, cells, v_set_max=f["v_set"], v_reset_max=f["v_reset"], v_step=f["step"],
-                            v_gate_set=f["gate_set"], v_gate_reset=f["gate_reset"], width_s=f["width"],
-                            progress=ctx.progress, cancel=ctx.cancel)
+            res = iv_sweep(xbar, cells, v_set_max=f["v_set"], v_reset_max=f["v_reset"], v_step=f["step"],
+                           v_gate_set=f["gate_set"], v_gate_reset=f["gate_reset"], width_s=f["width"],
+                           progress=ctx.progress, cancel=ctx.cancel)
+            record.record_iv(cells, xbar.now(), res.v, res.g_s)
+            return res
 
         def done(res):
             self.show_iv(cells, res)
