@@ -311,11 +311,7 @@ def load_station_spec(cfg: dict) -> StationSpec:
             raise ConfigError(f"{where}: channels.{role} = {str(ref)!r} is a second array board; the "
                               f"station routes through {board_name!r}")
 
-    prog = _table(cfg, "program", where)
-    _unknown(prog, _PROGRAM_KEYS, "program", where)
-    path = prog.get("path", "board-firmware")
-    if path not in PROGRAM_PATHS:
-        raise ConfigError(f"{where}: program.path {path!r} unknown; use one of {list(PROGRAM_PATHS)}")
+    prog, path = _path_table(cfg, "program", _PROGRAM_KEYS, PROGRAM_PATHS, "board-firmware", where)
     script_gate = _positive(prog.get("read_gate_v", 3.3), "program.read_gate_v", where)
     if path == "smu-script":
         bl, gate = channels["bl"], channels["gate"]
@@ -327,20 +323,12 @@ def load_station_spec(cfg: dict) -> StationSpec:
                               f"channels.bl = \"NAME.a\" and channels.gate = \"NAME.b\" of a keithley2600 "
                               f"(now bl = {str(bl)!r}, gate = {str(gate)!r})")
 
-    rd = _table(cfg, "read", where)
-    _unknown(rd, _READ_KEYS, "read", where)
-    read_path = rd.get("path", "board")
-    if read_path not in READ_PATHS:
-        raise ConfigError(f"{where}: read.path {read_path!r} unknown; use one of {list(READ_PATHS)}")
+    rd, read_path = _path_table(cfg, "read", _READ_KEYS, READ_PATHS, "board", where)
     read_gate = _positive(rd.get("gate_v", 3.3), "read.gate_v", where)
     if read_path == "smu" and instruments[channels["bl"].instrument].is_board:
         raise ConfigError(f"{where}: read.path = \"smu\" needs channels.bl on an SMU channel "
                           f"(now {str(channels['bl'])!r})")
-    pu = _table(cfg, "pulse", where)
-    _unknown(pu, _PULSE_KEYS, "pulse", where)
-    pulse_path = pu.get("path", "board")
-    if pulse_path not in PULSE_PATHS:
-        raise ConfigError(f"{where}: pulse.path {pulse_path!r} unknown; use one of {list(PULSE_PATHS)}")
+    _, pulse_path = _path_table(cfg, "pulse", _PULSE_KEYS, PULSE_PATHS, "board", where)
     if pulse_path == "smu":
         for role in ("bl", "sl"):
             if instruments[channels[role].instrument].is_board:
@@ -368,6 +356,16 @@ def _driver_class(kind: str):
         return getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"the driver of kind {kind!r} ({KINDS[kind][0]}) is not available: {e}") from None
+
+
+def _path_table(cfg: dict, name: str, keys, choices, default: str, where: str) -> tuple[dict, str]:
+    """A [program]/[read]/[pulse] table and its validated `path` choice."""
+    t = _table(cfg, name, where)
+    _unknown(t, keys, name, where)
+    path = t.get("path", default)
+    if path not in choices:
+        raise ConfigError(f"{where}: {name}.path {path!r} unknown; use one of {list(choices)}")
+    return t, path
 
 
 def prepare_emulation(spec: StationSpec, state_path=None) -> None:
