@@ -23,7 +23,7 @@ import numpy as np
 import serial
 from serial import SerialException
 
-from hil.crossbar import INPUT_BITS, VmmResult, validate_inputs
+from hil.crossbar import INPUT_BITS, VmmResult, per_cell, validate_inputs
 from hil.errors import AddressError, BackendError, ConfigError, HilError, InstrumentTimeout, SafetyViolation
 from hil.geometry import Cells, Geometry
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
@@ -187,7 +187,7 @@ class ArrayBoard:
             raise ValueError(f"pulse: op must be SET, RESET or FORM, got {op!r}")
         pe, row, col = self._addresses(cells)
         n = pe.size
-        v, g, w = (_per_cell(a, n, name) for a, name in ((v, "v"), (v_gate, "v_gate"), (width_s, "width_s")))
+        v, g, w = (per_cell(a, n, name) for a, name in ((v, "v"), (v_gate, "v_gate"), (width_s, "width_s")))
         flat = (pe * info.rows + row) * info.cols + col
         if np.unique(flat).size != n:
             raise ValueError("pulse: a cell appears twice in one call; apply those pulses in separate calls")
@@ -287,7 +287,7 @@ class ArrayBoard:
         info = self._info()
         pe, row, col = self._addresses(cells)
         n = pe.size
-        tgt, lo, hi = (_per_cell(a, n, name) for a, name in ((targets_s, "targets_s"), (lo_s, "lo_s"), (hi_s, "hi_s")))
+        tgt, lo, hi = (per_cell(a, n, name) for a, name in ((targets_s, "targets_s"), (lo_s, "lo_s"), (hi_s, "hi_s")))
         if (lo > hi).any():
             raise ValueError(f"program_job: band of cell #{int(np.argmax(lo > hi))} has lo above hi")
         flat = (pe * info.rows + row) * info.cols + col
@@ -595,16 +595,6 @@ class ArrayBoard:
 
     def _log_output(self, kind: str, **detail) -> None:
         log.debug("board %s %s %s", self.name, kind, detail)
-
-
-def _per_cell(a, n: int, name: str) -> np.ndarray:
-    arr = np.asarray(a, dtype=float)
-    if arr.ndim == 0:
-        return np.full(n, float(arr))
-    arr = arr.ravel()
-    if arr.size != n:
-        raise ValueError(f"{name} has {arr.size} values for {n} cells")
-    return arr
 
 
 def _check_range(what: str, a: np.ndarray, lo: float, hi: float, unit: str, board: ArrayBoard,

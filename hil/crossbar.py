@@ -194,13 +194,18 @@ class Crossbar(abc.ABC):
 
     @staticmethod
     def _per_cell(a: Any, n: int, name: str) -> np.ndarray:
-        arr = np.asarray(a, dtype=float)
-        if arr.ndim == 0:
-            return np.full(n, float(arr))
-        arr = arr.ravel()
-        if arr.size != n:
-            raise ValueError(f"{name} has {arr.size} values for {n} cells")
-        return arr
+        return per_cell(a, n, name)
+
+
+def per_cell(a: Any, n: int, name: str) -> np.ndarray:
+    """A scalar or one value per cell, as a float array of n values (ValueError otherwise)."""
+    arr = np.asarray(a, dtype=float)
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    arr = arr.ravel()
+    if arr.size != n:
+        raise ValueError(f"{name} has {arr.size} values for {n} cells")
+    return arr
 
 
 def validate_inputs(inputs, n_rows: int, bits: int = INPUT_BITS) -> np.ndarray:

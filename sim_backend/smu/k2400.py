@@ -35,12 +35,6 @@ class Keithley2400Emulator(ScpiSmu):
         })
         return h
 
-    def _src_func(self, c, arg, query):
-        if query:
-            return "VOLT"
-        parse_choice(arg, {"VOLT": ("VOLT", "VOLTAGE")})
-        return None
-
     def _volt_mode(self, c, arg, query):
         if query:
             return "FIX"

@@ -1,7 +1,7 @@
 """Emulated Keithley 2450 SourceMeter (SCPI 2450 dialect subset the driver uses)."""
 from __future__ import annotations
 
-from .scpi import ScpiSmu, parse_choice
+from .scpi import ScpiSmu
 
 
 class Keithley2450Emulator(ScpiSmu):
@@ -26,8 +26,3 @@ class Keithley2450Emulator(ScpiSmu):
         })
         return h
 
-    def _src_func(self, c, arg, query):
-        if query:
-            return "VOLT"
-        parse_choice(arg, {"VOLT": ("VOLT", "VOLTAGE")})
-        return None

@@ -126,6 +126,13 @@ class ScpiSmu(EmulatedInstrument):
     NPLC_RANGE = (0.01, 10.0)
     NO_ERROR = '0,"No error"'
 
+    def _src_func(self, c, arg, query):
+        """:SOUR:FUNC — only voltage sourcing is emulated (2400/2450 dialect)."""
+        if query:
+            return "VOLT"
+        parse_choice(arg, {"VOLT": ("VOLT", "VOLTAGE")})
+        return None
+
     def __init__(self, *args, **kwargs) -> None:
         self._handlers = self.handlers()
         super().__init__(*args, **kwargs)
