@@ -70,6 +70,8 @@ def _dataset(args):
 # ---- hil demo -----------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
+    from .hwnet import plan_mcnn
+    from .mcnn import MCNN
     from .report import table_text, write_report
     seed = 0 if args.seed is None else args.seed
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
@@ -85,6 +87,7 @@ def cmd_demo(args) -> int:
     args.seed = seed
     bars = Bars(not args.json)
     with _open(args) as xbar, _cancel_on_sigint() as cancel:
+        plan_mcnn(xbar.geometry, MCNN(seed=seed), cfg.groups)     # refuse before creating a record
         writer = RunWriter.create(run_path, KIND, _station_snapshot(args, xbar), {"seed": seed, "demo": True})
         try:
             res = run_demo(xbar, ds, writer, cfg, bars=bars, cancel=cancel, say=say)
@@ -136,20 +139,35 @@ def _finish(writer: RunWriter, bars: Bars, status: str) -> None:
     writer.finalize(status if sys.exc_info()[0] is None else "incomplete")
 
 
-def _resume_run(args) -> RunWriter:
+def _stage_content(args):
+    """What a stage command needs from `--run`, read without opening it for writing (so a bad
+    argument or a missing file changes nothing in the record)."""
+    from .runstore.journal import replay
     path = Path(args.run)
-    if not path.exists() and not path.with_name(path.name + ".journal").exists():
+    jp = path.with_name(path.name + ".journal")
+    if jp.exists():
+        return replay(jp)[0]
+    if not path.exists():
         raise DataError(f"{path} does not exist; create it with `hil train --out {path}`")
-    return RunWriter.resume(path, KIND)
+    with RunRecord.open(path) as rec:
+        if rec.kind != KIND:
+            raise DataError(f"{path} is a {rec.kind} run, not an mCNN run made by `hil train`")
+        if rec.status == "complete":
+            raise DataError(f"{path} is a finished {rec.kind} run (status complete) and is kept as it is; "
+                            f"start a new one with `hil train --out NEW.h5`")
+        return rec.content()
 
 
 def cmd_transfer(args) -> int:
     from .demo import load_model, transfer_stage
-    writer = _resume_run(args)
-    resume = "transfer/targets" in writer.content.datasets
-    model = load_model(writer.content)
+    content = _stage_content(args)
+    resume = "transfer/targets" in content.datasets
+    model = load_model(content)
+    if args.groups < 1:
+        raise HilError(f"--groups must be at least 1, got {args.groups}")
     bars = Bars(not args.json)
     with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
+        writer = RunWriter.resume(args.run, KIND)
         try:
             plan, rep = transfer_stage(xbar, model, writer, groups=args.groups, resume=resume,
                                        progress=bars("transfer", "cell"), cancel=cancel)
@@ -164,13 +182,26 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def _groups_arg(spec: str, n: int) -> list[int]:
+    """`--group all` or 1..n -> zero-based group indices."""
+    if spec == "all":
+        return list(range(n))
+    try:
+        g = int(spec)
+    except ValueError:
+        g = 0
+    if not 1 <= g <= n:
+        raise HilError(f"--group must be 'all' or a convolver group 1..{n} of this run's plan, got {spec!r}")
+    return [g - 1]
+
+
 def cmd_hybrid(args) -> int:
     from .demo import load_model, load_plan
     from .hwnet import HardwareMCNN
     from .hybrid import hybrid_train
-    writer = _resume_run(args)
-    content = writer.content
+    content = _stage_content(args)
     model, plan = load_model(content), load_plan(content)
+    groups = _groups_arg(args.group, plan.groups)
     seed = 0 if args.seed is None else args.seed
     cfg = HybridConfig(fraction=args.fraction, epochs=args.epochs, lr_levels=args.lr, seed=seed)
     ds = _dataset(args)
@@ -178,10 +209,10 @@ def cmd_hybrid(args) -> int:
     start = max(0, done - 1)
     bars = Bars(not args.json)
     with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
+        writer = RunWriter.resume(args.run, KIND)
         try:
             hw = HardwareMCNN(xbar, model, plan)
             hw.calibrate_adc(ds.x_train[:64])
-            groups = list(range(plan.groups)) if args.group == "all" else [int(args.group) - 1]
             sub = ds.subset(cfg.fraction, seed)
             which = hw.dispatch(len(sub.x_train), groups)
             codes = np.zeros((len(sub.x_train), 192), np.int64)

@@ -145,6 +145,7 @@ def _run_demo(xbar, ds, writer, cfg, *, bars, cancel, say) -> dict:
     if cfg.test_images:
         xt, yt = xt[:cfg.test_images], yt[:cfg.test_images]
 
+    plan_mcnn(xbar.geometry, MCNN(seed=cfg.seed), cfg.groups)     # fail before training if it cannot fit
     say(f"training the mCNN ex situ on {len(ds.x_train)} digits ({cfg.train_epochs} epochs)")
     model, hist = train_stage(ds, writer, epochs=cfg.train_epochs, seed=cfg.seed,
                               progress=bars("train", "batch"), cancel=cancel)

@@ -1,5 +1,6 @@
 """`hil train` -> `hil transfer` -> `hil hybrid` on a directory of (small) MNIST IDX files."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,20 @@ def test_train_transfer_hybrid_chain_and_resume(idx_dir, tmp_path, capsys):
         assert rec.table("hybrid/epochs")["epoch"].tolist() == [0, 1, 2, 3]
         assert "model/c1" in rec.datasets()
     assert (tmp_path / "cnn.h5.chip.npz").exists()          # the simulated chip kept its state
+    # a bad argument is refused without touching the record
+    with RunRecord.open(run) as rec:
+        status = rec.status
+    assert main(args + ["--group", "9"]) == 2
+    assert "--group must be 'all' or a convolver group 1..1" in capsys.readouterr().err
+    with RunRecord.open(run) as rec:
+        assert rec.status == status == "hybrid-trained"
+
+
+def test_demo_refuses_a_chip_the_network_does_not_fit_before_any_work(tmp_path, capsys):
+    wang = Path(__file__).resolve().parents[1] / "stations" / "sim-wang.toml"
+    assert main(["demo", "--quick", "--station", str(wang), "--out", str(tmp_path / "d")]) == 2
+    assert "network does not fit" in capsys.readouterr().err
+    assert not list((tmp_path / "d").glob("demo*.h5*"))
 
 
 def test_cnn_commands_give_clear_errors(idx_dir, tmp_path, capsys):
