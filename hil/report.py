@@ -156,7 +156,11 @@ def write_report(res: dict, out: Path, content=None) -> Path:
     lines += ["## Weight transfer", "",
               f"{tr['program']['cells']} cells, {100 * tr['program']['in_band_fraction']:.2f}% in band, "
               f"mean {tr['program']['mean_pulses']:.1f} pulses; RMS weight error (levels): "
-              + ", ".join(f"{k} {v:.3f}" for k, v in tr["weight_rms_error_levels"].items()), ""]
+              + ", ".join(f"{k} {v:.3f}" for k, v in tr["weight_rms_error_levels"].items())
+              + f". Inference starts {res['config'].get('settle_s', 0) / 60:.0f} minutes (station clock) after "
+              "the transfer, when the conductances have begun to relax; convolver outputs are measured once "
+              "per image and group, the FC layer on the chip at every use. ADC codes at full scale: "
+              + ", ".join(f"{k} {100 * v:.3f}%" for k, v in res.get("saturation", {}).items()) + ".", ""]
     titles = {"accuracy": "Accuracy beside the paper", "groups": "Per-group accuracy",
               "hybrid": "Hybrid training", "after": "After training: time and read disturb",
               "cdf": "Transferred conductances per level", "pulses": "Write-verify pulses"}
