@@ -155,6 +155,15 @@ class AllocationPlan:
         pos, neg = enc.encode(levels[i_in, i_out])
         return cells, np.where(sign > 0, pos, neg)
 
+    def locate(self, pe: int, row: int, col: int) -> Optional[dict]:
+        """What cell (pe, row, col) holds: layer, group, input, output, sign; None if unused."""
+        for t in self.tiles:
+            if t.pe == pe and t.row0 <= row < t.row0 + t.n_in and t.col0 <= col < t.col0 + 2 * t.n_out:
+                j, neg = divmod(col - t.col0, 2)
+                return {"layer": t.layer, "group": t.group, "input": t.in0 + row - t.row0,
+                        "output": t.out0 + j, "sign": -1 if neg else 1}
+        return None
+
     def label_map(self) -> np.ndarray:
         """(n_pe, rows, cols) array of strings 'layer/gN' ('' for unused cells), for drawing."""
         g = self.geometry

@@ -127,6 +127,14 @@ def test_network_train_plan_and_transfer(win, qtbot, errors):
         assert rec.kind == "mcnn" and rec.status == "transferred"     # resumable by `hil hybrid --run`
         assert "model/c1" in rec.datasets() and rec.group_attrs("plan")["plan"]["groups"] == 2
     assert win.panels["convolver"].run_btn.isEnabled() and win.panels["hybrid"].start_btn.isEnabled()
+    # hovering the mosaic names what the cell holds
+    tile = cnn.plan.tiles_for("fc")[0]
+    net.plan_view.hovered.emit(tile.pe, tile.row0, tile.col0 + 1)
+    assert f"PE {tile.pe} · row {tile.row0}" in net.hover_label.text()
+    assert "fc · shared FC" in net.hover_label.text() and "negative cell" in net.hover_label.text()
+    n, r, c = cnn.plan.geometry.shape
+    assert net.plan_view.cell_at(tile.pe * (c + 3) + tile.col0 + 1.5, tile.row0 + 0.5) == (tile.pe, tile.row0,
+                                                                                          tile.col0 + 1)
 
     # the record holds the model: load it back
     old = cnn.model

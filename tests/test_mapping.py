@@ -82,3 +82,11 @@ def test_ledger_counts_parallel_time_and_energy():
     assert one.summary(m)["wall_s"] == pytest.approx(3 * three.summary(m)["wall_s"])
     assert one.summary(m)["energy_j"] == pytest.approx(three.summary(m)["energy_j"])
     assert m.peak_gops_per_w() > one.summary(m)["gops_per_w"] > 0
+
+
+def test_locate_names_what_a_cell_holds():
+    p = _plan(3)
+    t = p.tiles_for("c3", 1)[0]
+    hit = p.locate(t.pe, t.row0 + 5, t.col0 + 3)
+    assert hit == {"layer": "c3", "group": 1, "input": t.in0 + 5, "output": t.out0 + 1, "sign": -1}
+    assert p.locate(0, 127, 15) is None

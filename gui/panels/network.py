@@ -144,10 +144,15 @@ def tag_name(tag: str) -> str:
 
 
 class PlanView(pg.GraphicsLayoutWidget):
-    """The PEs side by side, every cell coloured by the layer and replica group it holds."""
+    """The PEs side by side, every cell coloured by the layer and replica group it holds;
+    hovering emits the cell under the mouse (pe, row, col; -1 outside a PE)."""
+
+    hovered = Signal(int, int, int)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        self.shape: Optional[tuple] = None
+        self.scene().sigMouseMoved.connect(self._mouse_moved)
         self.setBackground(theme.PANEL)
         self.vb = self.addViewBox(lockAspect=True, invertY=True, enableMouse=False, enableMenu=False)
         self.img = pg.ImageItem()
@@ -163,12 +168,13 @@ class PlanView(pg.GraphicsLayoutWidget):
         self.texts = []
         if geometry is None:
             self.img.clear()
-            self.image, self.tags = None, []
+            self.image, self.tags, self.shape = None, [], None
             return
         if labels is None:
             labels = np.full(geometry.shape, "", dtype=object)
         self.image, self.tags = plan_mosaic(labels)
         self.img.setImage(self.image, autoLevels=False, levels=(0, 255))
+        self.shape = geometry.shape
         n, r, c = geometry.shape
         for p in range(n):
             t = pg.TextItem(f"PE {p}", color=theme.MUTED, anchor=(0.5, 1.0))
@@ -176,6 +182,34 @@ class PlanView(pg.GraphicsLayoutWidget):
             self.vb.addItem(t)
             self.texts.append(t)
         self.vb.setRange(xRange=(0, self.image.shape[1]), yRange=(-r * 0.06, r), padding=0.02)
+
+
+    def cell_at(self, x: float, y: float) -> tuple[int, int, int]:
+        """(pe, row, col) of mosaic coordinates, (-1, -1, -1) outside every PE."""
+        if self.shape is None:
+            return -1, -1, -1
+        n, r, c = self.shape
+        xi, yi = int(np.floor(x)), int(np.floor(y))
+        pe, col = divmod(xi, c + GAP)
+        if not (0 <= pe < n and 0 <= col < c and 0 <= yi < r):
+            return -1, -1, -1
+        return pe, yi, col
+
+    def _mouse_moved(self, pos) -> None:
+        p = self.vb.mapSceneToView(pos)
+        self.hovered.emit(*self.cell_at(p.x(), p.y()))
+
+
+def describe_cell(plan, pe: int, row: int, col: int) -> str:
+    """One line on what a cell of the plan holds."""
+    where = f"PE {pe} · row {row} · col {col}"
+    hit = plan.locate(pe, row, col) if plan is not None else None
+    if hit is None:
+        return f"{where}: unused"
+    grp = "shared FC" if hit["group"] < 0 else f"G{hit['group'] + 1}"
+    part = "positive" if hit["sign"] > 0 else "negative"
+    return (f"{where}: {hit['layer']} · {grp} · input {hit['input']} → output {hit['output']} "
+            f"({part} cell of the pair)")
 
 
 def legend_html(tags: list[str]) -> str:
@@ -313,7 +347,10 @@ class NetworkPanel(QWidget):
         ml = QVBoxLayout(mv)
         ml.addWidget(self.mosaic_title)
         ml.addWidget(self.plan_view, 1)
+        self.hover_label = muted("hover a cell to see what it holds")
+        ml.addWidget(self.hover_label)
         ml.addWidget(self.legend)
+        self.plan_view.hovered.connect(self.show_hovered)
         self.train_plot = plot_widget("Ex-situ training (per epoch)", ("epoch", ""), ("accuracy", "%"),
                                       legend=True, min_height=180)
         self.curve_train = self.train_plot.plot([], [], pen=pg.mkPen(theme.CURVE_COLORS[0], width=2),
@@ -345,6 +382,12 @@ class NetworkPanel(QWidget):
         self.update_plan()
 
     # ---- state ------------------------------------------------------------------------------
+    def show_hovered(self, pe: int, row: int, col: int) -> None:
+        if pe < 0:
+            self.hover_label.setText("hover a cell to see what it holds")
+            return
+        self.hover_label.setText(describe_cell(self.cnn.plan, pe, row, col))
+
     def _enable(self) -> None:
         idle = not self.s.busy
         self.train_btn.setEnabled(idle)
