@@ -12,7 +12,7 @@ from .demo import STAGE_DONE
 from .errors import DataError, HilError
 from .hybrid import HybridConfig
 from .progress import Progress
-from .runstore import RunRecord, RunWriter
+from .runstore import RunRecord, RunWriter, read_content
 
 KIND = "mcnn"
 
@@ -142,20 +142,17 @@ def _finish(writer: RunWriter, bars: Bars, status: str) -> None:
 def _stage_content(args):
     """What a stage command needs from `--run`, read without opening it for writing (so a bad
     argument or a missing file changes nothing in the record)."""
-    from .runstore.journal import replay
     path = Path(args.run)
-    jp = path.with_name(path.name + ".journal")
-    if jp.exists():
-        return replay(jp)[0]
-    if not path.exists():
+    if not path.exists() and not path.with_name(path.name + ".journal").exists():
         raise DataError(f"{path} does not exist; create it with `hil train --out {path}`")
-    with RunRecord.open(path) as rec:
-        if rec.kind != KIND:
-            raise DataError(f"{path} is a {rec.kind} run, not an mCNN run made by `hil train`")
-        if rec.status == "complete":
-            raise DataError(f"{path} is a finished {rec.kind} run (status complete) and is kept as it is; "
-                            f"start a new one with `hil train --out NEW.h5`")
-        return rec.content()
+    content = read_content(path)
+    root = content.attrs.get("/", {})
+    if root.get("kind") != KIND:
+        raise DataError(f"{path} is a {root.get('kind')} run, not an mCNN run made by `hil train`")
+    if root.get("status") == "complete":
+        raise DataError(f"{path} is a finished {KIND} run (status complete) and is kept as it is; "
+                        f"start a new one with `hil train --out NEW.h5`")
+    return content
 
 
 def cmd_transfer(args) -> int:

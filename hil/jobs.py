@@ -69,10 +69,14 @@ def start_program_run(writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyP
 
 def plan_from_run(writer: RunWriter, prefix: str = PROGRAMMING) -> ProgramPlan:
     """The plan an interrupted run was following."""
+    return plan_from_content(writer.content, prefix, where=str(writer.path))
+
+
+def plan_from_content(content, prefix: str = PROGRAMMING, where: str = "the run record") -> ProgramPlan:
+    """The programming plan stored in a run's content (see `hil.runstore.read_content`)."""
     TARGETS = _names(prefix)[0]
-    content = writer.content
     if TARGETS not in content.datasets:
-        raise DataError(f"{writer.path} holds no programming targets; it is not a programming run")
+        raise DataError(f"{where} holds no programming targets; it is not a programming run")
     arr, attrs = content.datasets[TARGETS]
     return ProgramPlan(arr[0].astype(np.int64), arr[1].astype(np.int64), arr[2], float(attrs["tolerance_s"]))
 

@@ -280,7 +280,7 @@ def test_programming_from_weights_file_and_bad_pe(win, qtbot, errors, tmp_path):
         p.build_plan()
 
 
-def test_abort_with_escape_stops_programming_quickly(win, qtbot, monkeypatch):
+def test_abort_with_escape_stops_programming_quickly(win, qtbot, monkeypatch, errors):
     xbar = win.s.xbar
     gate, calls = threading.Event(), []
     orig = xbar._read
@@ -317,6 +317,20 @@ def test_abort_with_escape_stops_programming_quickly(win, qtbot, monkeypatch):
     qtbot.mouseClick(amap.read_btn, Qt.LeftButton)
     wait_idle(qtbot, win)
     assert np.isfinite(win.s.g_map).all()
+    # resume: the finished cells are kept, the rest is programmed, the record completes
+    monkeypatch.setattr(xbar, "_read", orig)
+    first = p.out
+    assert p.resume(first)
+    wait_idle(qtbot, win)
+    assert outcomes[-1] == "done" and p.out == first
+    with RunRecord.open(first) as rec:
+        assert rec.status == "complete"
+        cells = rec.table("programming/cells")["cell"]
+        assert any(m["event"] == "resumed" for m in rec.marks)
+    assert np.unique(cells).size == cells.size == 2 * SMALL.rows * SMALL.cols     # each cell once
+    assert p.report.summary()["in_band_fraction"] > 0.95
+    assert not p.resume(first)                                  # complete: refused with a reason
+    assert "nothing to resume" in errors[-1][1]
 
 
 def _press_escape(qtbot, w) -> bool:

@@ -19,10 +19,10 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
 from hil import __version__
 from hil.errors import ConfigError, DataError
 from hil.geometry import Cells
-from hil.jobs import CELLS, ProgramPlan, level_plan, program_job
+from hil.jobs import CELLS, ProgramPlan, level_plan, plan_from_content, program_job
 from hil.levels import LevelTable, validate_targets
 from hil.program import WriteVerifyPolicy
-from hil.runstore import RunRecord, RunWriter
+from hil.runstore import RunRecord, RunWriter, read_content
 
 from .. import theme
 from ..history import RunHistory
@@ -112,6 +112,9 @@ class ProgrammingPanel(QWidget):
         self.start_btn = QPushButton("Start write-verify")
         self.start_btn.setProperty("primary", "true")
         self.start_btn.clicked.connect(self.start)
+        self.resume_btn = QPushButton("Resume a run…")
+        self.resume_btn.setToolTip("continue an interrupted programming run: finished cells are kept")
+        self.resume_btn.clicked.connect(self._pick_resume)
 
         tgt = QGroupBox("Target")
         g = QGridLayout(tgt)
@@ -142,6 +145,7 @@ class ProgrammingPanel(QWidget):
         rl = QVBoxLayout(run)
         bl = QHBoxLayout()
         bl.addWidget(self.start_btn)
+        bl.addWidget(self.resume_btn)
         bl.addWidget(self.bar, 1)
         rl.addLayout(bl)
         rl.addWidget(self.eta)
@@ -198,6 +202,7 @@ class ProgrammingPanel(QWidget):
     def _enable(self) -> None:
         ok = self.s.connected and not self.s.busy
         self.start_btn.setEnabled(ok)
+        self.resume_btn.setEnabled(ok)
         self.start_btn.setToolTip("" if ok else ("Connect a station first" if not self.s.connected
                                                  else "A job is running"))
 
@@ -248,11 +253,46 @@ class ProgrammingPanel(QWidget):
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        xbar, snapshot = self.s.xbar, station_snapshot(self.s)
         meta = {"source": self._source_name(), "levels": self.n_levels.value()}
+        return self._run(plan, policy, out, meta, resume=False)
+
+    def _pick_resume(self) -> None:
+        start = str(self.out) if self.out is not None else (self.folder.text() or "runs")
+        path, _ = QFileDialog.getOpenFileName(self, "Resume a programming run", start,
+                                              "Run records (*.h5 *.journal)")
+        if path:
+            self.resume(Path(path.removesuffix(".journal")))
+
+    def resume(self, path) -> bool:
+        """Continue an interrupted programming run: cells it finished are not touched again."""
+        if not self.s.connected:
+            self.s.error.emit("No station", "Connect a station on the Station tab first.")
+            return False
+        try:
+            path = Path(path)
+            content = read_content(path)
+            root = content.attrs.get("/", {})
+            if root.get("kind") != "programming":
+                raise DataError(f"{path.name} is a {root.get('kind')} run, not a programming run")
+            if root.get("status") == "complete":
+                raise DataError(f"{path.name} is complete; there is nothing to resume")
+            plan = plan_from_content(content, where=path.name)
+            if plan.flat.size and plan.flat.max() >= self.s.geometry.n_cells:
+                raise ConfigError(f"{path.name} addresses cells this station does not have")
+            policy = WriteVerifyPolicy.from_dict(content.attrs.get("/programming", {}).get("policy"))
+            policy.validate(self.s.xbar.limits)
+        except Exception as e:
+            self.s.error.emit(*describe_error(e))
+            return False
+        return self._run(plan, policy, path, None, resume=True)
+
+    def _run(self, plan: ProgramPlan, policy: WriteVerifyPolicy, out: Path, meta: Optional[dict], *,
+             resume: bool) -> bool:
+        xbar, snapshot = self.s.xbar, station_snapshot(self.s)
 
         def job(ctx):
-            writer = RunWriter.create(out, "programming", snapshot, meta)
+            writer = (RunWriter.resume(out, "programming", snapshot) if resume
+                      else RunWriter.create(out, "programming", snapshot, meta))
 
             def progress(p):
                 ctx.progress(p)
@@ -261,7 +301,8 @@ class ProgrammingPanel(QWidget):
                     if t:
                         ctx.partial((t["cell"].copy(), t["final_g_s"].copy(), t["pulses"].copy()))
             try:
-                report = program_job(xbar, writer, plan, policy, progress=progress, cancel=ctx.cancel)
+                report = program_job(xbar, writer, plan, policy, resume=resume, progress=progress,
+                                     cancel=ctx.cancel)
                 summary = report.summary()
                 summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
                 writer.set_attrs("/", summary=summary)
@@ -359,7 +400,7 @@ class ProgrammingPanel(QWidget):
             self.s.set_plan(self.plan)
         elif outcome == "cancelled":
             self.message.setText(f"aborted — finished cells are kept in {self.out}; continue with "
-                                 f"`hil program --resume {self.out}`")
+                                 f"'Resume a run…' or `hil program --resume {self.out}`")
             self.eta.setText(self.eta.text().split(" · ETA")[0] + " · aborted")
         self.s.set_run(self.out, self._history)
 

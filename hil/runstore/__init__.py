@@ -2,7 +2,7 @@
 from .hdf5 import FORMAT, SCHEMA_VERSION, RunRecord, summarize, write_hdf5
 from .journal import (JournalScan, Record, RecordType, RunContent, journal_path, read_journal,
                       replay)
-from .writer import RunWriter, recover
+from .writer import RunWriter, read_content, recover
 
 __all__ = [
     "FORMAT", "SCHEMA_VERSION", "JournalScan", "Record", "RecordType", "RunContent",

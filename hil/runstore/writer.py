@@ -386,6 +386,19 @@ def _rebuild_journal(jp: Path, content: RunContent) -> None:
     _fsync_dir(jp.parent)
 
 
+def read_content(path: str | os.PathLike) -> RunContent:
+    """Everything a run record holds, without opening it for writing: the journal of a run that
+    is still open or was cut off, else the HDF5 record."""
+    path = Path(path)
+    jp = journal_path(path)
+    if jp.exists():
+        return replay(jp)[0]
+    if not path.exists():
+        raise DataError(f"run record {path} does not exist")
+    with RunRecord.open(path) as rec:
+        return rec.content()
+
+
 def recover(path: str | os.PathLike) -> dict:
     """Rebuild ``path`` (status "recovered") from its journal, keeping the journal."""
     path = Path(path)
