@@ -414,6 +414,9 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except Cancelled as e:
+        print(f"hil: interrupted ({e}); what was recorded is kept", file=sys.stderr)
+        return 130
     except HilError as e:
         print(f"hil: error: {e}", file=sys.stderr)
         return 2
