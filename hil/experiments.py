@@ -272,7 +272,7 @@ class DriftResult:
     level_targets_s: np.ndarray    # mean target of each level
     in_band_fraction: list
     level_mean_us: np.ndarray
-    level_std_us: np.ndarray
+    level_std_us: np.ndarray       # robust spread per level (IQR / 1.349), µS
     n_avg: int
     used_advance: bool
     wall_seconds: float = 0.0
@@ -337,12 +337,12 @@ def _levels(targets: np.ndarray, level_index) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _group_stats(g: np.ndarray, inv: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-level mean and robust spread (interquartile range / 1.349, the σ of a normal
+    distribution): a few stuck or unresponsive cells must not dominate a level's spread."""
     counts = np.bincount(inv, minlength=n_groups).astype(float)
-    s1 = np.bincount(inv, weights=g, minlength=n_groups)
-    s2 = np.bincount(inv, weights=g * g, minlength=n_groups)
-    mean = s1 / counts
-    var = np.maximum(s2 / counts - mean ** 2, 0.0)
-    return mean, np.sqrt(var)
+    mean = np.bincount(inv, weights=g, minlength=n_groups) / counts
+    spread = np.array([np.subtract(*np.percentile(g[inv == k], [75, 25])) / 1.349 for k in range(n_groups)])
+    return mean, spread
 
 
 def _wait_real(seconds: float, cancel: CancelToken) -> None:
