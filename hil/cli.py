@@ -54,16 +54,21 @@ def _progress_bar(args, desc: str, unit: str = "cell"):
 
     def cb(p: Progress) -> None:
         if bar is not None:
-            bar.total = p.total
-            bar.n = p.done
-            if p.message:
-                bar.set_postfix_str(p.message, refresh=False)
-            bar.refresh()
+            _show(bar, p)
     try:
         yield cb
     finally:
         if bar is not None:
             bar.close()
+
+
+def _show(bar, p: Progress) -> None:
+    """Put one progress report on a tqdm bar."""
+    bar.total = p.total
+    bar.n = p.done
+    if p.message:
+        bar.set_postfix_str(p.message, refresh=False)
+    bar.refresh()
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import _cancel_on_sigint, _chip_state_path, _emit, _jsonable, _open, _station_snapshot
+from .cli import _cancel_on_sigint, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
 from .demo import STAGE_DONE
 from .errors import DataError, HilError
 from .hybrid import HybridConfig
@@ -34,14 +34,9 @@ class Bars:
                 from tqdm import tqdm
                 state["bar"] = tqdm(desc=desc, unit=unit, total=p.total, file=sys.stderr, dynamic_ncols=True)
                 self.open.append(state["bar"])
-            bar = state["bar"]
-            bar.total = p.total
-            bar.n = p.done
-            if p.message:
-                bar.set_postfix_str(p.message, refresh=False)
-            bar.refresh()
+            _show(state["bar"], p)
             if p.done >= p.total:
-                bar.close()
+                state["bar"].close()
         return cb
 
     def close(self) -> None:

@@ -178,16 +178,13 @@ class HardwareMCNN:
         from .vmm import bit_planes
         x = _check_images(x)
         v = self.xbar.v_read_default
-        codes = x[:, None].astype(np.int64)
+        layer_inputs = {"c1": conv_patches(x[:, None].astype(np.int64), CONV_PAD["c1"]),
+                        "c3": conv_patches(self.model.features(x, "c1"), CONV_PAD["c3"]),
+                        "fc": self.model.features(x, "c3")}
         fs = {}
         for name in (*CONV_LAYERS, *FC_LAYERS):
-            q = weight_matrix(self.model, name)
-            pos, neg = self.enc.encode(q)
-            if name == "fc":
-                patches = codes.reshape(len(codes), -1)
-            else:
-                patches = conv_patches(codes, CONV_PAD[name])
-            planes = bit_planes(patches[: 20000])
+            pos, neg = self.enc.encode(weight_matrix(self.model, name))
+            planes = bit_planes(layer_inputs[name][: 20000])
             top = 0.0
             for t in self.plan.tiles_for(name, 0):
                 for g in (pos, neg):
@@ -195,9 +192,6 @@ class HardwareMCNN:
                     cur = planes[:, :, t.in0:t.in0 + t.n_in] @ gt * v
                     top = max(top, float(np.percentile(cur, percentile)))
             fs[name] = max(top * headroom, 1e-9)
-            if name != "fc":
-                real = maps_from_patch_outputs(patches.astype(float) @ q.astype(float), len(codes), name)
-                codes = self.model.postprocess_conv(real * self._scale(name), name)
         self.adc_fs = fs
         return fs
 

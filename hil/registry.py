@@ -48,15 +48,21 @@ def _factory(name: str) -> Callable[..., Crossbar]:
         raise ConfigError(f"backend {name!r} is not available in this installation ({e})") from None
 
 
+def read_toml(path, missing: str, what: str = "station file") -> dict:
+    """Parse a TOML file; ConfigError `missing` if it does not exist, or naming the syntax error."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(missing)
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} {path} is malformed: {e}") from None
+
+
 def load_station_file(path) -> dict:
     """Parse a station TOML file; errors name the file and the problem."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"station {str(path)!r} is neither 'sim' nor an existing station file")
-    try:
-        cfg = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"station file {path} is malformed: {e}") from None
+    cfg = read_toml(path, f"station {str(path)!r} is neither 'sim' nor an existing station file")
     station = cfg.get("station")
     if not isinstance(station, dict) or "backend" not in station:
         raise ConfigError(f"station file {path}: missing [station] table with a 'backend' key (e.g. backend = \"sim\")")

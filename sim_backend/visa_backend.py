@@ -32,7 +32,6 @@ import logging
 import random
 import socketserver
 import threading
-import tomllib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from pyvisa.util import LibraryPath
 
 from hil.errors import ConfigError
 from hil.geometry import Geometry, preset
+from hil.registry import read_toml
 
 from .smu import EmulatedInstrument, InstrumentDisconnected, make_instrument
 from .world import BUSES, EmulatedWorld, get_world
@@ -80,12 +80,7 @@ def load_emulation(path: Union[str, Path, None]) -> dict:
     if path in (None, "", "unset"):
         return _validate(DEFAULT_EMULATION, "DEFAULT_EMULATION", Path("."))
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"@hilsim: station file {str(p)!r} not found")
-    try:
-        cfg = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"@hilsim: station file {p} is malformed: {e}") from None
+    cfg = read_toml(p, f"@hilsim: station file {str(p)!r} not found", "@hilsim: station file")
     if "emulation" not in cfg:
         raise ConfigError(f"@hilsim: station file {p} has no [emulation] table describing the emulated "
                           f"instruments")
