@@ -152,16 +152,28 @@ def test_torn_tail_and_garbage(tmp_path):
 
 
 def test_crc_corruption_in_middle(tmp_path):
+    """Finding 12: a damaged record in the middle is skipped; every intact record after it is kept."""
     jp, records = _journal_with_records(tmp_path)
     data = bytearray(jp.read_bytes())
     k = 4
     data[records[k].end - 1] ^= 0xFF
     jp.write_bytes(bytes(data))
     recs, scan = read_journal(jp)
-    assert scan.records == k and scan.stop_reason == "bad CRC"
-    assert scan.dropped_bytes == len(data) - records[k].offset
+    assert scan.records == len(records) - 1 and scan.stop_reason == "bad CRC"
+    assert [r.offset for r in recs] == [r.offset for i, r in enumerate(records) if i != k]
+    assert scan.damaged == [{"offset": records[k].offset, "bytes": records[k].end - records[k].offset,
+                             "reason": "bad CRC"}]
+    assert scan.dropped_bytes == records[k].end - records[k].offset
+    before = jp.read_bytes()
     info = recover(jp.with_suffix(""))
-    assert info["records"] == k and info["dropped_bytes"] == scan.dropped_bytes
+    assert info["records"] == len(records) - 1 and info["dropped_bytes"] == scan.dropped_bytes
+    assert f"at offset {records[k].offset}" in info["damage"]
+    assert jp.read_bytes() == before          # recovery never rewrites the journal
+    w = RunWriter.resume(jp.with_suffix(""), checkpoint_interval_s=None)
+    w.append("reads", g=np.array([7], dtype=np.float32))
+    w.close()
+    assert jp.read_bytes()[:len(before)] == before   # appends keep every old byte
+    assert read_journal(jp)[1].records == len(records) + 1   # + the resumed mark and the append
 
 
 def test_bad_journal_header(tmp_path):
@@ -257,7 +269,8 @@ def test_resume_after_crash(tmp_path):
     w.append("reads", g=np.array([4], dtype=np.float32))
     w.close()
     recs, scan = read_journal(journal_path(crashed))
-    assert scan.dropped_bytes == 0
+    assert scan.dropped_bytes == 0    # the torn tail was moved aside, not deleted:
+    assert (tmp_path / "crashed.h5.journal.damaged").read_bytes() == full[len(torn):len(torn) + 10]
     assert _reads(crashed).tolist() == [0, 0, 1, 1, 2, 2, 4]
 
 

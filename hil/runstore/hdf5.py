@@ -16,6 +16,12 @@ Layout (schema_version 1):
 
 Files are written to ``<path>.tmp``, fsynced, then moved over ``<path>`` with
 ``os.replace``, so a reader sees either the old or the new complete file.
+
+Integrity: files use the HDF5 1.8+ object formats (checksummed metadata), every array
+dataset is chunked with the fletcher32 checksum filter (scalars are stored compact, inside
+their checksummed object header) and string attrs are fixed-length (no unchecked global
+heap). :meth:`RunRecord.open` reads every dataset once, so a flipped byte is reported as a
+one-line DataError naming the file (and the dataset) instead of a silent wrong value.
 """
 from __future__ import annotations
 
@@ -54,13 +60,40 @@ def _store_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
     for key, val in attrs.items():
         plain = isinstance(val, (bool, float, str)) or (
             isinstance(val, int) and _INT64[0] <= val <= _INT64[1])
-        if plain:
+        if isinstance(val, str):
+            _store_str(obj, key, val)
+        elif plain:
             obj.attrs[key] = val
         else:
-            obj.attrs[key] = json.dumps(val)
+            _store_str(obj, key, json.dumps(val))
             json_keys.append(key)
     if json_keys:
-        obj.attrs[JSON_KEYS] = json.dumps(json_keys)
+        _store_str(obj, JSON_KEYS, json.dumps(json_keys))
+
+
+def _store_str(obj: h5py.HLObject, key: str, text: str) -> None:
+    """A fixed-length UTF-8 string attr: it lives in the (checksummed) object header."""
+    raw = text.encode()
+    obj.attrs.create(key, data=np.array(raw), dtype=h5py.string_dtype("utf-8", max(1, len(raw))))
+
+
+def _create(f: h5py.File, name: str, arr: np.ndarray, compress: bool) -> h5py.Dataset:
+    """Dataset with a checksum: chunked + fletcher32, or compact when it cannot be chunked."""
+    if arr.ndim > 0 and arr.size > 0:
+        return f.create_dataset(name, data=arr, chunks=True, fletcher32=True,
+                                compression="gzip" if compress else None,
+                                compression_opts=1 if compress else None)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+    lcpl.set_create_intermediate_group(True)
+    space = (h5py.h5s.create(h5py.h5s.SCALAR) if arr.ndim == 0
+             else h5py.h5s.create_simple(arr.shape))
+    dsid = h5py.h5d.create(f.id, name.encode(), h5py.h5t.py_create(arr.dtype), space,
+                           dcpl=dcpl, lcpl=lcpl)
+    if arr.size:
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(arr))
+    return f[name]
 
 
 def _load_attrs(obj: h5py.HLObject, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -77,6 +110,35 @@ def _load_attrs(obj: h5py.HLObject, skip: tuple[str, ...] = ()) -> dict[str, Any
             val = val.item()
         out[key] = val
     return out
+
+
+def _is_table(obj: h5py.HLObject) -> bool:
+    kind = obj.attrs.get("kind")
+    return isinstance(obj, h5py.Group) and (kind.decode() if isinstance(kind, bytes) else kind) == "table"
+
+
+def _verify(f: h5py.File, path: Path) -> None:
+    """Read every attribute and every dataset once (checksums are checked on read)."""
+    where = "/"
+    try:
+        _load_attrs(f)
+        names: list[str] = []
+        f.visit(names.append)
+        for where in names:
+            obj = f[where]
+            _load_attrs(obj)
+            if isinstance(obj, h5py.Dataset):
+                obj[()]
+    except DataError:
+        raise
+    except Exception as exc:   # h5py raises OSError, KeyError, RuntimeError, ValueError ...
+        what = "root group" if where == "/" else f"object {where!r}"
+        raise DataError(f"{path} is damaged: {what} fails its checksum or cannot be read "
+                        f"({_one_line(exc)}); restore it from its journal or a copy") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,20 +159,16 @@ def _fill(f: h5py.File, content: RunContent, status: str) -> None:
         if group != "/":
             _store_attrs(f.require_group(group.lstrip("/")), attrs)
     st = f.require_group("station")
-    st.attrs["json"] = json.dumps(content.station)
+    _store_str(st, "json", json.dumps(content.station))
     for name, cols in content.tables.items():
         g = f.require_group(name)
         for col, arr in cols.items():
-            g.create_dataset(col, data=arr, chunks=True, compression="gzip",
-                             compression_opts=1)
-        g.attrs["kind"] = "table"
+            _create(g, col, arr, compress=True)
+        _store_str(g, "kind", "table")
         g.attrs["rows"] = content.table_rows(name)
-        g.attrs["columns"] = json.dumps(list(cols))
+        _store_str(g, "columns", json.dumps(list(cols)))
     for name, (arr, attrs) in content.datasets.items():
-        big = arr.ndim > 0 and arr.size > 0
-        ds = f.create_dataset(name, data=arr, chunks=True if big else None,
-                              compression="gzip" if big else None,
-                              compression_opts=1 if big else None)
+        ds = _create(f, name, arr, compress=True)
         _store_attrs(ds, attrs)
     root = dict(content.attrs.get("/", {}))
     root.update(format=FORMAT, schema_version=SCHEMA_VERSION, status=status,
@@ -124,7 +182,7 @@ def write_hdf5(path: str | os.PathLike, content: RunContent, status: str) -> Non
     path = Path(path)
     tmp = Path(str(path) + ".tmp")
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=("v108", "latest")) as f:
             _fill(f, content, status)
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -157,24 +215,36 @@ class RunRecord:
             raise DataError(f"no run record at {path}")
         try:
             f = h5py.File(path, "r")
-        except OSError as exc:
+        except Exception as exc:
             raise DataError(f"{path} is not a readable HDF5 file (corrupt or truncated?): "
-                            f"{exc}") from exc
+                            f"{_one_line(exc)}") from None
         try:
-            fmt = f.attrs.get("format")
+            try:
+                fmt = f.attrs.get("format")
+                version = f.attrs.get("schema_version")
+            except Exception as exc:
+                raise DataError(f"{path} is damaged: its root attributes cannot be read "
+                                f"({_one_line(exc)})") from None
             if isinstance(fmt, bytes):
                 fmt = fmt.decode()
             if fmt != FORMAT:
                 raise DataError(f"{path} is not a memristor-hil run record "
                                 f"(format attribute is {fmt!r}, expected {FORMAT!r})")
-            version = f.attrs.get("schema_version")
             if version is None:
                 raise DataError(f"{path} has no schema_version; it is not a valid "
                                 f"memristor-hil run record")
-            if int(version) > SCHEMA_VERSION:
-                raise DataError(f"{path} has schema_version {int(version)} but this software "
+            try:
+                version = int(version)
+            except (TypeError, ValueError):
+                version = -1
+            if version < 1:
+                raise DataError(f"{path} has an invalid schema_version; it is not a valid "
+                                f"memristor-hil run record")
+            if version > SCHEMA_VERSION:
+                raise DataError(f"{path} has schema_version {version} but this software "
                                 f"(memristor-hil {__version__}) supports up to "
                                 f"{SCHEMA_VERSION}; upgrade memristor-hil to read it")
+            _verify(f, path)
             return cls(path, f)
         except BaseException:
             f.close()
@@ -200,7 +270,7 @@ class RunRecord:
 
     def _table_group(self, name: str) -> h5py.Group:
         g = self._f.get(name.strip("/"))
-        if not isinstance(g, h5py.Group) or g.attrs.get("kind") != "table":
+        if not isinstance(g, h5py.Group) or not _is_table(g):
             raise DataError(f"{self.path} has no table {name!r}; available tables: "
                             f"{', '.join(self.tables()) or '(none)'}")
         return g
@@ -228,7 +298,7 @@ class RunRecord:
         def visit(name: str, obj: h5py.HLObject) -> None:
             if isinstance(obj, h5py.Group):
                 groups.append(name)
-                if obj.attrs.get("kind") == "table":
+                if _is_table(obj):
                     tables.append(name)
             elif name.rpartition("/")[0] not in tables:
                 datasets.append(name)
@@ -254,7 +324,7 @@ class RunRecord:
         g = self._f.get(name)
         if not isinstance(g, h5py.Group):
             raise DataError(f"{self.path} has no group {group!r}")
-        return _load_attrs(g, skip=TABLE_ATTRS if g.attrs.get("kind") == "table" else ())
+        return _load_attrs(g, skip=TABLE_ATTRS if _is_table(g) else ())
 
     def content(self) -> RunContent:
         """Load everything into a :class:`RunContent` (used to resume a closed run)."""

@@ -17,22 +17,26 @@ Record types and their JSON header fields:
 * ``ATTRS`` (3): ``"group"`` (``"/"`` is root), ``"attrs"``; optionally ``"station"``.
 * ``MARK`` (4): ``"mark"``, a free-form JSON event such as ``{"event": "resumed"}``.
 
-A journal is only ever appended to, so a crash can only damage its tail. Reading
-stops at the first record that is truncated, has a bad magic, a bad CRC or an
-undecodable payload; everything before it is kept and the rest is reported as
-dropped bytes. Only a wrong file header raises (:class:`~hil.errors.DataError`).
+A journal is only ever appended to, so a crash normally damages only its tail, but a
+bad disk sector or a flipped bit can damage any record. Reading skips a record that is
+truncated, has a bad magic, a bad CRC or an undecodable payload and resynchronizes on
+the next valid frame (its magic found by scanning, then its length and CRC checked), so
+every intact record after the damage is kept; each damaged span (offset, bytes, reason)
+is reported in :class:`JournalScan`. Only a wrong file header raises
+(:class:`~hil.errors.DataError`).
 """
 from __future__ import annotations
 
 import enum
 import json
 import logging
+import mmap
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -144,72 +148,111 @@ def _decode_payload(rtype: int, payload: bytes) -> Record:
 
 @dataclass
 class JournalScan:
-    """Outcome of reading a journal: complete records and what was dropped."""
+    """Outcome of reading a journal: intact records and the damaged spans skipped."""
 
     path: Path
     records: int = 0
-    valid_bytes: int = 0
+    valid_bytes: int = 0          # file header + every intact record
     file_bytes: int = 0
-    stop_reason: str | None = None
+    damaged: list[dict] = field(default_factory=list)   # {"offset", "bytes", "reason"}
 
     @property
     def dropped_bytes(self) -> int:
         return self.file_bytes - self.valid_bytes
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Reason of the first damaged span (None when the journal is intact)."""
+        return self.damaged[0]["reason"] if self.damaged else None
 
-def _check_file_header(f: BinaryIO, path: Path) -> None:
-    raw = f.read(FILE_HEADER.size)
+    @property
+    def torn_tail(self) -> dict | None:
+        """The damaged span that ends the file (a write cut off by a crash), if any."""
+        if self.damaged and self.damaged[-1]["offset"] + self.damaged[-1]["bytes"] == self.file_bytes:
+            return self.damaged[-1]
+        return None
+
+    def describe(self) -> str:
+        """One line: how many damaged spans and bytes were skipped, and where."""
+        if not self.damaged:
+            return "no damaged records"
+        spans = ", ".join(f"{d['bytes']} bytes at offset {d['offset']} ({d['reason']})"
+                          for d in self.damaged[:5])
+        more = f" and {len(self.damaged) - 5} more" if len(self.damaged) > 5 else ""
+        return (f"skipped {len(self.damaged)} damaged span(s), {self.dropped_bytes} bytes: "
+                f"{spans}{more}")
+
+
+def _check_file_header(raw: bytes, path: Path) -> None:
     if len(raw) < FILE_HEADER.size or not raw.startswith(FILE_MAGIC):
         raise DataError(f"{path} is not a memristor-hil journal (bad or missing file header)")
-    _, version = FILE_HEADER.unpack(raw)
+    _, version = FILE_HEADER.unpack(raw[:FILE_HEADER.size])
     if version > FORMAT_VERSION:
         raise DataError(f"{path} uses journal format {version}, this software supports up to "
                         f"{FORMAT_VERSION}; upgrade memristor-hil to read it")
 
 
+def _frame_at(buf, pos: int, size: int) -> tuple[Record | None, str]:
+    """The record framed at `pos`, or (None, why not)."""
+    if pos + REC_HEADER.size > size:
+        return None, "truncated record header"
+    magic, rtype, length, crc = REC_HEADER.unpack_from(buf, pos)
+    if magic != REC_MAGIC:
+        return None, "bad record magic"
+    end = pos + REC_HEADER.size + length
+    if end > size:
+        return None, "truncated record payload"
+    payload = bytes(buf[pos + REC_HEADER.size:end])
+    if zlib.crc32(payload) != crc:
+        return None, "bad CRC"
+    try:
+        rec = _decode_payload(rtype, payload)
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        return None, f"undecodable record ({exc})"
+    rec.offset, rec.end = pos, end
+    return rec, ""
+
+
 def iter_journal(path: str | os.PathLike, scan: JournalScan | None = None) -> Iterator[Record]:
-    """Yield complete records of the journal at ``path``; fill ``scan`` as a side effect."""
+    """Yield every intact record of the journal at ``path``, skipping damaged spans
+    (resynchronizing on the next valid frame); fill ``scan`` as a side effect."""
     path = Path(path)
     scan = scan if scan is not None else JournalScan(path)
     scan.path = path
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         scan.file_bytes = size
-        _check_file_header(f, path)
-        pos = scan.valid_bytes = FILE_HEADER.size
-        while pos < size:
-            raw = f.read(REC_HEADER.size)
-            if len(raw) < REC_HEADER.size:
-                scan.stop_reason = "truncated record header"
-                break
-            magic, rtype, length, crc = REC_HEADER.unpack(raw)
-            if magic != REC_MAGIC:
-                scan.stop_reason = "bad record magic"
-                break
-            end = pos + REC_HEADER.size + length
-            if end > size:
-                scan.stop_reason = "truncated record payload"
-                break
-            payload = f.read(length)
-            if zlib.crc32(payload) != crc:
-                scan.stop_reason = "bad CRC"
-                break
-            try:
-                rec = _decode_payload(rtype, payload)
-            except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
-                scan.stop_reason = f"undecodable record ({exc})"
-                break
-            rec.offset, rec.end = pos, end
-            scan.records += 1
-            pos = scan.valid_bytes = end
-            yield rec
-    if scan.stop_reason:
-        log.warning("%s: stopped after %d records at byte %d (%s); %d trailing bytes dropped",
-                    path, scan.records, scan.valid_bytes, scan.stop_reason, scan.dropped_bytes)
+        _check_file_header(f.read(FILE_HEADER.size), path)
+        scan.valid_bytes = FILE_HEADER.size
+        if size <= FILE_HEADER.size:
+            return
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as buf:
+            pos = FILE_HEADER.size
+            while pos < size:
+                rec, reason = _frame_at(buf, pos, size)
+                if rec is None:
+                    nxt = pos
+                    while True:
+                        nxt = buf.find(REC_MAGIC, nxt + 1)
+                        if nxt < 0:
+                            nxt = size
+                            break
+                        rec = _frame_at(buf, nxt, size)[0]
+                        if rec is not None:
+                            break
+                    scan.damaged.append({"offset": pos, "bytes": nxt - pos, "reason": reason})
+                    log.warning("%s: %d damaged bytes at offset %d (%s) skipped", path, nxt - pos,
+                                pos, reason)
+                    if rec is None:
+                        break
+                scan.records += 1
+                scan.valid_bytes += rec.end - rec.offset
+                pos = rec.end
+                yield rec
 
 
 def read_journal(path: str | os.PathLike) -> tuple[list[Record], JournalScan]:
-    """Read every complete record of a journal (never raises for a torn tail)."""
+    """Read every intact record of a journal (never raises for damaged records)."""
     scan = JournalScan(Path(path))
     records = list(iter_journal(path, scan))
     return records, scan
@@ -269,7 +312,7 @@ class RunContent:
 
 
 def replay(path: str | os.PathLike) -> tuple[RunContent, JournalScan]:
-    """Replay a journal into a :class:`RunContent` (torn tail ignored, reported in scan)."""
+    """Replay a journal into a :class:`RunContent` (damaged records skipped, reported in scan)."""
     content, scan = RunContent(), JournalScan(Path(path))
     for rec in iter_journal(path, scan):
         content.apply(rec)

@@ -125,41 +125,41 @@ class RunWriter:
                sync_interval_s: float = 1.0) -> "RunWriter":
         """Continue an interrupted run (journal, or HDF5 of a closed run) at ``path``.
 
-        ``kind`` is checked against the record; a differing ``station`` is recorded in
-        the "resumed" mark (the original snapshot is kept); ``meta`` updates root attrs.
+        Everything is checked before a byte changes: ``kind`` against the record, a complete
+        run is refused. A differing ``station`` is recorded in the "resumed" mark (the original
+        snapshot is kept); ``meta`` updates root attrs. The journal is never truncated: damaged
+        records in it stay and are skipped, a torn tail is moved aside to ``<journal>.damaged``.
         """
         path = Path(path)
         jp = journal_path(path)
-        if path.exists():
-            try:
-                with RunRecord.open(path) as rec:
-                    status = rec.status
-                    old = rec.content() if not jp.exists() else None
-            except DataError:
-                if not jp.exists():
-                    raise
-                log.warning("%s is unreadable; resuming from its journal", path)
-                status, old = None, None
+        old = None
+        if jp.exists():
+            status = None
+            if path.exists():
+                try:
+                    with RunRecord.open(path) as rec:
+                        status = rec.status
+                except DataError as exc:
+                    log.warning("%s; resuming from its journal", exc)
             if status == "complete":
-                raise DataError(f"run {path} is complete and cannot be resumed; "
-                                f"choose another --out")
-            if old is not None:
-                _rebuild_journal(jp, old)
-        elif not jp.exists():
+                raise DataError(f"run {path} is complete and cannot be resumed; its leftover "
+                                f"journal {jp} is stale")
+            _check_resumable(path, replay(jp)[0], kind, jp)
+        elif path.exists():
+            with RunRecord.open(path) as rec:
+                old = rec.content()
+            _check_resumable(path, old, kind, path)
+            _rebuild_journal(jp, old)
+        else:
             raise DataError(f"nothing to resume: neither {path} nor {jp} exists")
         fd = os.open(jp, os.O_RDWR)
         _lock(fd, jp)
         try:
             content, scan = replay(jp)
-            if content.attrs.get("/", {}).get("format") != FORMAT:
-                raise DataError(f"{jp} holds no complete run header; nothing to resume")
-            old_kind = content.attrs["/"].get("kind")
-            if kind is not None and kind != old_kind:
-                raise DataError(f"run {path} is of kind {old_kind!r}, not {kind!r}")
-            if scan.dropped_bytes:
-                log.warning("%s: truncating %d torn bytes (%s)", jp, scan.dropped_bytes,
-                            scan.stop_reason)
-            os.ftruncate(fd, scan.valid_bytes)
+            _check_resumable(path, content, kind, jp)
+            tail = scan.torn_tail
+            if tail:
+                _move_aside(fd, jp, tail["offset"])
             os.lseek(fd, 0, os.SEEK_END)
             os.fsync(fd)
         except BaseException:
@@ -168,6 +168,8 @@ class RunWriter:
         w = cls(path, fd, content, checkpoint_interval_s=checkpoint_interval_s,
                 sync_interval_s=sync_interval_s)
         info: dict[str, Any] = {"records": scan.records, "dropped_bytes": scan.dropped_bytes}
+        if scan.damaged:
+            info["damaged"] = scan.damaged[:100]
         if station is not None:
             station = to_jsonable(station, "station")
             if station != content.station:
@@ -353,6 +355,36 @@ class RunWriter:
         self.close()
 
 
+def _check_resumable(path: Path, content: RunContent, kind: str | None, source: Path) -> None:
+    """DataError unless ``content`` is a run record of ``kind`` that may be continued."""
+    root = content.attrs.get("/", {})
+    if root.get("format") != FORMAT:
+        raise DataError(f"{source} holds no complete run header; nothing to resume")
+    if root.get("status") == "complete":
+        raise DataError(f"run {path} is complete and cannot be resumed; choose another --out")
+    if kind is not None and root.get("kind") != kind:
+        raise DataError(f"run {path} is of kind {root.get('kind')!r}, not {kind!r}")
+
+
+def _move_aside(fd: int, jp: Path, offset: int) -> None:
+    """Append the journal's bytes from ``offset`` to ``<journal>.damaged`` (kept, never deleted),
+    then cut them from the journal so new records follow the last intact one."""
+    side = Path(str(jp) + ".damaged")
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    sfd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        _write_all(sfd, b"".join(chunks))
+        os.fsync(sfd)
+    finally:
+        os.close(sfd)
+    log.warning("%s: torn tail of %d bytes at offset %d moved to %s", jp,
+                sum(map(len, chunks)), offset, side)
+    os.ftruncate(fd, offset)
+
+
 def _rebuild_journal(jp: Path, content: RunContent) -> None:
     """Write a fresh journal holding ``content`` (atomically) so a closed run can resume."""
     tmp = Path(str(jp) + ".tmp")
@@ -425,9 +457,8 @@ def recover(path: str | os.PathLike) -> dict:
         write_hdf5(path, content, "recovered")
     finally:
         os.close(fd)
-    log.info("recovered %s from %d journal records (%d bytes dropped)", path, scan.records,
-             scan.dropped_bytes)
+    log.info("recovered %s from %d journal records (%s)", path, scan.records, scan.describe())
     return {"path": str(path), "records": scan.records, "dropped_bytes": scan.dropped_bytes,
-            "stop_reason": scan.stop_reason,
+            "stop_reason": scan.stop_reason, "damaged": scan.damaged, "damage": scan.describe(),
             "tables": {t: content.table_rows(t) for t in content._chunks},
             "datasets": sorted(content.datasets)}
