@@ -58,7 +58,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class FcUpdater:
     """Keeps the measured FC conductances and turns level updates into pulses on the pairs."""
 
-    def __init__(self, hw: HardwareMCNN, max_pulses: int) -> None:
+    def __init__(self, hw: HardwareMCNN, max_pulses: int, g: Optional[tuple] = None) -> None:
         self.hw = hw
         plan, self.enc = hw.plan, hw.enc
         cells, i_in, i_out, sign = plan.cells("fc", SHARED)
@@ -70,8 +70,9 @@ class FcUpdater:
             m = sign == s
             for a, src in zip(dst, (cells.pe, cells.row, cells.col)):
                 a[i_in[m], i_out[m]] = src[m]
-        self.g_pos = self._read(self.pos)
-        self.g_neg = self._read(self.neg)
+        # the conductances known to the host: read now, or restored from a checkpoint
+        self.g_pos, self.g_neg = (self._read(self.pos), self._read(self.neg)) if g is None else \
+            (np.array(g[0], float), np.array(g[1], float))
         self.policy = WriteVerifyPolicy(max_pulses=int(max_pulses))
         self.pulses = 0
         self.updates = 0
@@ -118,16 +119,22 @@ def accuracy(hw: HardwareMCNN, codes: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(hw.fc_logits(codes), axis=1) == np.asarray(y)))
 
 
+CHECKPOINT_KEYS = ("fraction", "batch", "lr_levels", "threshold_levels", "max_pulses", "seed")
+
+
 def hybrid_train(hw: HardwareMCNN, codes: np.ndarray, y: np.ndarray, cfg: HybridConfig, *,
                  evals: Optional[dict] = None, writer: Optional[RunWriter] = None, prefix: str = "hybrid",
-                 start_epoch: int = 0, progress: Optional[ProgressCallback] = None,
-                 cancel: Optional[CancelToken] = None,
+                 progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
                  on_epoch: Optional[Callable[[dict], None]] = None) -> list[dict]:
     """Train the FC layer in situ on measured convolver outputs `codes` (N, 192) with labels y.
 
     `evals` maps a name to (codes, labels) measured once; each is scored after every epoch
-    (epoch 0 = right after transfer). Returns the per-epoch history; with a writer, every epoch
-    is journaled under `prefix/epochs` and a cut-off run continues from `start_epoch`."""
+    (epoch 0 = right after transfer). Returns the per-epoch history (of this call).
+
+    With a writer, every epoch is a checkpoint: `prefix/checkpoint` (accumulator, the host's
+    conductances, RNG state, counters and the epoch's row) then the row in `prefix/epochs`.
+    A writer whose run holds a checkpoint continues after it, so a resumed stage produces the
+    same rows as an uninterrupted run with the same seed (on a chip in the checkpoint's state)."""
     cancel, progress = ensure(cancel, progress)
     codes = np.asarray(codes)
     y = np.asarray(y, dtype=np.int64)
@@ -135,9 +142,33 @@ def hybrid_train(hw: HardwareMCNN, codes: np.ndarray, y: np.ndarray, cfg: Hybrid
         raise DataError(f"hybrid training needs codes (N, {hw.plan.layers['fc'][0]}) and N labels, "
                         f"got {codes.shape} and {y.shape}")
     evals = evals or {}
-    upd = FcUpdater(hw, cfg.max_pulses)
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x4B1D]))
-    acc = np.zeros(hw.plan.layers["fc"])
+    ckpt_name, rows_name = f"{prefix}/checkpoint", f"{prefix}/epochs"
+    ckpt = writer.content.datasets.get(ckpt_name) if writer is not None else None
+    if ckpt is not None:
+        arr, meta = ckpt
+        old = meta.get("config", {})
+        changed = [k for k in CHECKPOINT_KEYS if old.get(k) != asdict(cfg)[k]]
+        if changed:
+            raise ConfigError(f"{writer.path}: hybrid training {prefix!r} was started with "
+                              + ", ".join(f"{k}={old.get(k)!r}" for k in changed)
+                              + "; resume it with the same settings")
+        if meta["samples"] != len(codes):
+            raise DataError(f"{writer.path}: hybrid training {prefix!r} was started on {meta['samples']} "
+                            f"samples, not {len(codes)}")
+        upd = FcUpdater(hw, cfg.max_pulses, g=(arr[1], arr[2]))
+        upd.pulses, upd.updates = int(meta["pulses"]), int(meta["updates"])
+        acc = np.array(arr[0], float)
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = meta["rng"]
+        start_epoch = int(meta["epoch"])
+        rows = writer.content.tables.get(rows_name, {}).get("epoch", np.zeros(0))
+        if not len(rows) or int(rows[-1]) < start_epoch:     # cut off between checkpoint and row
+            writer.append(rows_name, **{k: np.array([v]) for k, v in meta["row"].items()})
+    else:
+        upd = FcUpdater(hw, cfg.max_pulses)
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x4B1D]))
+        acc = np.zeros(hw.plan.layers["fc"])
+        start_epoch = None
     scale = hw._scale("fc")
     history: list[dict] = []
     n_batches = -(-len(codes) // cfg.batch)
@@ -150,16 +181,18 @@ def hybrid_train(hw: HardwareMCNN, codes: np.ndarray, y: np.ndarray, cfg: Hybrid
             row[f"acc_{name}"] = accuracy(hw, c, yy)
         history.append(row)
         if writer is not None:
-            writer.append(f"{prefix}/epochs", **{k: np.array([v]) for k, v in row.items()})
+            writer.put(ckpt_name, np.stack([acc, upd.g_pos, upd.g_neg]), epoch=epoch, row=row,
+                       rng=rng.bit_generator.state, pulses=upd.pulses, updates=upd.updates,
+                       samples=int(len(codes)), config=asdict(cfg))
+            writer.append(rows_name, **{k: np.array([v]) for k, v in row.items()})
         if on_epoch:
             on_epoch(row)
 
-    if start_epoch == 0:
+    if start_epoch is None:
+        if writer is not None:
+            writer.set_attrs(prefix, config=asdict(cfg), samples=int(len(codes)))
+        start_epoch = 0
         record(0, float("nan"))
-    if writer is not None:
-        writer.set_attrs(prefix, config=asdict(cfg), samples=int(len(codes)))
-    for _ in range(start_epoch):         # replay the shuffles so a resumed run sees the same order
-        rng.permutation(len(codes))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         order = rng.permutation(len(codes))
         losses = []

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from .crossbar import Crossbar
-from .errors import DataError
+from .errors import DataError, HilError
 from .geometry import Cells
 from .levels import LevelTable
 from .program import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy, write_verify
@@ -40,8 +40,11 @@ class ProgramPlan:
     tolerance_s: float
 
 
-def journal_program_steps(writer: RunWriter, flat: np.ndarray, prefix: str = PROGRAMMING):
-    """on_step callback that appends every verify read, pulse and finished cell to the run."""
+def journal_program_steps(writer: RunWriter, flat: np.ndarray, prefix: str = PROGRAMMING,
+                          earlier_pulses: Optional[np.ndarray] = None):
+    """on_step callback that appends every verify read, pulse and finished cell to the run.
+    `earlier_pulses` (per plan cell) are pulses a cut-off run already journaled for unfinished
+    cells: a cell's `pulses` counts every pulse of the pulse table, across sessions."""
     _, CELLS, VERIFY, PULSES = _names(prefix)
 
     def on_step(step: ProgramStep) -> None:
@@ -54,8 +57,9 @@ def journal_program_steps(writer: RunWriter, flat: np.ndarray, prefix: str = PRO
                           op=step.pulse_op, v=step.pulse_v, v_gate=step.pulse_v_gate,
                           width_s=step.pulse_width_s, time_s=np.full(step.pulse_idx.size, step.time_s))
         if step.done_idx.size:
+            pulses = step.done_pulses if earlier_pulses is None else step.done_pulses + earlier_pulses[step.done_idx]
             writer.append(CELLS, cell=flat[step.done_idx], final_g_s=step.done_g_s,
-                          pulses=step.done_pulses, status=step.done_status)
+                          pulses=np.asarray(pulses, np.int64), status=step.done_status)
     return on_step
 
 
@@ -97,6 +101,20 @@ def prior_from_run(writer: RunWriter, plan: ProgramPlan, prefix: str = PROGRAMMI
             "prior_status": status}
 
 
+def earlier_pulses(writer: RunWriter, plan: ProgramPlan, done: np.ndarray, prefix: str = PROGRAMMING) -> np.ndarray:
+    """Pulses already in the pulse table for each plan cell that is not finished (0 for finished)."""
+    table = writer.content.tables.get(_names(prefix)[3])
+    out = np.zeros(plan.flat.size, np.int64)
+    if table:
+        order = np.argsort(plan.flat)
+        pos = np.searchsorted(plan.flat, table["cell"], sorter=order)
+        pos = np.clip(pos, 0, plan.flat.size - 1)
+        known = plan.flat[order[pos]] == table["cell"]
+        np.add.at(out, order[pos[known]], 1)
+    out[done] = 0
+    return out
+
+
 def program_job(xbar: Crossbar, writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy, *,
                 resume: bool = False, progress: Optional[ProgressCallback] = None,
                 cancel: Optional[CancelToken] = None, prefix: str = PROGRAMMING) -> ProgramReport:
@@ -105,12 +123,20 @@ def program_job(xbar: Crossbar, writer: RunWriter, plan: ProgramPlan, policy: Wr
     geom = xbar.geometry
     cells = Cells.from_flat(plan.flat, geom)
     prior = prior_from_run(writer, plan, prefix) if resume else {}
+    extra = earlier_pulses(writer, plan, prior["done_mask"], prefix) if resume else None
     if not resume:
         start_program_run(writer, plan, policy, prefix)
         writer.put(f"snapshots/before_{prefix}", _snapshot(xbar), time_s=xbar.now())
-    report = write_verify(xbar, cells, plan.targets_s, plan.tolerance_s, policy,
-                          on_step=journal_program_steps(writer, plan.flat, prefix),
-                          progress=progress, cancel=cancel, **prior)
+    try:
+        report = write_verify(xbar, cells, plan.targets_s, plan.tolerance_s, policy,
+                              on_step=journal_program_steps(writer, plan.flat, prefix, extra),
+                              progress=progress, cancel=cancel, **prior)
+    except HilError as e:
+        if extra is not None and getattr(e, "report", None) is not None:
+            e.report.pulses += extra
+        raise
+    if extra is not None:
+        report.pulses += extra
     writer.put(f"snapshots/after_{prefix}", _snapshot(xbar), time_s=xbar.now())
     writer.set_attrs(prefix, summary=report.summary())
     return report
