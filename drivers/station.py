@@ -392,6 +392,17 @@ def prepare_emulation(spec: StationSpec, state_path=None) -> None:
         pass                       # no emulated SMU: the world (and the board) exist all the same
 
 
+def emulated_chip_identity(spec: StationSpec, state_path=None) -> Optional[dict]:
+    """Identity of the emulated chip of an [emulation] station (None for real stations), so a
+    run record can tell whether it is resumed on the chip it was made on."""
+    if spec.emulation is None or not spec.path:
+        return None
+    import pyvisa
+    state = f"?state={Path(state_path).resolve()}" if state_path else ""
+    ident = getattr(pyvisa.ResourceManager(f"{spec.path}{state}@hilsim").visa_lib, "chip_identity", None)
+    return ident() if callable(ident) else None
+
+
 def _check_identity(spec: InstrumentSpec, text: str) -> None:
     if spec.identity and not re.search(spec.identity, text, flags=re.I):
         raise ConfigError(f"instruments.{spec.name}: the instrument at {spec.address} identifies as "
@@ -479,7 +490,9 @@ def open_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_pat
         spec = load_station_spec({**cfg, **overrides})
     board, smus = open_instruments(spec, emulated_state)
     try:
-        return InstrumentCrossbar(spec, board, smus)
+        xbar = InstrumentCrossbar(spec, board, smus)
+        xbar.chip_identity = emulated_chip_identity(spec, emulated_state)
+        return xbar
     except BaseException:
         for inst in [*smus.values(), board]:
             inst.close()

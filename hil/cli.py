@@ -20,7 +20,7 @@ from .levels import LevelTable
 from .program import WriteVerifyPolicy
 from .progress import CancelToken, Progress
 from .registry import available_backends, open_station
-from .runstore import RunRecord, RunWriter, recover, summarize
+from .runstore import RunRecord, RunWriter, read_content, recover, summarize
 from .runstore.journal import journal_path
 
 log = logging.getLogger("hil")
@@ -108,7 +108,21 @@ def _open(args, state_path=None):
 
 def _station_snapshot(args, xbar) -> dict:
     return {"spec": args.station, "seed": args.seed, "software_version": __version__,
-            "describe": xbar.describe(), "argv": sys.argv[1:]}
+            "describe": xbar.describe(), "argv": sys.argv[1:], "chip": _chip_identity(xbar)}
+
+
+def _chip_identity(xbar) -> Optional[dict]:
+    """Identity of a simulated or emulated chip (None for a physical chip, which has no id)."""
+    return xbar.describe().get("chip") or getattr(xbar, "chip_identity", None)
+
+
+def _check_same_chip(run: Path, station: dict, xbar) -> None:
+    """HilError unless `xbar` is the chip the record `run` was made on (when the record knows)."""
+    made_on, now = station.get("chip"), _chip_identity(xbar)
+    if made_on and made_on != now:
+        raise HilError(f"{run}: this record was made on chip {made_on.get('id')} (seed {made_on.get('seed')}), "
+                       f"but the station now has chip {now.get('id') if now else 'unknown'}; its chip state file "
+                       f"{run.name}.chip.npz is missing or replaced, so resuming would program another chip")
 
 
 def _chip_state_path(out: Path, station: str) -> Optional[Path]:
@@ -118,7 +132,7 @@ def _chip_state_path(out: Path, station: str) -> Optional[Path]:
 
 # ---- hil program ---------------------------------------------------------------------------
 def cmd_program(args) -> int:
-    from .jobs import level_plan, plan_from_run, program_job
+    from .jobs import level_plan, plan_from_content, program_job
     if args.dry_run:
         return _program_dry_run(args)
     resume = args.resume is not None
@@ -126,12 +140,22 @@ def cmd_program(args) -> int:
     if resume:
         if not out.exists() and not journal_path(out).exists():
             raise HilError(f"--resume {out}: no such run record or journal")
-        writer = RunWriter.resume(out)
-        station = writer.content.station
+        content = read_content(out)     # read-only: a record that cannot be resumed stays as it is
+        root = content.attrs.get("/", {})
+        if root.get("kind") != "programming":
+            raise HilError(f"--resume {out}: it is a {root.get('kind')!r} run, not a programming run "
+                           f"made by `hil program`")
+        if root.get("status") == "complete" and not journal_path(out).exists():
+            raise HilError(f"--resume {out}: the run is complete; choose another --out")
+        plan = plan_from_content(content, where=str(out))
+        station = content.station
         args.station = args.station if args.station_given else station.get("spec", "sim")
         if args.seed is None:
             args.seed = station.get("seed")
-    chip_state = _chip_state_path(out, args.station) if _is_sim(args.station) else None
+    chip_state = _chip_state_path(out, args.station)
+    if resume and station.get("chip") and chip_state is not None and not chip_state.exists():
+        raise HilError(f"--resume {out}: the chip state file {chip_state} of the chip this record was made "
+                       f"on is missing; resuming would program a fresh chip")
     if not resume:
         if out.exists() or journal_path(out).exists():
             raise HilError(f"{out} already exists; choose another --out or continue it with --resume {out}")
@@ -142,7 +166,8 @@ def cmd_program(args) -> int:
         table = LevelTable.linear(n=args.levels)
         policy = WriteVerifyPolicy(max_pulses=args.max_pulses)
         if resume:
-            plan = plan_from_run(writer)
+            _check_same_chip(out, station, xbar)
+            writer = RunWriter.resume(out, "programming")
         else:
             plan = level_plan(xbar.geometry, _pes(args.pe, xbar.geometry.n_pe), table, args.pattern, args.seed)
             writer = RunWriter.create(out, "programming", _station_snapshot(args, xbar),
@@ -306,8 +331,7 @@ def cmd_info(args) -> int:
 def cmd_runs(args) -> int:
     if args.runs_cmd == "recover":
         rep = recover(args.file)
-        human = (f"recovered {rep['records']} records into {rep['path']} "
-                 f"(dropped {rep['dropped_bytes']} bytes of a torn final record)\n"
+        human = (f"recovered {rep['records']} records into {rep['path']} ({rep['damage']})\n"
                  + "\n".join(f"  {k}: {v} rows" for k, v in rep["tables"].items())
                  + f"\ncontinue an interrupted programming run with: hil program --resume {rep['path']}")
         _emit(args, rep, human)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import _cancel_on_sigint, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
+from .cli import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
 from .demo import STAGE_DONE
 from .errors import DataError, HilError
 from .hybrid import HybridConfig
@@ -150,8 +150,16 @@ def _stage_content(args):
     return content
 
 
+def _same_chip(run, content, xbar) -> None:
+    """HilError when the weights of `run` were transferred to another chip than `xbar`."""
+    made_on = content.attrs.get("/transfer", {}).get("chip")
+    if made_on and made_on != _chip_identity(xbar):
+        _check_same_chip(Path(run), {"chip": made_on}, xbar)
+
+
 def cmd_transfer(args) -> int:
-    from .demo import load_model, transfer_stage
+    from .demo import load_model, load_plan, transfer_stage
+    from .hwnet import plan_mcnn
     content = _stage_content(args)
     resume = "transfer/targets" in content.datasets
     model = load_model(content)
@@ -159,7 +167,14 @@ def cmd_transfer(args) -> int:
         raise HilError(f"--groups must be at least 1, got {args.groups}")
     bars = Bars(not args.json)
     with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
+        plan_mcnn(xbar.geometry, model, args.groups)   # --groups must fit this chip before the record changes
+        if resume and load_plan(content).groups != args.groups:
+            raise HilError(f"--groups {args.groups}: the interrupted transfer in {args.run} programs "
+                           f"{load_plan(content).groups} group(s); resume it with --groups {load_plan(content).groups}")
+        _same_chip(args.run, content, xbar)
         writer = RunWriter.resume(args.run, KIND)
+        if not resume:
+            writer.set_attrs("transfer", chip=_chip_identity(xbar))
         try:
             plan, rep = transfer_stage(xbar, model, writer, groups=args.groups, resume=resume,
                                        progress=bars("transfer", "cell"), cancel=cancel)
@@ -197,24 +212,33 @@ def cmd_hybrid(args) -> int:
     seed = 0 if args.seed is None else args.seed
     cfg = HybridConfig(fraction=args.fraction, epochs=args.epochs, lr_levels=args.lr, seed=seed)
     ds = _dataset(args)
-    done = len(content.tables.get("hybrid/epochs", {}).get("epoch", []))
-    start = max(0, done - 1)
+    ckpt = content.datasets.get("hybrid/checkpoint")
+    start = int(ckpt[1]["epoch"]) if ckpt is not None else 0
+    sub = ds.subset(cfg.fraction, seed)
+    if "hybrid/codes" in content.datasets and len(content.datasets["hybrid/codes"][0]) != len(sub.x_train):
+        raise HilError(f"--fraction {args.fraction}: the hybrid training in {args.run} was started on "
+                       f"{len(content.datasets['hybrid/codes'][0])} digits; resume it with the same --fraction")
     bars = Bars(not args.json)
     with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
+        hw = HardwareMCNN(xbar, model, plan)
+        _same_chip(args.run, content, xbar)
         writer = RunWriter.resume(args.run, KIND)
         try:
-            hw = HardwareMCNN(xbar, model, plan)
             hw.calibrate_adc(ds.x_train[:64])
-            sub = ds.subset(cfg.fraction, seed)
-            which = hw.dispatch(len(sub.x_train), groups)
-            codes = np.zeros((len(sub.x_train), 192), np.int64)
-            for g in groups:
-                sel = which == g
-                codes[sel] = hw.features(sub.x_train[sel], g, progress=bars(f"training subset G{g + 1}", "img"),
-                                         cancel=cancel)
-            test = hw.parallel_features(ds.x_test, groups, progress=bars("test images", "img"), cancel=cancel)
+            if "hybrid/codes" in content.datasets:      # measured once, kept in the record for a resume
+                codes, test = content.datasets["hybrid/codes"][0], content.datasets["hybrid/test_codes"][0]
+            else:
+                which = hw.dispatch(len(sub.x_train), groups)
+                codes = np.zeros((len(sub.x_train), 192), np.int64)
+                for g in groups:
+                    sel = which == g
+                    codes[sel] = hw.features(sub.x_train[sel], g, progress=bars(f"training subset G{g + 1}", "img"),
+                                             cancel=cancel)
+                test = hw.parallel_features(ds.x_test, groups, progress=bars("test images", "img"), cancel=cancel)
+                writer.put("hybrid/test_codes", test)
+                writer.put("hybrid/codes", codes)
             hist = hybrid_train(hw, codes, sub.y_train, cfg, evals={"test": (test, ds.y_test)}, writer=writer,
-                                start_epoch=start, progress=bars("hybrid", "batch"), cancel=cancel)
+                                progress=bars("hybrid", "batch"), cancel=cancel)
         finally:
             _finish(writer, bars, STAGE_DONE["hybrid"])
     res = {"run_record": args.run, "resumed_from_epoch": start, "history": hist,

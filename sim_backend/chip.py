@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -38,9 +39,12 @@ class SimulatedCrossbar(Crossbar):
         self.device = DeviceArray(geometry.n_cells, self.params, self.seed)
         self._t = 0.0
         self.counters = {"reads": 0, "pulses": 0, "vmm_calls": 0, "vmm_slots": 0}
+        self.chip_id = uuid.uuid4().hex    # identity of this chip, kept in its state file
         self.state_path = Path(state_path) if state_path else None
         if self.state_path and self.state_path.exists():
             self.load_state(self.state_path)
+        elif self.state_path:
+            self.save_state(self.state_path)    # the chip (and its id) exists from the start
 
     # ---- contract -------------------------------------------------------------------
     def now(self) -> float:
@@ -182,7 +186,11 @@ class SimulatedCrossbar(Crossbar):
     def _describe(self) -> dict:
         return {"backend": "sim", "model": "SimulatedCrossbar", "seed": self.seed,
                 "params": self.params.to_dict(), "state_path": str(self.state_path or ""),
-                "clock_s": self._t, "counters": dict(self.counters)}
+                "clock_s": self._t, "counters": dict(self.counters), "chip": self.identity()}
+
+    def identity(self) -> dict:
+        """What tells this chip from any other: its random id, seed and geometry."""
+        return {"id": self.chip_id, "seed": self.seed, "geometry": self.geometry.to_dict()}
 
     def _close(self) -> None:
         if self._dirty:
@@ -202,7 +210,7 @@ class SimulatedCrossbar(Crossbar):
     def save_state(self, path) -> Path:
         """Write the whole chip state atomically (temp file + rename)."""
         path = Path(path)
-        meta = {"format": STATE_FORMAT, "version": 1, "seed": self.seed, "clock_s": self._t,
+        meta = {"format": STATE_FORMAT, "version": 1, "chip_id": self.chip_id, "seed": self.seed, "clock_s": self._t,
                 "geometry": self.geometry.to_dict(), "params": self.params.to_dict(),
                 "rng": self.device.rng.bit_generator.state, "counters": self.counters}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +235,7 @@ class SimulatedCrossbar(Crossbar):
         self.params = DeviceParams.from_dict(meta["params"])
         self.device.p = self.params
         self.seed = int(meta["seed"])
+        self.chip_id = str(meta.get("chip_id") or f"unnamed-seed-{self.seed}")
         self._t = float(meta["clock_s"])
         self.counters.update(meta.get("counters", {}))
         self.device.load_state(arrays, meta["rng"])

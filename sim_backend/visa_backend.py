@@ -223,6 +223,10 @@ class HilsimVisaLibrary(highlevel.VisaLibraryBase):
     def _bench(self) -> Bench:
         return build_bench(self.emulation)
 
+    def chip_identity(self) -> dict:
+        """Identity (random id, seed, geometry) of the emulated chip behind these instruments."""
+        return self._bench().world.chip.identity()
+
     def _register(self, obj) -> int:
         while True:
             s = random.randint(1_000_000, 9_999_999)

@@ -148,6 +148,8 @@ class EmulatedWorld:
         dt = bus.cost(int(bytes_in) + int(bytes_out))
         c["bus_s"] += dt
         self.spend(dt)
+        if self._pulsed:
+            self.checkpoint()    # before the host gets the reply: the chip on disk is never behind a run's journal
 
     def log(self, source: str, kind: str, **detail) -> None:
         self.events.append(Event(self.now(), source, kind, detail))
@@ -235,6 +237,7 @@ class EmulatedWorld:
                 self.chip.device.reset_pulse(idx, v, vg, w, t)
             self.chip.counters["pulses"] += n
             self.chip._dirty = True
+            self._pulsed = True
 
     def measure_current(self, terminal: str, volts: float, compliance_a: float = 1e-3,
                         n_avg: int = 1, aperture_s: float = 1e-4) -> float:
@@ -254,12 +257,15 @@ class EmulatedWorld:
             i = float(np.sum(g) * volts)
             return float(np.clip(i, -compliance_a, compliance_a))
 
+    _pulsed = False     # a pulse reached the chip since the last checkpoint
+
     def checkpoint(self) -> None:
         """Save the chip state when it persists (`state_path`) and changed: an emulated chip keeps
         its state between processes as the chip at a real station does."""
         with self.lock:
             if self.chip.state_path is not None and self.chip._dirty:
                 self.chip._autosave()
+            self._pulsed = False
 
     def summary(self) -> dict:
         """Counters, fired faults and the final safe state, for tests and benchmarks."""
