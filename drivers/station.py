@@ -26,19 +26,22 @@ A board-only emulated station therefore still needs the [emulation] table.
 from __future__ import annotations
 
 import logging
-import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from hil.errors import ConfigError
 from hil.geometry import Geometry
-from hil.limits import SafetyLimits
+from hil.limits import MAX_LIMIT_COMPLIANCE_A, MAX_LIMIT_V_GATE, MAX_LIMIT_WIDTH_S, SafetyLimits
+from hil.schema import (AnyOf, Anything, Number, SchemaError, Table, Text, check_depth, did_you_mean, located,
+                        show, unknown_key)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InstrumentSpec", "ChannelRef", "StationSpec", "load_station_spec", "open_instrument_station",
+__all__ = ["InstrumentSpec", "ChannelRef", "StationSpec", "load_station_spec", "check_instrument_station",
+           "open_instrument_station",
            "open_instruments", "KINDS", "PROGRAM_PATHS", "READ_PATHS"]
 
 #: instrument kinds -> (driver "module:class", channels it has; () = single channel)
@@ -53,17 +56,32 @@ PROGRAM_PATHS = ("board-firmware", "smu-script", "host")
 READ_PATHS = ("board", "smu")
 
 _TOP_KEYS = {"station", "geometry", "limits", "instruments", "channels", "program", "read", "pulse",
-             "emulation", "_path"}
-_STATION_KEYS = {"backend", "name", "description", "clock"}
-_COMMON_KEYS = {"kind", "timeout", "identity", "description"}
-_BOARD_KEYS = _COMMON_KEYS | {"port", "baudrate", "watchdog", "retries", "job_timeout"}
-_SMU_KEYS = _COMMON_KEYS | {"resource", "visa_library", "retries", "compliance_a", "gate_compliance_a",
-                            "nplc", "v_range", "min_pulse_s"}
-_CHANNEL_KEYS = {"board", "bl", "sl", "gate"}
-_PROGRAM_KEYS = {"path", "read_gate_v"}
-_READ_KEYS = {"path", "gate_v"}
-_PULSE_KEYS = {"path"}
+             "emulation"}
 PULSE_PATHS = ("board", "smu")
+
+_SECONDS = Number(0, 3600, gt=True, unit="s")
+_COMMON = {"kind": Text(KINDS, noun="instrument kind"), "timeout": _SECONDS, "identity": Text(max_len=200),
+           "description": Text(empty=True)}
+_RETRIES = Number(0, 100, integer=True)
+_BOARD_SCHEMA = Table({**_COMMON, "port": Text(), "baudrate": Number(1, 20_000_000, integer=True, gt=True),
+                       "watchdog": _SECONDS, "retries": _RETRIES, "job_timeout": Number(0, 86400, gt=True, unit="s")})
+_SMU_COMPLIANCE = Number(0, MAX_LIMIT_COMPLIANCE_A, gt=True, unit="A")
+_SMU_SCHEMA = Table({**_COMMON, "resource": Text(), "visa_library": Text(empty=True), "retries": _RETRIES,
+                     "compliance_a": _SMU_COMPLIANCE, "gate_compliance_a": _SMU_COMPLIANCE,
+                     "nplc": Number(0.001, 25, unit="power-line cycles"),
+                     "v_range": AnyOf(Text(["auto"]), Number(0, 200, gt=True, unit="V"), describe='"auto" or volts'),
+                     "min_pulse_s": Number(0, MAX_LIMIT_WIDTH_S, gt=True, unit="s")})
+_STATION_SCHEMA = Table({"backend": Text(), "name": Text(max_len=200), "description": Text(empty=True),
+                         "clock": Text(("board", "host"), noun="clock")})
+_GATE_V = Number(0, MAX_LIMIT_V_GATE, gt=True, unit="V")
+_PATH_SCHEMAS = {"program": Table({"path": Anything(), "read_gate_v": _GATE_V}),
+                 "read": Table({"path": Anything(), "gate_v": _GATE_V}),
+                 "pulse": Table({"path": Anything()})}
+_CHANNELS_SCHEMA = Table({r: Text(max_len=200) for r in ("board", "bl", "sl", "gate")})
+#: pairs of terminals driven at the same time (gate with BL in SET and reads, gate with SL in RESET);
+#: BL and SL may share an SMU channel: the board's bus relays connect it to one of them at a time
+DRIVEN_TOGETHER = (("gate", "bl"), ("gate", "sl"))
+_ROLE_NAMES = {"bl": "bit line", "sl": "source line", "gate": "gate (word line)"}
 
 
 @dataclass(frozen=True)
@@ -153,29 +171,13 @@ def _table(cfg: dict, key: str, where: str, required: bool = False) -> dict:
             raise ConfigError(f"{where}: missing [{key}] table")
         return {}
     if not isinstance(t, dict):
-        raise ConfigError(f"{where}: '{key}' must be a table ([{key}]), got {type(t).__name__}")
+        raise ConfigError(f"{where}: '{key}' must be a table ([{key}]), got {show(t)}")
     return t
 
 
-def _unknown(table: dict, known: set, key: str, where: str) -> None:
-    bad = set(table) - known
-    if bad:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(bad)} in [{key}]; known: {sorted(known)}")
-
-
-def _positive(value: Any, key: str, where: str, *, integer: bool = False, allow_zero: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0) and (not integer or float(value) == int(value))
-    if not ok:
-        what = "an integer" if integer else "a number"
-        raise ConfigError(f"{where}: {key} must be {what} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return int(value) if integer else float(value)
-
-
 def _string(value: Any, key: str, where: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str) or (not value and not allow_empty):
-        raise ConfigError(f"{where}: {key} must be a {'' if allow_empty else 'non-empty '}string, got {value!r}")
-    return value
+    with located(where):
+        return Text(empty=allow_empty).check(value, key)
 
 
 def _visa_library(lib: str, base: Optional[Path]) -> str:
@@ -189,11 +191,11 @@ def _visa_library(lib: str, base: Optional[Path]) -> str:
 def _instrument(name: str, t: Any, where: str, base: Optional[Path] = None) -> InstrumentSpec:
     key = f"instruments.{name}"
     if not isinstance(t, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table")
-    kind = t.get("kind")
-    if kind not in KINDS:
-        raise ConfigError(f"{where}: {key}.kind {kind!r} is not a known instrument kind; use one of "
-                          f"{sorted(KINDS)}")
+        raise ConfigError(f"{where}: [{key}] must be a table, got {show(t)}")
+    with located(where):
+        kind = Text(KINDS, noun="instrument kind").check(t.get("kind"), f"{key}.kind") if "kind" in t else None
+    if kind is None:
+        raise ConfigError(f"{where}: {key}.kind is missing; use one of {sorted(KINDS)}")
     board = kind == "array-board"
     addr_key = "port" if board else "resource"
     wrong_key = "resource" if board else "port"
@@ -202,26 +204,21 @@ def _instrument(name: str, t: Any, where: str, base: Optional[Path] = None) -> I
                 if wrong_key in t else "")
         raise ConfigError(f"{where}: {key}: missing '{addr_key}' "
                           f"({'serial port or pyserial URL' if board else 'VISA resource string'}){hint}")
-    _unknown(t, _BOARD_KEYS if board else _SMU_KEYS, key, where)
-    addr = _string(t[addr_key], f"{key}.{addr_key}", where)
-    lib = _visa_library(_string(t.get("visa_library", ""), f"{key}.visa_library", where, allow_empty=True), base)
-    timeout = _positive(t.get("timeout", 5.0 if not board else 1.0), f"{key}.timeout", where)
+    with located(where):
+        t = (_BOARD_SCHEMA if board else _SMU_SCHEMA).check(t, key)
+    addr = t[addr_key]
+    lib = _visa_library(t.get("visa_library", ""), base)
+    timeout = t.get("timeout", 5.0 if not board else 1.0)
     ident = t.get("identity")
     if ident is not None:
-        _string(ident, f"{key}.identity", where)
         try:
             re.compile(ident)
         except re.error as e:
             raise ConfigError(f"{where}: {key}.identity is not a valid regular expression: {e}") from None
-    opts: dict = {}
-    for k in ("baudrate", "retries"):
-        if k in t:
-            opts[k] = _positive(t[k], f"{key}.{k}", where, integer=True, allow_zero=(k == "retries"))
-    for k in ("watchdog", "job_timeout", "compliance_a", "gate_compliance_a", "nplc", "min_pulse_s"):
-        if k in t:
-            opts[k] = _positive(t[k], f"{key}.{k}", where)
+    opts = {k: t[k] for k in ("baudrate", "retries", "watchdog", "job_timeout", "compliance_a",
+                              "gate_compliance_a", "nplc", "min_pulse_s") if k in t}
     if "v_range" in t:
-        opts["v_range"] = None if t["v_range"] == "auto" else _positive(t["v_range"], f"{key}.v_range", where)
+        opts["v_range"] = None if t["v_range"] == "auto" else t["v_range"]
     if "min_pulse_s" in opts and kind != "keithley2600":
         raise ConfigError(f"{where}: {key}.min_pulse_s applies to kind 'keithley2600' only")
     return InstrumentSpec(name, kind, addr, lib, timeout, ident, opts)
@@ -232,8 +229,8 @@ def _channel(role: str, value: Any, instruments: dict, where: str) -> ChannelRef
     s = _string(value, key, where)
     inst, _, ch = s.partition(".")
     if inst not in instruments:
-        raise ConfigError(f"{where}: {key} = {s!r} points at an unknown instrument {inst!r}; "
-                          f"instruments: {sorted(instruments)}")
+        raise ConfigError(f"{where}: {key} = {s!r} points at an unknown instrument {inst!r}"
+                          f"{did_you_mean(inst, instruments)}; instruments: {sorted(instruments)}")
     spec = instruments[inst]
     chans = KINDS[spec.kind][1]
     if spec.is_board:
@@ -250,28 +247,59 @@ def _channel(role: str, value: Any, instruments: dict, where: str) -> ChannelRef
     return ChannelRef(inst)
 
 
+def _check_channel_conflicts(channels: dict, instruments: dict, where: str) -> None:
+    """Refuse one SMU channel wired to two terminals that are driven at the same time."""
+    for a, b in DRIVEN_TOGETHER:
+        ra, rb = channels[a], channels[b]
+        if ra == rb and not instruments[ra.instrument].is_board:
+            raise ConfigError(
+                f"{where}: channels.{a} = {str(ra)!r} and channels.{b} = {str(rb)!r} are the same SMU channel, "
+                f"but the {_ROLE_NAMES[a]} and the {_ROLE_NAMES[b]} are driven at the same time, so that channel "
+                f"would put one terminal's level on the other; wire channels.{a} to another SMU channel or to "
+                f"the board")
+
+
+def _check_emulated_board(board: InstrumentSpec, emulation: Any, where: str) -> None:
+    """A hilsim://WORLD/board port must name the world the file's [emulation] table builds;
+    any other world would be a second, separate emulated chip."""
+    if not board.address.lower().startswith("hilsim://"):
+        return
+    world = urllib.parse.urlsplit(board.address).netloc
+    key = f"instruments.{board.name}.port"
+    if not isinstance(emulation, dict):
+        raise ConfigError(f"{where}: {key} = {board.address!r} is an emulated board, but the file has no "
+                          f"[emulation] table to build world {world!r}; add one (see "
+                          f"stations/sim-instruments.toml) or use a real serial port")
+    built = emulation.get("world", "default")
+    if isinstance(built, str) and world != built:
+        raise ConfigError(f"{where}: {key} = {board.address!r} names emulated world {world!r}, but [emulation] "
+                          f"builds world {built!r}; another world would be a second, separate chip: use "
+                          f"'hilsim://{built}/{urllib.parse.urlsplit(board.address).path.strip('/') or 'board'}'")
+
+
 def load_station_spec(cfg: dict) -> StationSpec:
     """Validate a parsed station file (as hil.registry.load_station_file returns it)."""
     if not isinstance(cfg, dict):
         raise ConfigError(f"station configuration must be a table, got {type(cfg).__name__}")
     where = _where(cfg)
-    _unknown(cfg, _TOP_KEYS, "top level", where)
+    with located(where):
+        check_depth(cfg)
+        for k in cfg:
+            if k not in _TOP_KEYS and k != "_path":
+                raise SchemaError("", unknown_key(k, _TOP_KEYS, ""))
     st = _table(cfg, "station", where, required=True)
-    _unknown(st, _STATION_KEYS, "station", where)
+    with located(where):
+        st = _STATION_SCHEMA.check(st, "station")
     if st.get("backend") != "instruments":
         raise ConfigError(f"{where}: station.backend must be \"instruments\" for an instrument station, "
                           f"got {st.get('backend')!r}")
-    name = _string(st.get("name", Path(cfg.get("_path", "station")).stem), "station.name", where)
+    name = st.get("name", Path(cfg.get("_path", "station")).stem)
     clock = st.get("clock", "board")
-    if clock not in ("board", "host"):
-        raise ConfigError(f"{where}: station.clock must be \"board\" or \"host\", got {clock!r}")
 
     geo = _table(cfg, "geometry", where, required=True)
-    try:
+    with located(where):
         geometry = Geometry.from_dict(geo)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: [geometry]: {e}") from None
-    limits_t = _table(cfg, "limits", where)
+    limits_t = cfg.get("limits")
     try:
         limits = SafetyLimits.from_dict(limits_t)
     except ConfigError as e:
@@ -292,7 +320,8 @@ def load_station_spec(cfg: dict) -> StationSpec:
         addrs[a] = s.name
 
     ch_t = _table(cfg, "channels", where)
-    _unknown(ch_t, _CHANNEL_KEYS, "channels", where)
+    with located(where):
+        ch_t = _CHANNELS_SCHEMA.check(ch_t, "channels")
     boards = [n for n, s in instruments.items() if s.is_board]
     if "board" not in ch_t:
         if len(boards) != 1:
@@ -310,9 +339,10 @@ def load_station_spec(cfg: dict) -> StationSpec:
         if instruments[ref.instrument].is_board and ref.instrument != board_name:
             raise ConfigError(f"{where}: channels.{role} = {str(ref)!r} is a second array board; the "
                               f"station routes through {board_name!r}")
+    _check_channel_conflicts(channels, instruments, where)
 
-    prog, path = _path_table(cfg, "program", _PROGRAM_KEYS, PROGRAM_PATHS, "board-firmware", where)
-    script_gate = _positive(prog.get("read_gate_v", 3.3), "program.read_gate_v", where)
+    prog, path = _path_table(cfg, "program", PROGRAM_PATHS, "board-firmware", where)
+    script_gate = prog.get("read_gate_v", 3.3)
     if path == "smu-script":
         bl, gate = channels["bl"], channels["gate"]
         spec = instruments[bl.instrument]
@@ -323,12 +353,12 @@ def load_station_spec(cfg: dict) -> StationSpec:
                               f"channels.bl = \"NAME.a\" and channels.gate = \"NAME.b\" of a keithley2600 "
                               f"(now bl = {str(bl)!r}, gate = {str(gate)!r})")
 
-    rd, read_path = _path_table(cfg, "read", _READ_KEYS, READ_PATHS, "board", where)
-    read_gate = _positive(rd.get("gate_v", 3.3), "read.gate_v", where)
+    rd, read_path = _path_table(cfg, "read", READ_PATHS, "board", where)
+    read_gate = rd.get("gate_v", 3.3)
     if read_path == "smu" and instruments[channels["bl"].instrument].is_board:
         raise ConfigError(f"{where}: read.path = \"smu\" needs channels.bl on an SMU channel "
                           f"(now {str(channels['bl'])!r})")
-    _, pulse_path = _path_table(cfg, "pulse", _PULSE_KEYS, PULSE_PATHS, "board", where)
+    _, pulse_path = _path_table(cfg, "pulse", PULSE_PATHS, "board", where)
     if pulse_path == "smu":
         for role in ("bl", "sl"):
             if instruments[channels[role].instrument].is_board:
@@ -341,7 +371,8 @@ def load_station_spec(cfg: dict) -> StationSpec:
 
     em = cfg.get("emulation")
     if em is not None and not isinstance(em, dict):
-        raise ConfigError(f"{where}: 'emulation' must be a table ([emulation])")
+        raise ConfigError(f"{where}: 'emulation' must be a table ([emulation]), got {show(em)}")
+    _check_emulated_board(instruments[board_name], em, where)
     return StationSpec(name=name, path=cfg.get("_path"), geometry=geometry, limits=limits,
                        instruments=instruments, channels=channels, program_path=path, read_path=read_path,
                        pulse_path=pulse_path,
@@ -358,13 +389,15 @@ def _driver_class(kind: str):
         raise ConfigError(f"the driver of kind {kind!r} ({KINDS[kind][0]}) is not available: {e}") from None
 
 
-def _path_table(cfg: dict, name: str, keys, choices, default: str, where: str) -> tuple[dict, str]:
+def _path_table(cfg: dict, name: str, choices, default: str, where: str) -> tuple[dict, str]:
     """A [program]/[read]/[pulse] table and its validated `path` choice."""
     t = _table(cfg, name, where)
-    _unknown(t, keys, name, where)
+    with located(where):
+        t = _PATH_SCHEMAS[name].check(t, name)
     path = t.get("path", default)
-    if path not in choices:
-        raise ConfigError(f"{where}: {name}.path {path!r} unknown; use one of {list(choices)}")
+    if not isinstance(path, str) or path not in choices:
+        raise ConfigError(f"{where}: {name}.path {show(path)} unknown{did_you_mean(str(path), choices)}; "
+                          f"use one of {list(choices)}")
     return t, path
 
 
@@ -459,23 +492,21 @@ def open_instruments(spec: StationSpec, state_path=None) -> tuple[Any, dict]:
         raise
 
 
-def open_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
-                            geometry: Optional[Geometry] = None, read_path: Optional[str] = None,
-                            program_path: Optional[str] = None, pulse_path: Optional[str] = None,
-                            **options):
-    """Validate `cfg`, connect every instrument and return an `InstrumentCrossbar`.
-
-    `seed` and `params_path` belong to simulated chips and are ignored (logged); `state_path`
-    keeps the chip of an emulated station between processes, a physical station ignores it. `read_path` / `program_path` / `pulse_path` override the file's [read] /
-    [program] / [pulse] paths."""
-    from .crossbar_1t1r import InstrumentCrossbar
+def check_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
+                             geometry: Optional[Geometry] = None, read_path: Optional[str] = None,
+                             program_path: Optional[str] = None, pulse_path: Optional[str] = None,
+                             **options) -> StationSpec:
+    """Validate `cfg` and the options of `open_instrument_station` without opening anything;
+    returns the StationSpec the station would be opened with (path overrides applied)."""
     spec = load_station_spec(cfg)
     if options:
         raise ConfigError(f"unknown option(s) for an instrument station: {sorted(options)}")
-    emulated_state = state_path if spec.emulation is not None else None
-    for k, v in (("seed", seed), ("params_path", params_path), ("state_path", state_path)):
-        if v is not None and not (k == "state_path" and emulated_state):
-            log.info("instrument station %s: option %s=%r has no meaning for instruments; ignored", spec.name, k, v)
+    if params_path is not None:
+        where = spec.path or spec.name
+        raise ConfigError(
+            f"--params {params_path}: station {where} is an instrument station; a parameter file applies to "
+            f"simulated chips only" + (": the emulated chip takes its parameter file from emulation.params in "
+                                       "the station file; set it there" if spec.emulation is not None else ""))
     if geometry is not None and geometry.shape != spec.geometry.shape:
         raise ConfigError(f"station {spec.name}: requested geometry {geometry.shape} differs from the "
                           f"station's {spec.geometry.shape}")
@@ -488,6 +519,28 @@ def open_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_pat
         if program_path is not None:
             overrides["program"] = {"path": program_path, "read_gate_v": spec.script_read_gate_v}
         spec = load_station_spec({**cfg, **overrides})
+    return spec
+
+
+def open_instrument_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
+                            geometry: Optional[Geometry] = None, read_path: Optional[str] = None,
+                            program_path: Optional[str] = None, pulse_path: Optional[str] = None,
+                            **options):
+    """Validate `cfg` (`check_instrument_station`), connect every instrument and return an
+    `InstrumentCrossbar`.
+
+    `seed` belongs to simulated chips and is ignored (logged); `params_path` is refused (an
+    emulated chip's parameter file is emulation.params); `state_path` keeps the chip of an
+    emulated station between processes, a physical station ignores it. `read_path` /
+    `program_path` / `pulse_path` override the file's [read] / [program] / [pulse] paths."""
+    from .crossbar_1t1r import InstrumentCrossbar
+    spec = check_instrument_station(cfg, seed=seed, params_path=params_path, state_path=state_path,
+                                    geometry=geometry, read_path=read_path, program_path=program_path,
+                                    pulse_path=pulse_path, **options)
+    emulated_state = state_path if spec.emulation is not None else None
+    for k, v in (("seed", seed), ("state_path", state_path)):
+        if v is not None and not (k == "state_path" and emulated_state):
+            log.info("instrument station %s: option %s=%r has no meaning for instruments; ignored", spec.name, k, v)
     board, smus = open_instruments(spec, emulated_state)
     try:
         xbar = InstrumentCrossbar(spec, board, smus)

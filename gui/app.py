@@ -2,17 +2,124 @@
 open a run, or run a short scripted session and render every panel to PNG (`--screenshot`)."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import re
 import sys
 import tempfile
+from ctypes.util import find_library
 from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
 
 OPTIONS = ("station", "run", "screenshot", "seed", "geometry")
+GEOMETRIES = ("yao", "wang", "small")
 SHOT_SIZE = (1560, 980)
+MAX_GUI_SEED = 2**31 - 1        # the station panel's seed box is a 32-bit signed spin box
+
+#: libraries Qt's xcb platform plugin loads on Linux (find_library name -> Debian/Ubuntu package)
+XCB_LIBS = {
+    "xcb": "libxcb1", "X11-xcb": "libx11-xcb1", "xcb-cursor": "libxcb-cursor0", "xcb-icccm": "libxcb-icccm4",
+    "xcb-image": "libxcb-image0", "xcb-keysyms": "libxcb-keysyms1", "xcb-randr": "libxcb-randr0",
+    "xcb-render-util": "libxcb-render-util0", "xcb-shape": "libxcb-shape0", "xcb-shm": "libxcb-shm0",
+    "xcb-sync": "libxcb-sync1", "xcb-xfixes": "libxcb-xfixes0", "xcb-xkb": "libxcb-xkb1",
+    "xcb-util": "libxcb-util1", "xkbcommon-x11": "libxkbcommon-x11-0",
+}
+#: libraries PySide6.QtGui itself needs, on every platform (soname stem -> Debian/Ubuntu package)
+QT_GUI_LIBS = {
+    "EGL": "libegl1", "GL": "libgl1", "GLX": "libglx0", "OpenGL": "libopengl0", "xkbcommon": "libxkbcommon0",
+    "fontconfig": "libfontconfig1", "freetype": "libfreetype6", "dbus-1": "libdbus-1-3", "X11": "libx11-6",
+    "glib-2.0": "libglib2.0-0", **XCB_LIBS,
+}
+HEADLESS_HINT = "set QT_QPA_PLATFORM=offscreen for a run without a screen (hil gui --screenshot DIR does)"
+
+
+def _find_library(name: str) -> Optional[str]:
+    """ctypes.util.find_library (a seam for tests)."""
+    return find_library(name)
+
+
+def _x_display_reachable() -> Optional[bool]:
+    """True/False whether libxcb can connect to $DISPLAY; None if libxcb cannot be asked."""
+    path = _find_library("xcb")
+    if not path:
+        return None
+    try:
+        xcb = ctypes.CDLL(path)
+        xcb.xcb_connect.restype = ctypes.c_void_p
+        xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+        xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    conn = xcb.xcb_connect(None, None)      # never NULL: an error connection on failure
+    try:
+        return xcb.xcb_connection_has_error(conn) == 0
+    finally:
+        xcb.xcb_disconnect(conn)
+
+
+def _platform() -> str:
+    """The Qt platform plugin that will be used: QT_QPA_PLATFORM's first entry, '' if Qt picks."""
+    value = os.environ.get("QT_QPA_PLATFORM", "").strip()
+    return value.split(";")[0].split(":")[0].strip().lower()
+
+
+def qt_problem() -> Optional[str]:
+    """Why Qt cannot start here (one line naming what is missing and the fix), or None.
+
+    Checked before a QApplication exists: without a display or a library Qt aborts the process."""
+    if not sys.platform.startswith("linux"):
+        return None
+    plat = _platform()
+    display, wayland = os.environ.get("DISPLAY"), os.environ.get("WAYLAND_DISPLAY")
+    if not plat and not (display or wayland):
+        return (f"no display: DISPLAY and WAYLAND_DISPLAY are not set; run it in a desktop session "
+                f"(or ssh -X), or {HEADLESS_HINT}")
+    if plat == "xcb" and not display:
+        return f"QT_QPA_PLATFORM=xcb but DISPLAY is not set; {HEADLESS_HINT}"
+    if plat.startswith("wayland") and not wayland:
+        return f"QT_QPA_PLATFORM={plat} but WAYLAND_DISPLAY is not set; {HEADLESS_HINT}"
+    try:
+        import PySide6.QtGui  # noqa: F401
+        import PySide6.QtWidgets  # noqa: F401
+    except (ImportError, OSError) as e:
+        m = re.search(r"lib([A-Za-z0-9_.+-]+?)\.so", str(e))
+        first = [QT_GUI_LIBS[m.group(1)]] if m and m.group(1) in QT_GUI_LIBS else []
+        pkgs = dict.fromkeys(first + ["libegl1", "libgl1", "libxkbcommon0", "libfontconfig1", "libdbus-1-3"])
+        return (f"Qt cannot be loaded ({' '.join(str(e).split())}); install its system libraries "
+                f"(Debian/Ubuntu: sudo apt install {' '.join(pkgs)})")
+    if plat == "xcb" or (not plat and display and not wayland):
+        if _find_library("xcb") is None:      # the lookup itself does not work here: let Qt try
+            return None
+        missing = [pkg for lib, pkg in XCB_LIBS.items() if _find_library(lib) is None]
+        if missing:
+            return (f"Qt's xcb platform plugin cannot load: missing {', '.join(missing)} "
+                    f"(Debian/Ubuntu: sudo apt install {' '.join(missing)}); or {HEADLESS_HINT}")
+        if _x_display_reachable() is False:
+            return f"cannot connect to the X display DISPLAY={display}; check it (xdpyinfo), or {HEADLESS_HINT}"
+    return None
+
+
+def check_options(opts: dict) -> None:
+    """Check station, run, screenshot folder, seed and geometry before Qt starts (ConfigError)."""
+    from hil import options as opt
+    from hil.errors import ConfigError
+    if opts["station"] and opts["station"] != "sim":
+        from hil.registry import load_station_file
+        opt.parse_value(opt.station_spec, opts["station"], "--station")
+        load_station_file(opts["station"])
+    if opts["run"]:
+        opt.parse_value(opt.record_path, opts["run"], "--run")
+    if opts["screenshot"]:
+        opt.parse_value(opt.out_dir, opts["screenshot"], "--screenshot")
+    if opts["seed"] is not None:
+        if isinstance(opts["seed"], bool) or not isinstance(opts["seed"], int) or not 0 <= opts["seed"] <= MAX_GUI_SEED:
+            raise ConfigError(f"--seed: the GUI takes seeds 0..{MAX_GUI_SEED}, got {opts['seed']!r}")
+    if opts["geometry"] is not None and opts["geometry"] not in GEOMETRIES:
+        raise ConfigError(f"--geometry must be one of {', '.join(GEOMETRIES)}, got {opts['geometry']!r}")
 
 
 def _options(args, kwargs) -> dict:
@@ -33,8 +140,17 @@ def main(args=None, /, **kwargs) -> int:
     exit), seed (simulated chip), geometry ('yao' | 'wang' | 'small' for 'sim'); keyword
     arguments override it. Returns the exit code."""
     opts = _options(args, kwargs)
+    from hil.errors import HilError
+    try:
+        check_options(opts)
+    except HilError as e:
+        return _fail(str(e))
     if opts["screenshot"] and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    if "PySide6.QtWidgets" not in sys.modules or _no_app():
+        problem = qt_problem()
+        if problem:
+            return _fail(problem)
     from PySide6.QtWidgets import QApplication
 
     from . import theme
@@ -49,6 +165,16 @@ def main(args=None, /, **kwargs) -> int:
     _startup(win, opts)
     win.show()
     return int(app.exec())
+
+
+def _fail(message: str) -> int:
+    print(f"hil gui: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def _no_app() -> bool:
+    from PySide6.QtWidgets import QApplication
+    return QApplication.instance() is None
 
 
 def _startup(win, opts: dict) -> None:
@@ -77,6 +203,11 @@ def _wait(win, what: str, timeout_ms: int = 120_000) -> None:
     QApplication.processEvents()
     if win.errors:
         raise RuntimeError(f"screenshot session: {what} failed: {win.errors[-1][1]}")
+
+
+def _record_error(win, title: str, text: str) -> None:
+    win.errors.append((title, text))
+    log.error("%s: %s", title, text.split("\n")[0])
 
 
 def cnn_fits(geometry, groups: int = 3) -> bool:
@@ -144,13 +275,19 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
     if settings is None:
         settings = QSettings(str(Path(tmp.name) / "settings.ini"), QSettings.IniFormat)
     win = MainWindow(settings=settings)
+    win.s.error.disconnect(win.show_error)      # no modal dialog in a scripted session: it would wait forever
+    win.s.error.connect(lambda title, text: _record_error(win, title, text))
     win.resize(*SHOT_SIZE)
     win.show()
     try:
         st = win.panels["station"]
         st.set_choice(station, seed, geometry)
         st.connect_station()
-        _wait(win, "connecting")
+        try:
+            _wait(win, "connecting")
+        except RuntimeError as e:
+            print(f"hil gui: error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
         amap = win.panels["arraymap"]
         amap.read_array()
         _wait(win, "reading the array")
@@ -199,7 +336,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
             print(p)
         return 0
     except RuntimeError as e:
-        print(f"hil gui: {e}", file=sys.stderr)
+        print(f"hil gui: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     finally:
         win.close()

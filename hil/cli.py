@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
+from . import options as opt
 from .errors import Cancelled, HilError
 from .geometry import Cells
 from .levels import LevelTable
@@ -84,17 +85,11 @@ def _cancel_on_sigint():
             signal.signal(s, h)
 
 
-def _pes(spec: str, n_pe: int) -> list[int]:
-    if spec in (None, "all"):
-        return list(range(n_pe))
-    try:
-        pes = [int(p) for p in str(spec).split(",")]
-    except ValueError:
-        raise HilError(f"--pe must be 'all' or comma-separated PE numbers, got {spec!r}") from None
-    for p in pes:
-        if not 0 <= p < n_pe:
-            raise HilError(f"--pe {p} is out of range: this station has PEs 0..{n_pe - 1}")
-    return pes
+def _pes(spec, n_pe: int) -> list[int]:
+    """`--pe` ('all', a list from options.pe_list, or its text) checked against the geometry."""
+    if isinstance(spec, str) and spec != "all":
+        spec = opt.parse_value(opt.pe_list, spec, "--pe")
+    return opt.check_pes(spec, n_pe)
 
 
 def _open(args, state_path=None):
@@ -210,7 +205,8 @@ def _program_dry_run(args) -> int:
     from .dryrun import open_dry_run
     from .program import write_verify
     from .jobs import level_plan
-    with open_dry_run(args.station, args.seed) as xbar:
+    opts = {"params_path": args.params} if getattr(args, "params", None) else {}
+    with open_dry_run(args.station, args.seed, **opts) as xbar:
         plan = level_plan(xbar.geometry, _pes(args.pe, xbar.geometry.n_pe), LevelTable.linear(n=args.levels),
                           args.pattern, args.seed)
         with _progress_bar(args, "dry run") as bar:
@@ -360,53 +356,68 @@ def cmd_gui(args) -> int:
 
 # ---- parser --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hil", description="Memristor crossbar hardware-in-the-loop control.")
+    """Every option is checked here, up front (hil.options), before any work or record change."""
+    p = opt.Parser(prog="hil", description="Memristor crossbar hardware-in-the-loop control.")
     p.add_argument("--version", action="version", version=f"memristor-hil {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages (and show tracebacks of OS errors)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def station_opts(sp):
-        sp.add_argument("--station", default="sim", help="'sim' or a station TOML file (default: sim)")
-        sp.add_argument("--seed", type=int, default=None, help="seed of the simulated chip")
-        sp.add_argument("--params", help="device parameter file (TOML/JSON) for the simulated chip")
+        sp.add_argument("--station", default="sim", type=opt.station_spec,
+                        help="'sim' or a station TOML file (default: sim)")
+        sp.add_argument("--seed", type=opt.seed, default=None, help="seed of the simulated chip, 0..2**32-1")
+        sp.add_argument("--params", type=opt.params_file,
+                        help="device parameter file (TOML/JSON) for the simulated chip")
         sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def plot_opt(sp, what):
+        sp.add_argument("--plot", metavar="DIR", type=opt.out_dir, help=f"write {what} PNGs into this folder")
 
     sp = sub.add_parser("program", help="write-verify every cell of the chosen PEs to a level pattern")
     station_opts(sp)
-    sp.add_argument("--pattern", default="levels32", help="levels32 (default), checker or random")
-    sp.add_argument("--levels", type=int, default=32, help="number of levels in 2-20 µS (default 32)")
-    sp.add_argument("--pe", default="all", help="'all' or comma-separated PE numbers")
-    sp.add_argument("--max-pulses", type=int, default=WriteVerifyPolicy.max_pulses)
-    sp.add_argument("--out", help="run record (.h5) to write")
-    sp.add_argument("--resume", metavar="RUN", help="continue an interrupted programming run")
-    sp.add_argument("--plot", metavar="DIR", help="write CDF and pulse-count PNGs here")
+    sp.add_argument("--pattern", default="levels32", choices=("levels32", "levels", "checker", "random"),
+                    help="levels32 (default; every level in turn), checker or random (needs --seed)")
+    sp.add_argument("--levels", type=opt.integer(2, opt.MAX_LEVELS, "levels a write-verify can resolve"),
+                    default=32, help=f"number of levels in 2-20 µS, 2..{opt.MAX_LEVELS} (default 32)")
+    sp.add_argument("--pe", default="all", type=opt.pe_list, help="'all' or comma-separated PE numbers")
+    sp.add_argument("--max-pulses", type=opt.positive_int(opt.MAX_PULSES), default=WriteVerifyPolicy.max_pulses,
+                    help=f"write-verify pulses per cell before giving up, 1..{opt.MAX_PULSES} "
+                         f"(default {WriteVerifyPolicy.max_pulses})")
+    sp.add_argument("--out", type=opt.out_file, help="run record (.h5) to write (default runs/program-DATE.h5)")
+    sp.add_argument("--resume", metavar="RUN", type=opt.record_path,
+                    help="continue an interrupted programming run (its record or journal)")
+    plot_opt(sp, "level-CDF and pulse-count")
     sp.add_argument("--dry-run", action="store_true",
                     help="check every pulse of the job against the station's limits on a shadow chip; touch nothing")
     sp.set_defaults(func=cmd_program)
 
     sp = sub.add_parser("read", help="read conductances")
     station_opts(sp)
-    sp.add_argument("--pe", default="all")
-    sp.add_argument("--n-avg", type=int, default=1)
+    sp.add_argument("--pe", default="all", type=opt.pe_list, help="'all' (default) or comma-separated PE numbers")
+    sp.add_argument("--n-avg", type=opt.positive_int(opt.MAX_N_AVG, "the board averages at most 1024 reads"),
+                    default=1, help=f"reads averaged per cell, 1..{opt.MAX_N_AVG} (default 1)")
     sp.add_argument("--full", action="store_true", help="include every value in the JSON output")
-    sp.add_argument("--plot", metavar="DIR")
+    plot_opt(sp, "conductance-map")
     sp.set_defaults(func=cmd_read)
 
+    from .experiments import MAX_DISTURB_READS, MAX_DRIFT_DAYS
     sp = sub.add_parser("experiment", help="read-disturb and drift experiments")
     esub = sp.add_subparsers(dest="which", required=True)
     e = esub.add_parser("read-disturb", help="program, then apply read pulses and track the states")
     station_opts(e)
-    e.add_argument("--reads", type=int, default=1_000_000)
-    e.add_argument("--pe", default="0,1", help="PEs to use (default 0,1 as Yao Ext. Data Fig. 7)")
-    e.add_argument("--out")
-    e.add_argument("--plot", metavar="DIR")
+    e.add_argument("--reads", type=opt.positive_int(MAX_DISTURB_READS), default=1_000_000,
+                   help=f"read pulses to apply, 1..{MAX_DISTURB_READS:.0e} (default 1e6)")
+    e.add_argument("--pe", default="0,1", type=opt.pe_list, help="PEs to use (default 0,1 as Yao Ext. Data Fig. 7)")
+    e.add_argument("--out", type=opt.out_file, help="run record (.h5) to write")
+    plot_opt(e, "distribution")
     e.set_defaults(func=cmd_experiment)
     e = esub.add_parser("drift", help="program, then follow the states on the clock")
     station_opts(e)
-    e.add_argument("--days", type=float, default=30.0)
-    e.add_argument("--pe", default="all")
-    e.add_argument("--out")
-    e.add_argument("--plot", metavar="DIR")
+    e.add_argument("--days", type=opt.finite_float(0.0, MAX_DRIFT_DAYS, lo_open=True, why="10 years at most"),
+                   default=30.0, help=f"how long to follow the states, days in (0, {MAX_DRIFT_DAYS:g}] (default 30)")
+    e.add_argument("--pe", default="all", type=opt.pe_list, help="'all' (default) or comma-separated PE numbers")
+    e.add_argument("--out", type=opt.out_file, help="run record (.h5) to write")
+    plot_opt(e, "distribution")
     e.set_defaults(func=cmd_experiment)
 
     from . import cli_cnn, station_check
@@ -414,31 +425,44 @@ def build_parser() -> argparse.ArgumentParser:
     station_check.register(sub)
 
     sp = sub.add_parser("gui", help="probe-station GUI (PySide6)")
-    sp.add_argument("--station", help="'sim' or a station TOML file to connect at start")
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--run", help="run record (.h5) to open")
-    sp.add_argument("--screenshot", metavar="DIR", help="scripted session, every panel as PNG, then exit")
+    sp.add_argument("--station", type=opt.station_spec, help="'sim' or a station TOML file to connect at start")
+    sp.add_argument("--seed", type=opt.seed, help="seed of the simulated chip, 0..2**32-1")
+    sp.add_argument("--geometry", choices=("yao", "wang", "small"),
+                    help="simulated chip geometry (with --station sim; default yao)")
+    sp.add_argument("--run", type=opt.record_path, help="run record (.h5) to open")
+    sp.add_argument("--screenshot", metavar="DIR", type=opt.out_dir,
+                    help="scripted session, every panel as PNG into DIR, then exit (works without a display)")
     sp.set_defaults(func=cmd_gui)
 
     sp = sub.add_parser("info", help="version, backends and the active parameter set")
-    sp.add_argument("--params", help="show this parameter file instead of the defaults")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--params", type=opt.params_file, help="show this parameter file instead of the defaults")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.set_defaults(func=cmd_info)
 
     sp = sub.add_parser("runs", help="inspect and recover run records")
     rsub = sp.add_subparsers(dest="runs_cmd", required=True)
-    for name, hlp in (("show", "summarize a run record"), ("recover", "rebuild a record from its journal")):
+    for name, hlp, fhelp in (("show", "summarize a run record", "run record (.h5) or its journal's record path"),
+                             ("recover", "rebuild a record from its journal", "run record (.h5) whose journal to replay")):
         r = rsub.add_parser(name, help=hlp)
-        r.add_argument("file")
-        r.add_argument("--json", action="store_true")
+        r.add_argument("file", type=opt.record_path, help=fhelp)
+        r.add_argument("--json", action="store_true", help="print one JSON object")
         r.set_defaults(func=cmd_runs)
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    """An error message on one line (the CLI's errors are one line each)."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    args.station_given = "--station" in argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except opt.OptionError as e:
+        print(_one_line(e), file=sys.stderr)
+        return 2
+    args.station_given = any(a == "--station" or a.startswith("--station=") for a in argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -447,12 +471,12 @@ def main(argv=None) -> int:
         print(f"hil: interrupted ({e}); what was recorded is kept", file=sys.stderr)
         return 130
     except HilError as e:
-        print(f"hil: error: {e}", file=sys.stderr)
+        print(f"hil: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as e:
         if args.verbose:
             raise
-        print(f"hil: error: {e}", file=sys.stderr)
+        print(f"hil: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hil: interrupted", file=sys.stderr)

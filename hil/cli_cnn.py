@@ -1,12 +1,14 @@
 """`hil demo`, `hil train`, `hil transfer`, `hil hybrid`: the Yao 2020 reproduction from the shell."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from . import options as opt
 from .cli import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
 from .demo import STAGE_DONE
 from .errors import DataError, HilError
@@ -70,9 +72,8 @@ def cmd_demo(args) -> int:
     from .report import table_text, write_report
     seed = 0 if args.seed is None else args.seed
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
-    cfg.hybrid.seed = seed
-    if args.hybrid_fraction is not None:
-        cfg.hybrid.fraction = args.hybrid_fraction
+    hybrid = {"seed": seed} if args.hybrid_fraction is None else {"seed": seed, "fraction": args.hybrid_fraction}
+    cfg.hybrid = dataclasses.replace(cfg.hybrid, **hybrid)     # validated again by HybridConfig, before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     say = _say(args)
@@ -189,13 +190,13 @@ def cmd_transfer(args) -> int:
     return 0
 
 
-def _groups_arg(spec: str, n: int) -> list[int]:
-    """`--group all` or 1..n -> zero-based group indices."""
+def _groups_arg(spec, n: int) -> list[int]:
+    """`--group all` or 1..n (text or the int of options.group_spec) -> zero-based group indices."""
     if spec == "all":
         return list(range(n))
     try:
         g = int(spec)
-    except ValueError:
+    except (TypeError, ValueError):
         g = 0
     if not 1 <= g <= n:
         raise HilError(f"--group must be 'all' or a convolver group 1..{n} of this run's plan, got {spec!r}")
@@ -250,38 +251,48 @@ def cmd_hybrid(args) -> int:
 def register(sub, station_opts) -> None:
     """Add the CNN commands to the `hil` parser."""
     def data_opts(sp):
-        sp.add_argument("--data", metavar="DIR", help="directory of MNIST IDX files (default: $HIL_MNIST_DIR, "
+        sp.add_argument("--data", metavar="DIR", type=opt.existing_dir, help="directory of MNIST IDX files (default: $HIL_MNIST_DIR, "
                         "else the embedded 5,000 digits)")
         sp.add_argument("--download", action="store_true", help="download full MNIST into the cache (checksummed)")
 
     sp = sub.add_parser("demo", help="the main job: Yao 2020 mCNN on the simulated chip, with a report folder")
     station_opts(sp)
     data_opts(sp)
-    sp.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
+    sp.add_argument("--out", default="runs/demo", type=opt.out_dir, help="report folder (default runs/demo)")
     sp.add_argument("--quick", action="store_true", help="shorter run (under 2 minutes)")
-    sp.add_argument("--hybrid-fraction", type=float, default=None, help="training fraction for hybrid training")
+    sp.add_argument("--hybrid-fraction", type=opt.fraction, default=None,
+                    help="fraction of the training set run through the chip in hybrid training, (0, 1] "
+                         "(default 0.1)")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("train", help="train the mCNN ex situ; stores the model in a new run record")
-    sp.add_argument("--out", required=True, help="run record (.h5) to create")
-    sp.add_argument("--seed", type=int, default=None)
-    sp.add_argument("--epochs", type=int, default=12)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--out", required=True, type=opt.out_file, help="run record (.h5) to create")
+    sp.add_argument("--seed", type=opt.seed, default=None, help="seed of the data split and training, 0..2**32-1")
+    sp.add_argument("--epochs", type=opt.positive_int(opt.MAX_TRAIN_EPOCHS), default=12,
+                    help=f"training epochs, 1..{opt.MAX_TRAIN_EPOCHS} (default 12)")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
     data_opts(sp)
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("transfer", help="program the trained weights onto the chip (resumable)")
     station_opts(sp)
-    sp.add_argument("--run", required=True, help="run record made by `hil train`")
-    sp.add_argument("--groups", type=int, default=3, help="convolver groups (default 3)")
+    sp.add_argument("--run", required=True, type=opt.cnn_record, help="run record made by `hil train`")
+    sp.add_argument("--groups", type=opt.positive_int(opt.MAX_GROUPS), default=3,
+                    help="convolver groups, as many as the chip holds (default 3)")
     sp.set_defaults(func=cmd_transfer)
 
     sp = sub.add_parser("hybrid", help="hybrid training of the FC layer in situ (resumable)")
     station_opts(sp)
     data_opts(sp)
-    sp.add_argument("--run", required=True, help="run record after `hil transfer`")
-    sp.add_argument("--fraction", type=float, default=0.1)
-    sp.add_argument("--epochs", type=int, default=HybridConfig.epochs)
-    sp.add_argument("--lr", type=float, default=HybridConfig.lr_levels, help="step per mini-batch in weight levels")
-    sp.add_argument("--group", default="all", help="convolver group 1..N or 'all' (inputs dispatched)")
+    sp.add_argument("--run", required=True, type=opt.cnn_record, help="run record after `hil transfer`")
+    sp.add_argument("--fraction", type=opt.fraction, default=HybridConfig.fraction,
+                    help=f"fraction of the training set run through the chip, (0, 1] (default {HybridConfig.fraction})")
+    sp.add_argument("--epochs", type=opt.positive_int(opt.MAX_HYBRID_EPOCHS), default=HybridConfig.epochs,
+                    help=f"hybrid-training epochs, 1..{opt.MAX_HYBRID_EPOCHS} (default {HybridConfig.epochs})")
+    sp.add_argument("--lr", type=opt.finite_float(0.0, opt.MAX_LR_LEVELS, lo_open=True, why="weight levels"),
+                    default=HybridConfig.lr_levels,
+                    help=f"step per mini-batch in weight levels, (0, {opt.MAX_LR_LEVELS:g}] "
+                         f"(default {HybridConfig.lr_levels})")
+    sp.add_argument("--group", default="all", type=opt.group_spec,
+                    help="convolver group 1..N or 'all' (default; inputs dispatched)")
     sp.set_defaults(func=cmd_hybrid)

@@ -64,15 +64,14 @@ class DryRunCrossbar(Crossbar):
         return {"backend": "dry-run", "station": self.station, "shadow": self.shadow.describe().get("backend")}
 
 
-def open_dry_run(spec: str, seed: Optional[int] = None) -> DryRunCrossbar:
-    """Dry-run crossbar for station `spec` ('sim' or a station file), without connecting to it."""
-    from .registry import load_station_file, open_station
-    from .geometry import YAO
-    if spec == "sim":
-        geometry, limits = YAO, SafetyLimits()
-    else:
-        cfg = load_station_file(spec)
-        geometry = Geometry.from_dict(cfg["geometry"]) if "geometry" in cfg else YAO
-        limits = SafetyLimits.from_dict(cfg.get("limits"))
+def open_dry_run(spec: str, seed: Optional[int] = None, **options) -> DryRunCrossbar:
+    """Dry-run crossbar for station `spec` ('sim' or a station file), without connecting to it.
+
+    The station file and `options` (params_path, ...) are validated exactly as a real run
+    validates them (`hil.registry.check_station`: same loader, schema, channel checks and
+    parameter files); then nothing is opened: no instrument, no emulated world."""
+    from .registry import check_station, open_station
+    checked = check_station(spec, seed=seed, **options)
+    geometry, limits = checked.geometry, checked.limits
     shadow = open_station("sim", seed=0 if seed is None else seed, geometry=geometry)
     return DryRunCrossbar(geometry, limits, shadow, station=spec)

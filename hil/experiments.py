@@ -41,6 +41,11 @@ DEFAULT_DRIFT_TIMES_S = (1.0, 600.0, 3600.0, DAY, 7 * DAY, 30 * DAY)
 FALLBACK_CHUNK_READS = 1000
 #: longest single sleep while waiting in real time (the cancel token is checked in between)
 MAX_SLEEP_S = 0.1
+#: most read pulses of a read-disturb run: 1000x the 1e6 of Yao Ext. Data Fig. 7 (at ~1 µs per
+#: read pulse a real station is busy for a quarter of an hour per selection)
+MAX_DISTURB_READS = 10**9
+#: longest drift run: 10 years, the usual retention specification (the model is calibrated to 30 days)
+MAX_DRIFT_DAYS = 3650.0
 
 
 # ---- labels --------------------------------------------------------------------------------
@@ -196,8 +201,8 @@ def read_disturb(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, reads:
     cancel, progress = ensure(cancel, progress)
     cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, n_avg)
     reads = int(reads)
-    if reads < 1:
-        raise ConfigError(f"reads must be >= 1, got {reads}")
+    if not 1 <= reads <= MAX_DISTURB_READS:
+        raise ConfigError(f"reads must be in 1..{MAX_DISTURB_READS:.0e} (read pulses), got {reads}")
     cps = _disturb_checkpoints(reads, checkpoints)
     chunk_reads = int(chunk_reads)
     if chunk_reads < 1:
@@ -308,16 +313,17 @@ class DriftResult:
 def _drift_times(days: float, times_s) -> list:
     if times_s is None:
         days = float(days)
-        if not np.isfinite(days) or days <= 0:
-            raise ConfigError(f"days must be a positive number, got {days!r}")
+        if not np.isfinite(days) or not 0 < days <= MAX_DRIFT_DAYS:
+            raise ConfigError(f"days must be a number in (0, {MAX_DRIFT_DAYS:g}] (10 years), got {days!r}")
         limit = days * DAY * (1 + 1e-12)
         ts = [t for t in DEFAULT_DRIFT_TIMES_S if t <= limit]
         if not ts:
             ts = [days * DAY]
     else:
         ts = [float(t) for t in times_s]
-        if not ts or any(not np.isfinite(t) or t < 0 for t in ts):
-            raise ConfigError(f"drift times must be non-negative finite seconds, got {list(times_s)}")
+        if not ts or any(not np.isfinite(t) or not 0 <= t <= MAX_DRIFT_DAYS * DAY for t in ts):
+            raise ConfigError(f"drift times must be seconds in 0..{MAX_DRIFT_DAYS * DAY:g} (10 years), "
+                              f"got {list(times_s)}")
         ts = sorted(set(ts))
     return ts
 

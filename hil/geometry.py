@@ -7,6 +7,13 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from .errors import AddressError, ConfigError
+from .schema import Number, SchemaError, Table, Text, located, validate
+
+#: largest side (PEs, rows or columns) of a chip
+MAX_SIDE = 2**16
+#: largest chip: the simulator holds about 100 bytes per cell, so 2**24 cells are ~1.6 GB
+#: (1024 Yao chips); larger geometries are refused before anything is allocated
+MAX_CELLS = 2**24
 
 
 @dataclass(frozen=True)
@@ -21,8 +28,11 @@ class Geometry:
     def __post_init__(self) -> None:
         for key in ("n_pe", "rows", "cols"):
             v = getattr(self, key)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"geometry.{key} must be a positive integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_SIDE:
+                raise ConfigError(f"geometry.{key} must be an integer in 1..{MAX_SIDE}, got {v!r}")
+        if self.n_cells > MAX_CELLS:
+            raise ConfigError(f"geometry {self.n_pe}x{self.rows}x{self.cols} has {self.n_cells} cells; at most "
+                              f"{MAX_CELLS} (2**24) fit in memory")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -36,15 +46,13 @@ class Geometry:
         return {"name": self.name, "n_pe": self.n_pe, "rows": self.rows, "cols": self.cols}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Geometry":
+    def from_dict(cls, d: dict, key: str = "geometry") -> "Geometry":
+        """From a [geometry] table: `preset = "yao"` or `n_pe`, `rows`, `cols` (and `name`).
+        Raises SchemaError naming `key`."""
+        d = validate(d, GEOMETRY_SCHEMA, key)
         if "preset" in d:
-            return preset(d["preset"])
-        try:
-            return cls(int(d["n_pe"]), int(d["rows"]), int(d["cols"]), str(d.get("name", "custom")))
-        except KeyError as e:
-            raise ConfigError(f"geometry needs n_pe, rows and cols (or preset); missing {e}") from None
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"geometry values must be integers: {e}") from None
+            return PRESETS[d["preset"].lower()]
+        return cls(d["n_pe"], d["rows"], d["cols"], d.get("name", "custom"))
 
 
 YAO = Geometry(8, 128, 16, "yao")
@@ -54,10 +62,29 @@ PRESETS = {"yao": YAO, "wang": WANG}
 
 def preset(name: str) -> Geometry:
     """Geometry preset by name: 'yao' (8 x 128 x 16) or 'wang' (1 x 128 x 64)."""
-    try:
-        return PRESETS[name.lower()]
-    except KeyError:
-        raise ConfigError(f"unknown geometry preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    with located("geometry"):
+        return PRESETS[Text(sorted(PRESETS), fold=True).check(name, "preset").lower()]
+
+
+def _geometry_after(d: dict, key: str) -> None:
+    dims = [k for k in ("n_pe", "rows", "cols") if k in d]
+    if "preset" in d:
+        if dims:
+            raise SchemaError(f"{key}.{dims[0]}", "give either preset or n_pe, rows and cols, not both")
+        return
+    for k in ("n_pe", "rows", "cols"):
+        if k not in d:
+            raise SchemaError(f"{key}.{k}", "is missing: give n_pe, rows and cols (or preset = \"yao\" / \"wang\")")
+    n = d["n_pe"] * d["rows"] * d["cols"]
+    if n > MAX_CELLS:
+        raise SchemaError(key, f"{d['n_pe']}x{d['rows']}x{d['cols']} is {n} cells; at most {MAX_CELLS} (2**24) "
+                               f"fit in memory")
+
+
+_SIDE = Number(1, MAX_SIDE, integer=True)
+#: the [geometry] table of station files (also run records' geometry dicts)
+GEOMETRY_SCHEMA = Table({"preset": Text(sorted(PRESETS), fold=True), "n_pe": _SIDE, "rows": _SIDE,
+                         "cols": _SIDE, "name": Text(max_len=200)}, after=_geometry_after)
 
 
 IndexLike = Union[int, slice, Sequence[int], np.ndarray, None]

@@ -1,27 +1,45 @@
 """Backend registry: `--station sim` or a station file picks the backend by name,
-without hil importing any backend at module level."""
+without hil importing any backend at module level.
+
+Each backend has a factory (opens the station) and a checker that validates a whole station
+file and the factory's options without any I/O; `open_station` and the dry run both call
+`check_station` first, so a dry run validates a file exactly as a real run does."""
 from __future__ import annotations
 
 import importlib
-import tomllib
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .crossbar import Crossbar
 from .errors import ConfigError
+from .schema import Anything, SchemaError, Table, Text, load_toml, located
 
 # name -> "module:callable"; the callable takes (config: dict, **options) and returns a Crossbar.
 _BACKENDS: dict[str, str] = {
     "sim": "sim_backend.station:open_sim_station",
     "instruments": "drivers.station:open_instrument_station",
 }
+# name -> "module:callable" taking (config, **options) like the factory and returning the validated
+# station (with .name, .geometry, .limits) without opening anything.
+_CHECKS: dict[str, str] = {
+    "sim": "sim_backend.station:check_sim_station",
+    "instruments": "drivers.station:check_instrument_station",
+}
+# table -> "module:callable(table, config)": tables a backend's transport reads itself (the
+# [emulation] table is read by the @hilsim pyvisa backend), validated with the rest of the file.
+_TABLE_CHECKS: dict[str, str] = {
+    "emulation": "sim_backend.visa_backend:check_emulation",
+}
 
 
-def register_backend(name: str, target: str) -> None:
-    """Register a backend factory as 'module:callable'."""
-    if ":" not in target:
-        raise ConfigError(f"backend target must look like 'module:function', got {target!r}")
+def register_backend(name: str, target: str, check: Optional[str] = None) -> None:
+    """Register a backend factory (and optionally its checker) as 'module:callable'."""
+    for t in (target, check):
+        if t is not None and ":" not in t:
+            raise ConfigError(f"backend target must look like 'module:function', got {t!r}")
     _BACKENDS[name] = target
+    if check is not None:
+        _CHECKS[name] = check
 
 
 def available_backends() -> dict[str, bool]:
@@ -36,46 +54,76 @@ def available_backends() -> dict[str, bool]:
     return out
 
 
-def _factory(name: str) -> Callable[..., Crossbar]:
+def _resolve(table: dict, name: str, what: str) -> Callable:
     try:
-        target = _BACKENDS[name]
+        target = table[name]
     except KeyError:
-        raise ConfigError(f"unknown backend {name!r}; known: {sorted(_BACKENDS)}") from None
+        raise ConfigError(f"unknown {what} {name!r}; known: {sorted(table)}") from None
     module, func = target.split(":")
     try:
         return getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"backend {name!r} is not available in this installation ({e})") from None
+        raise ConfigError(f"{what} {name!r} is not available in this installation ({e})") from None
+
+
+def _factory(name: str) -> Callable[..., Crossbar]:
+    return _resolve(_BACKENDS, name, "backend")
 
 
 def read_toml(path, missing: str, what: str = "station file") -> dict:
-    """Parse a TOML file; ConfigError `missing` if it does not exist, or naming the syntax error."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(missing)
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{what} {path} is malformed: {e}") from None
+    """Parse a TOML file (bounded size and nesting); ConfigError `missing` if it does not exist,
+    or naming the file and the problem (directory, not UTF-8, syntax error ...)."""
+    return load_toml(path, what, missing)
+
+
+def where(cfg: dict) -> str:
+    """'station file PATH' (or 'station') for messages about `cfg`."""
+    p = cfg.get("_path") if isinstance(cfg, dict) else None
+    return f"station file {p}" if p else "station"
 
 
 def load_station_file(path) -> dict:
-    """Parse a station TOML file; errors name the file and the problem."""
+    """Parse a station TOML file and check its [station] table's backend; errors name the file and key."""
     path = Path(path)
     cfg = read_toml(path, f"station {str(path)!r} is neither 'sim' nor an existing station file")
-    station = cfg.get("station")
-    if not isinstance(station, dict) or "backend" not in station:
-        raise ConfigError(f"station file {path}: missing [station] table with a 'backend' key (e.g. backend = \"sim\")")
+    with located(f"station file {path}"):
+        if "station" not in cfg:
+            raise SchemaError("station", f"missing [station] table with a 'backend' key (backend = "
+                                         f"{' or '.join(repr(b) for b in sorted(_BACKENDS))})")
+        Table(required=["backend"], extra=Anything()).check(cfg["station"], "station")
+        Text(sorted(_BACKENDS)).check(cfg["station"]["backend"], "station.backend")
     cfg["_path"] = str(path.resolve())
     return cfg
 
 
+def _config(spec) -> dict:
+    if isinstance(spec, dict):
+        return spec
+    if spec in _BACKENDS and not Path(spec).exists():
+        return {"station": {"backend": spec}}
+    return load_station_file(spec)
+
+
+def check_station(spec, **options) -> Any:
+    """Validate station `spec` ('sim', a station file or a parsed file) and the factory `options`
+    exactly as `open_station` does, without opening anything; returns the backend's validated
+    station (with .name, .geometry and .limits)."""
+    cfg = _config(spec)
+    backend = cfg["station"]["backend"]
+    if backend in _BACKENDS and backend not in _CHECKS:
+        return None                    # a registered backend without a checker validates in its factory
+    checked = _resolve(_CHECKS, backend, "backend")(cfg, **options)
+    for table, target in _TABLE_CHECKS.items():
+        if table in cfg:
+            _resolve(_TABLE_CHECKS, table, "station table")(cfg[table], cfg)
+    return checked
+
+
 def open_station(spec: str, **options) -> Crossbar:
-    """Open a backend from 'sim' (default simulated Yao chip) or a station file path.
+    """Open a backend from 'sim' (default simulated Yao chip) or a station file path, after
+    `check_station` validated the whole file and the options.
 
     Options (seed, params_path, state_path, geometry ...) are passed to the backend factory."""
-    if spec in _BACKENDS and not Path(spec).exists():
-        cfg = {"station": {"backend": spec}}
-    else:
-        cfg = load_station_file(spec)
+    cfg = _config(spec)
+    check_station(cfg, **options)
     return _factory(cfg["station"]["backend"])(cfg, **options)

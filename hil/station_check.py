@@ -48,8 +48,10 @@ def station_check(spec: str, *, cells: int = 16, pe: int = 0, seed: int = 0, con
     with open_dry_run(spec, seed) as dry:
         g = dry.geometry
         if not 0 <= pe < g.n_pe:
-            raise ConfigError(f"station check: PE {pe} out of range 0..{g.n_pe - 1}")
-        n = max(1, min(int(cells), g.rows * g.cols))
+            raise ConfigError(f"station check --pe {pe}: out of range, this station has PEs 0..{g.n_pe - 1}")
+        if not 1 <= int(cells) <= g.rows * g.cols:
+            raise ConfigError(f"station check --cells {cells}: must be 1..{g.rows * g.cols} (the cells of one PE)")
+        n = int(cells)
         sel = Cells.from_flat(pe * g.rows * g.cols + np.arange(n), g)
         table = LevelTable.linear()
         _, targets = make_pattern("levels32", n, table)
@@ -151,9 +153,11 @@ def register(sub) -> None:
     sp = sub.add_parser("station", help="station files: check connections, identities and limits")
     ssub = sp.add_subparsers(dest="station_cmd", required=True)
     c = ssub.add_parser("check", help="connect, print identities, firmware and limits, dry-run a small job")
-    c.add_argument("file", help="station TOML file (or 'sim')")
-    c.add_argument("--cells", type=int, default=16, help="cells in the dry-run job (default 16)")
-    c.add_argument("--pe", type=int, default=0, help="PE of the dry-run job (default 0)")
+    from . import options as opt
+    c.add_argument("file", type=opt.station_spec, help="station TOML file (or 'sim')")
+    c.add_argument("--cells", type=opt.positive_int(opt.MAX_CHECK_CELLS), default=16,
+                   help="cells in the dry-run job, at most one PE's (default 16)")
+    c.add_argument("--pe", type=opt.integer(0, opt.MAX_PE - 1), default=0, help="PE of the dry-run job (default 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_station_check)
 

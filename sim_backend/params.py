@@ -9,14 +9,15 @@ visible spreading over 30 days).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hil.errors import ConfigError
+from hil.schema import ListOf, Number, Table, Text, load_json, load_toml, validate
 
 
 def _f(default, lo=None, hi=None, doc=""):
@@ -242,32 +243,16 @@ class DeviceParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DeviceParams":
-        """Build from a (possibly partial) nested mapping; unknown keys are errors."""
-        if not isinstance(d, dict):
-            raise ConfigError("device parameters must be a table/object of groups")
+        """Build from a (possibly partial) nested mapping; one schema checks every value
+        (type, finiteness, range); unknown keys are errors. Raises SchemaError naming the key."""
+        d = validate(d, params_schema())
         kwargs = {}
         known = {f.name: f for f in fields(cls)}
         for gname, values in d.items():
             if gname in ("format", "schema_version"):
                 continue
-            if gname not in known:
-                raise ConfigError(f"unknown parameter group {gname!r}; known: {sorted(known)}")
-            gcls = known[gname].default_factory
-            if not isinstance(values, dict):
-                raise ConfigError(f"parameter group {gname!r} must be a table")
-            gfields = {f.name: f for f in fields(gcls)}
-            for k in values:
-                if k not in gfields:
-                    raise ConfigError(f"unknown parameter {gname}.{k}; known: {sorted(gfields)}")
-            conv = {}
-            for k, v in values.items():
-                default = gfields[k].default
-                if isinstance(default, tuple):
-                    if not isinstance(v, (list, tuple)):
-                        raise ConfigError(f"{gname}.{k} must be a list of numbers")
-                    v = tuple(v)
-                conv[k] = v
-            kwargs[gname] = gcls(**conv)
+            kwargs[gname] = known[gname].default_factory(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
         return cls(**kwargs)
 
     def save(self, path) -> Path:
@@ -284,21 +269,13 @@ class DeviceParams:
 
     @classmethod
     def load(cls, path) -> "DeviceParams":
-        """Read a TOML or JSON parameter file, validated."""
+        """Read a TOML or JSON parameter file, validated; every error names the file and the key."""
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read parameter file {path}: {e.strerror}") from None
-        try:
-            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"parameter file {path} is malformed: {e}") from None
+        what = "parameter file"
+        data = load_toml(path, what) if path.suffix.lower() == ".toml" else load_json(path, what)
         try:
             return cls.from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"parameter file {path}: {e}") from None
-        except TypeError as e:
             raise ConfigError(f"parameter file {path}: {e}") from None
 
     def describe(self) -> str:
@@ -309,6 +286,25 @@ class DeviceParams:
             for f in fields(group):
                 lines.append(f"  {f.name:16s} = {getattr(group, f.name)!s:40s} {f.metadata.get('doc', '')}")
         return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=1)
+def params_schema() -> Table:
+    """The schema of a parameter file, from the fields' defaults and [lo, hi] metadata."""
+    groups = {}
+    for g in fields(DeviceParams):
+        specs = {}
+        for f in fields(g.default_factory):
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            if isinstance(f.default, tuple):
+                specs[f.name] = ListOf(Number(), 1, 64)
+            elif isinstance(f.default, str):
+                specs[f.name] = Text(max_len=200)
+            else:
+                specs[f.name] = Number(lo, hi, integer=isinstance(f.default, int))
+        groups[g.name] = Table(specs)
+    return Table({**groups, "format": Text(["memristor-hil-device-params"]),
+                  "schema_version": Number(1, 1, integer=True)})
 
 
 def _check_value(name: str, v: Any, meta, default: Any) -> None:

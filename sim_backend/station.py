@@ -1,32 +1,79 @@
-"""Factory for simulated stations: `--station sim` or a station file with backend = "sim"."""
+"""Factory for simulated stations: `--station sim` or a station file with backend = "sim".
+
+`check_sim_station` validates the whole file (one schema: [station], [geometry], [limits], [sim])
+and the options, loads the parameter file, and opens nothing; `open_sim_station` builds the chip
+from what it returns. See stations/sim-yao.toml."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from hil.errors import ConfigError
-from hil.geometry import YAO, Geometry
-from hil.limits import SafetyLimits
+from hil.geometry import GEOMETRY_SCHEMA, YAO, Geometry
+from hil.limits import LIMITS_SCHEMA, SafetyLimits
+from hil.registry import where
+from hil.schema import Number, SchemaError, Table, Text, located, validate
 
 from .chip import SimulatedCrossbar
 from .params import DeviceParams
+
+SEED = Number(0, 2**63 - 1, integer=True)
+SIM_STATION_SCHEMA = Table({
+    "station": Table({"backend": Text(["sim"]), "name": Text(max_len=200), "description": Text(empty=True)},
+                     required=["backend"]),
+    "geometry": GEOMETRY_SCHEMA,
+    "limits": LIMITS_SCHEMA,
+    "sim": Table({"seed": SEED, "params": Text()}),
+}, required=["station"], ignore=["_path"])
+
+
+@dataclass(frozen=True)
+class SimStationSpec:
+    """A validated simulated station."""
+
+    name: str
+    path: Optional[str]
+    geometry: Geometry
+    limits: SafetyLimits
+    seed: int
+    params: DeviceParams
+
+
+def check_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
+                      geometry: Optional[Geometry] = None) -> SimStationSpec:
+    """Validate a simulated station's config and options; ConfigError naming the file and key."""
+    w = where(cfg)
+    with located(w):
+        c = validate(cfg, SIM_STATION_SCHEMA)
+        geom = geometry or (Geometry.from_dict(c["geometry"]) if "geometry" in c else YAO)
+        limits = SafetyLimits.from_dict(c.get("limits"))
+        sim = c.get("sim", {})
+    if seed is None:
+        with located(w):
+            seed = sim.get("seed", 0)
+    else:
+        with located("option"):
+            seed = SEED.check(seed, "seed")
+    if params_path is not None:
+        try:
+            params = DeviceParams.load(params_path)
+        except ConfigError as e:
+            raise ConfigError(f"--params: {e}") from None
+    elif "params" in sim:
+        base = Path(cfg.get("_path", ".")).parent
+        try:
+            params = DeviceParams.load(base / sim["params"])
+        except ConfigError as e:
+            raise ConfigError(f"{w}: sim.params: {e}") from None
+    else:
+        params = DeviceParams()
+    name = c["station"].get("name", Path(cfg["_path"]).stem if cfg.get("_path") else "sim")
+    return SimStationSpec(name, cfg.get("_path"), geom, limits, seed, params)
 
 
 def open_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
                      geometry: Optional[Geometry] = None) -> SimulatedCrossbar:
     """Build a SimulatedCrossbar from a station config (see stations/sim-yao.toml)."""
-    known_top = {"station", "geometry", "limits", "sim", "_path"}
-    unknown = set(cfg) - known_top
-    if unknown:
-        raise ConfigError(f"station file: unknown table(s) {sorted(unknown)} for a simulated station")
-    sim = cfg.get("sim", {})
-    base = Path(cfg.get("_path", ".")).parent
-    geom = geometry or (Geometry.from_dict(cfg["geometry"]) if "geometry" in cfg else YAO)
-    limits = SafetyLimits.from_dict(cfg.get("limits"))
-    if seed is None:
-        seed = sim.get("seed", 0)
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-    pp = params_path or (base / sim["params"] if "params" in sim else None)
-    params = DeviceParams.load(pp) if pp else DeviceParams()
-    return SimulatedCrossbar(geom, params, seed=seed, limits=limits, state_path=state_path)
+    spec = check_sim_station(cfg, seed=seed, params_path=params_path, state_path=state_path, geometry=geometry)
+    return SimulatedCrossbar(spec.geometry, spec.params, seed=spec.seed, limits=spec.limits, state_path=state_path)

@@ -42,8 +42,9 @@ from pyvisa.constants import ResourceAttribute as RA, StatusCode
 from pyvisa.util import LibraryPath
 
 from hil.errors import ConfigError
-from hil.geometry import Geometry, preset
+from hil.geometry import GEOMETRY_SCHEMA, PRESETS, Geometry, preset
 from hil.registry import read_toml
+from hil.schema import AnyOf, Anything, ListOf, Number, Table, Text, located
 
 from .smu import EmulatedInstrument, InstrumentDisconnected, make_instrument
 from .world import BUSES, EmulatedWorld, get_world
@@ -68,6 +69,16 @@ DEFAULT_EMULATION = {
 
 _EMULATION_KEYS = {"world", "seed", "geometry", "params", "instruments", "board"}
 _INSTRUMENT_KEYS = {"kind", "resource", "bus", "wiring", "serial"}
+# types of the [emulation] values (keys without an entry are checked by their own code)
+_EMULATION_SPECS = {
+    "world": Text(max_len=200), "seed": Number(0, 2**63 - 1, integer=True),
+    "geometry": AnyOf(Text(sorted(PRESETS), fold=True, noun="geometry preset"), GEOMETRY_SCHEMA,
+                      describe="a geometry preset name or a table like [geometry]"),
+    "params": Text(),
+    "instruments": Table(extra=Table({"kind": Text(max_len=64), "resource": Text(max_len=256), "bus": Anything(),
+                                      "wiring": Table(extra=ListOf(Text(max_len=8), 0, 8)),
+                                      "serial": Text(max_len=64)})),
+}
 
 
 # ---- configuration -----------------------------------------------------------------------
@@ -94,6 +105,8 @@ def _validate(em: Any, where: str, base: Path) -> dict:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} in [emulation]; known: "
                           f"{sorted(_EMULATION_KEYS)}")
+    with located(where):
+        Table({k: _EMULATION_SPECS.get(k, Anything()) for k in _EMULATION_KEYS}).check(em, "emulation")
     out = {"world": em.get("world", "default"), "seed": em.get("seed", 0),
            "geometry": em.get("geometry", "yao"), "params": em.get("params"), "instruments": {}}
     if not isinstance(out["world"], str) or not out["world"]:
@@ -128,6 +141,21 @@ def _validate(em: Any, where: str, base: Path) -> dict:
         seen[res] = name
         out["instruments"][name] = {"kind": spec["kind"], "resource": spec["resource"], "bus": bus,
                                     "wiring": wiring, "serial": spec.get("serial")}
+    return out
+
+
+def check_emulation(em: Any, cfg: dict) -> dict:
+    """Validate a station file's [emulation] table (and its parameter file) exactly as the @hilsim
+    backend reads it, without building the world (hil.registry calls this for every station file)."""
+    from .params import DeviceParams
+    path = cfg.get("_path")
+    where = f"station file {path}" if path else "station"
+    out = _validate(em, where, Path(path).resolve().parent if path else Path("."))
+    if out["params"] is not None:
+        try:
+            DeviceParams.load(out["params"])
+        except ConfigError as e:
+            raise ConfigError(f"{where}: emulation.params: {e}") from None
     return out
 
 
