@@ -23,9 +23,11 @@ import numpy as np
 import serial
 from serial import SerialException
 
-from hil.crossbar import INPUT_BITS, VmmResult, per_cell, validate_inputs
+from hil.crossbar import (INPUT_BITS, VmmResult, check_level, check_policy, check_read, per_cell,
+                          validate_inputs)
 from hil.errors import AddressError, BackendError, ConfigError, HilError, InstrumentTimeout, SafetyViolation
 from hil.geometry import Cells, Geometry
+from hil.limits import SafetyLimits
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 
 from . import board_frames as bf
@@ -54,17 +56,25 @@ class _Garbled(Exception):
 
 _OPS = {"SET": 1, "RESET": 2, "FORM": 3}
 
+#: fixed choices of protocol 1 (docs/board-protocol.md): the word-line level of READ_CELLS and
+#: VMM reads, and the read voltage of PROGRAM_JOB's verify reads (neither is in the protocol)
+BOARD_READ_GATE_V = 3.3
+FIRMWARE_V_READ = 0.2
+
 
 class ArrayBoard:
     """The array board on a serial port (`port`: a pyserial URL/device name or an open port object).
 
     Connecting identifies the board (ConfigError if its geometry differs from
-    `expected_geometry`), sets the watchdog to `watchdog_s` and clears latched events."""
+    `expected_geometry`), sets the watchdog to `watchdog_s` and clears latched events.
+    `limits` (the station's SafetyLimits): every pulse, read, VMM, gate level and programming
+    policy is checked against them (SafetyViolation) before any byte is written."""
 
     def __init__(self, port, *, name: str = "board", expected_geometry: Optional[Geometry] = None,
                  baudrate: int = 921600, timeout_s: float = 1.0, job_timeout_s: float = 600.0,
-                 retries: int = 2, watchdog_s: float = 5.0) -> None:
+                 retries: int = 2, watchdog_s: float = 5.0, limits: Optional[SafetyLimits] = None) -> None:
         self.name = name
+        self.limits = limits
         self.timeout_s = float(timeout_s)
         self.job_timeout_s = float(job_timeout_s)
         self.retries = int(retries)
@@ -191,6 +201,11 @@ class ArrayBoard:
         flat = (pe * info.rows + row) * info.cols + col
         if np.unique(flat).size != n:
             raise ValueError("pulse: a cell appears twice in one call; apply those pulses in separate calls")
+        if self.limits is not None:
+            try:
+                self.limits.check(opname, v, g, w, where=lambda i: f"cell #{i}")
+            except SafetyViolation as e:
+                raise SafetyViolation(f"board '{self.name}': {e}") from None
         _check_range("pulse amplitude", v, 0.0, info.v_pulse_max, "V", self, open_low=True)
         _check_range("gate voltage", g, 0.0, info.v_gate_max, "V", self)
         _check_range("pulse width", w, info.width_min_s, info.width_max_s, "s", self)
@@ -210,6 +225,8 @@ class ArrayBoard:
         """Single-cell reads through the board's TIA/ADC: conductances in siemens (float64)."""
         info = self._info()
         pe, row, col = self._addresses(cells)
+        if self.limits is not None:
+            check_read(self.limits, v_read, BOARD_READ_GATE_V, f"board '{self.name}': ")
         if not 0 < float(v_read) <= info.v_read_max * (1 + 1e-6):
             raise SafetyViolation(f"read voltage {v_read} V outside the board range 0..{info.v_read_max:.3g} V")
         if not 1 <= int(n_avg) <= info.n_avg_max:
@@ -240,6 +257,8 @@ class ArrayBoard:
             if a.size == 0 or a.min() < 0 or a.max() >= n or np.unique(a).size != a.size:
                 raise AddressError(f"vmm: {what} indices must be non-empty, unique and within 0..{n - 1}")
         x = validate_inputs(inputs, rows.size, info.input_bits)
+        if self.limits is not None:
+            check_read(self.limits, v_read, BOARD_READ_GATE_V, f"board '{self.name}': vmm: ")
         if not 0 < float(v_read) <= info.v_read_max * (1 + 1e-6):
             raise SafetyViolation(f"vmm read voltage {v_read} V outside the board range 0..{info.v_read_max:.3g} V")
         fs = 0.0 if adc_full_scale_a is None else float(adc_full_scale_a)
@@ -293,6 +312,11 @@ class ArrayBoard:
         flat = (pe * info.rows + row) * info.cols + col
         if np.unique(flat).size != n:
             raise ValueError("program_job: a cell appears twice in the selection; program each cell once")
+        if not isinstance(policy, WriteVerifyPolicy):
+            raise ConfigError(f"program_job: policy must be a WriteVerifyPolicy, got {type(policy).__name__}")
+        if self.limits is not None:
+            check_policy(self.limits, policy, FIRMWARE_V_READ, BOARD_READ_GATE_V,
+                         f"board '{self.name}': program_job: ")
         for name, value, hi_lim in (("set_v_bl", policy.set_v_bl, info.v_pulse_max),
                                     ("reset_v_sl_max", policy.reset_v_sl_max, info.v_pulse_max),
                                     ("form_v_max", policy.form_v_max, info.v_pulse_max),
@@ -588,6 +612,8 @@ class ArrayBoard:
         return cells.pe, cells.row, cells.col
 
     def _check_gate(self, volts: float) -> None:
+        if self.limits is not None:
+            check_level(self.limits, volts, {"gate"}, "gate voltage", f"board '{self.name}': ")
         info = self._info()
         if not np.isfinite(volts) or not 0.0 <= float(volts) <= info.v_gate_max * (1 + 1e-6):
             raise SafetyViolation(f"gate voltage {volts} V outside the board DAC range 0..{info.v_gate_max:.3g} V; "

@@ -8,8 +8,9 @@ Fastest path per operation:
 - capability `program`: the board firmware job (program.path = "board-firmware", PROGRAM_JOB in
   chunks) or the on-instrument 2600B script, one bus transaction per cell ("smu-script");
   "host" leaves programming to hil's generic loop over read/pulse.
-Safety limits are checked by the Crossbar base class before anything is sent; the board and the
-SMU drivers check their own hardware ranges as well. `close()` switches every SMU output off and
+Safety limits are checked by the Crossbar base class before anything is sent (this class
+implements only its hooks); the board and the SMU drivers a station opens carry the station's
+limits as well and check them, and their own hardware ranges, before any byte is written. `close()` switches every SMU output off and
 grounds the board, best effort and idempotent, also after errors and Ctrl+C.
 """
 from __future__ import annotations
@@ -20,11 +21,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hil.crossbar import Crossbar, VmmResult
+from hil.crossbar import Crossbar, VmmResult, check_read
 from hil.errors import ConfigError, HilError
 from hil.geometry import Cells
 from hil.limits import Op
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
+
+from .board import BOARD_READ_GATE_V, FIRMWARE_V_READ
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class InstrumentCrossbar(Crossbar):
         self.smus = dict(smus)
         self.geometry = spec.geometry
         self.limits = spec.limits
+        # reads and VMMs on the board use its fixed read gate, SMU reads read.gate_v: check the higher
+        self.read_gate_v = max(spec.read_gate_v, BOARD_READ_GATE_V)
         caps = set()
         if spec.program_path in ("board-firmware", "smu-script"):
             caps.add("program")
@@ -72,21 +77,11 @@ class InstrumentCrossbar(Crossbar):
             left -= k
         return total / n_avg
 
-    def read_smu(self, cells: Cells, *, v_read: Optional[float] = None, n_avg: int = 1) -> np.ndarray:
-        """Precision reads: one SMU measurement per cell (averaged `n_avg` times), in siemens.
-        Limits are checked as for `read`."""
-        self._check_open()
+    def _read_smu(self, cells: Cells, v_read: float, n_avg: int) -> np.ndarray:
+        """Hook of `read_smu` (capability smu_read): one SMU measurement per cell."""
         if self._bl is None:
             raise ConfigError(f"station {self.spec.name}: read_smu needs channels.bl on an SMU channel")
-        cells = self._cells(cells)
-        v = self.v_read_default if v_read is None else float(v_read)
-        self.limits.check(Op.READ, v, self.spec.read_gate_v, 1e-6)
-        if int(n_avg) < 1:
-            raise ValueError(f"n_avg must be >= 1, got {n_avg}")
-        return self._read_smu(cells, v, int(n_avg))
-
-    def _read_smu(self, cells: Cells, v_read: float, n_avg: int) -> np.ndarray:
-        self.limits.check(Op.READ, v_read, self.spec.read_gate_v, 1e-6)
+        check_read(self.limits, v_read, self.spec.read_gate_v)
         bl = self._bl
         smu = self.smus[bl.instrument]
         comp = min(self._opt(bl, "compliance_a", DEFAULT_COMPLIANCE_A), self.limits["READ"].max_compliance_a)
@@ -158,17 +153,26 @@ class InstrumentCrossbar(Crossbar):
         return self._clock_last
 
     # ---- program capability ---------------------------------------------------------------------
-    def program(self, cells: Cells, targets_s, lo_s, hi_s, policy, *,
-                on_step: Optional[Callable] = None, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None):
-        """Write-verify `cells` into [lo_s, hi_s] where it runs fastest (see the module docstring).
-        Called by hil.program.write_verify after it validated everything against the limits."""
-        self._check_open()
+    def _program(self, cells: Cells, targets_s, lo_s, hi_s, policy, *,
+                 on_step: Optional[Callable] = None, progress: Optional[ProgressCallback] = None,
+                 cancel: Optional[CancelToken] = None):
+        """Hook of `Crossbar.program` (policy and verify reads already checked against the limits):
+        write-verify where it runs fastest (see the module docstring)."""
         if self.spec.program_path == "board-firmware":
             return self._program_board(cells, targets_s, lo_s, hi_s, policy, on_step, progress, cancel)
         if self.spec.program_path == "smu-script":
             return self._program_script(cells, targets_s, lo_s, hi_s, policy, on_step, progress, cancel)
-        raise ConfigError(f"station {self.spec.name}: program.path = \"host\" has no program capability")
+        return super()._program(cells, targets_s, lo_s, hi_s, policy, on_step=on_step, progress=progress,
+                                cancel=cancel)
+
+    def _program_reads(self) -> tuple[float, float]:
+        """Verify reads of the programming path: the 2600B script reads at `v_read_default` with
+        program.read_gate_v on the gate; the board firmware at its fixed 0.2 V / 3.3 V gate."""
+        if self.spec.program_path == "smu-script":
+            return self.v_read_default, self.spec.script_read_gate_v
+        if self.spec.program_path == "board-firmware":
+            return FIRMWARE_V_READ, BOARD_READ_GATE_V
+        return super()._program_reads()
 
     def _program_board(self, cells, targets_s, lo_s, hi_s, policy, on_step, progress, cancel):
         from hil.program import ProgramStep

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Optional
 
+from hil.crossbar import check_policy
 from hil.errors import BackendError, ConfigError
 
 from .visa_instrument import Setting, SmuDriver, in_range, range_or_auto
@@ -201,6 +202,10 @@ class Keithley2600(SmuDriver):
         for name, v in (("v_read", v_read), ("read_gate_v", read_gate_v)):
             if not 0 < float(v) <= self.MAX_V:
                 raise ConfigError(f"{name} = {v!r} V must be in (0, {self.MAX_V:g}] V")
+        if not hasattr(policy, "validate"):
+            raise ConfigError(f"{self.where()}: policy must be a WriteVerifyPolicy, got {type(policy).__name__}")
+        if self.limits is not None:
+            check_policy(self.limits, policy, v_read, read_gate_v, f"{self.where()}: write-verify script: ")
         args = [v_read, read_gate_v, int(policy.n_verify_reads), int(policy.max_pulses), policy.width_s,
                 policy.set_v_bl, policy.set_gate_start, policy.set_gate_step, policy.set_gate_max,
                 policy.reset_v_sl_start, policy.reset_v_sl_step, policy.reset_v_sl_max, policy.reset_gate,

@@ -459,13 +459,19 @@ def open_instruments(spec: StationSpec, state_path=None) -> tuple[Any, dict]:
                 kw["retries"] = s.options["retries"]
             if "min_pulse_s" in s.options:
                 kw["min_pulse_s"] = s.options["min_pulse_s"]
+            roles: dict = {}                # the station's limits travel with the driver
+            for role in ("bl", "sl", "gate"):
+                ref = spec.smu_of(role)
+                if ref is not None and ref.instrument == s.name:
+                    roles.setdefault(ref.channel, set()).add(role)
+            kw.update(limits=spec.limits, roles=roles)
             smu = cls(s.address, s.visa_library, **kw)
             opened.append(smu)
             _check_identity(s, smu.identity.raw if smu.identity else "")
             smus[s.name] = smu
         b = spec.board
         cls = _driver_class(b.kind)
-        kw = {"name": b.name, "expected_geometry": spec.geometry, "timeout_s": b.timeout_s}
+        kw = {"name": b.name, "expected_geometry": spec.geometry, "timeout_s": b.timeout_s, "limits": spec.limits}
         for k, arg in (("baudrate", "baudrate"), ("retries", "retries"), ("watchdog", "watchdog_s"),
                        ("job_timeout", "job_timeout_s")):
             if k in b.options:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from hil.crossbar import check_compliance, check_level, check_width
 from hil.errors import BackendError, ConfigError, InstrumentTimeout
 
 log = logging.getLogger(__name__)
@@ -405,16 +406,40 @@ class SmuDriver(VisaInstrument):
     """Common SMU API of all four drivers (voltage source, current measure).
 
     configure(compliance_a, v_range, i_range, nplc) must come before output(True);
-    source_voltage(v); output(on); measure_current() -> A; pulse(v, width_s); safe_off()."""
+    source_voltage(v); output(on); measure_current() -> A; pulse(v, width_s); safe_off().
+
+    `limits` (the station's SafetyLimits) and `roles` ({channel: roles}, the terminals 'bl', 'sl',
+    'gate' a channel is wired to; channel None on a one-channel SMU): every level (DC, pulse),
+    compliance and pulse width the driver would send is checked against the widest value any
+    operation allows on those terminals (hil.crossbar.check_level), before any byte is written.
+    A channel without roles gets the widest value of every terminal."""
 
     MIN_PULSE_S = 1e-3
     MAX_PULSE_S = 10.0
     MAX_V = 20.0
+    LEVEL_SETTINGS = ("level_v", "pulse_peak_v")       # Settings that put a voltage on the output
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, limits=None, roles: Optional[dict] = None, **kwargs) -> None:
         self._configured: set = set()
         self._v_range: dict = {}
+        self.limits = limits
+        self.roles = {ch: frozenset(r) for ch, r in (roles or {}).items()}
         super().__init__(*args, **kwargs)
+
+    def command(self, setting: str, value, **ctx) -> str:
+        """As VisaInstrument.command, and levels, compliance and widths within the station limits."""
+        text = super().command(setting, value, **ctx)
+        if self.limits is not None and value is not None:
+            ch = ctx.get("ch")
+            channel = ch[3:] if isinstance(ch, str) and ch.startswith("smu") else ch
+            where = f"{self.where()}{'' if channel is None else f' smu{channel}'}: "
+            if setting in self.LEVEL_SETTINGS:
+                check_level(self.limits, value, self.roles.get(channel), "level", where)
+            elif setting == "compliance_a":
+                check_compliance(self.limits, value, where)
+            elif setting == "pulse_width_s":
+                check_width(self.limits, value, where)
+        return text
 
     def _require_configured(self, channel, what: str) -> None:
         if channel not in self._configured:
@@ -423,6 +448,9 @@ class SmuDriver(VisaInstrument):
 
     def _check_level(self, v, channel=None) -> float:
         v = _number(v, "voltage")
+        if self.limits is not None:
+            check_level(self.limits, v, self.roles.get(channel), "level",
+                        f"{self.where()}{'' if channel is None else f' smu{channel}'}: ")
         rng = self._v_range.get(channel)
         top = min(self.MAX_V, rng * 1.01) if rng else self.MAX_V
         if abs(v) > top:
@@ -432,6 +460,8 @@ class SmuDriver(VisaInstrument):
 
     def _check_width(self, width_s) -> float:
         w = _number(width_s, "width_s")
+        if self.limits is not None:
+            check_width(self.limits, w, f"{self.where()}: ")
         if not self.MIN_PULSE_S <= w <= self.MAX_PULSE_S:
             raise ConfigError(f"{self.where()}: pulse width {w:g} s is outside what this driver can make "
                               f"[{self.MIN_PULSE_S:g}, {self.MAX_PULSE_S:g}] s; use the array board's "

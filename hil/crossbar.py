@@ -1,7 +1,13 @@
 """The Crossbar contract: everything above the backends speaks only this.
 
-Public methods validate addresses, values and safety limits, then call the backend's
-`_read`, `_pulse` and `_vmm`; a backend cannot skip the checks by forgetting them.
+Every public method that can apply a voltage (`CHECKED_METHODS`: reads, pulses, VMMs and the
+optional capabilities such as `program`, `read_stress`, `read_smu`) is a final method of
+`Crossbar`: it validates addresses, values and the station's safety limits, then calls the
+backend's hook (`_read`, `_pulse`, `_vmm`, `_program`, ...). A subclass that overrides one of
+them is refused when the class is created, so a backend cannot skip the checks by forgetting them.
+
+The `check_*` helpers apply the same limits below the contract: drivers that a station hands out
+carry its limits and call them before any byte is sent.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import AddressError, BackendError
+from .errors import AddressError, BackendError, SafetyViolation
 from .geometry import Cells, Geometry
 from .limits import Op, SafetyLimits
 
@@ -20,6 +26,11 @@ log = logging.getLogger(__name__)
 
 INPUT_BITS = 8
 DEFAULT_V_READ = 0.2
+
+#: public entries that can apply a voltage: checked here, final, each calls the hook `_<name>`
+CHECKED_METHODS = ("read", "pulse", "vmm", "program", "read_stress", "read_smu")
+#: methods a backend may not override: the checked entries and the checks of `program`
+FINAL_METHODS = CHECKED_METHODS + ("check_program",)
 
 
 @dataclass
@@ -58,29 +69,40 @@ class Crossbar(abc.ABC):
     """A chip of 1T1R processing elements behind one backend (simulated or physical).
 
     Subclasses set `geometry` and `limits` and implement `_read`, `_pulse`, `_vmm`,
-    `now`, `_describe` and `_close`. Optional capabilities (listed in `capabilities`):
-    `program` (write-verify where it runs fastest), `advance` (virtual clock),
-    `read_stress` (bulk read pulses without returning values)."""
+    `now`, `_describe` and `_close`. Optional capabilities (listed in `capabilities`), each
+    a checked public method here with a backend hook: `program` -> `_program` (write-verify
+    where it runs fastest; without the capability the generic host loop runs), `read_stress`
+    -> `_read_stress` (bulk read pulses without returning values), `smu_read` -> `_read_smu`
+    (precision reads). `advance` (virtual clock) applies no voltage and is the backend's own.
+    Overriding a method of FINAL_METHODS is refused (TypeError) at class creation."""
 
     geometry: Geometry
     limits: SafetyLimits
     capabilities: frozenset = frozenset()
     v_read_default: float = DEFAULT_V_READ
+    read_gate_v: float = 0.0          # gate (word-line) level the backend applies during reads, V
 
     _closed = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        bad = [name for name in FINAL_METHODS if name in vars(cls)]
+        if bad:
+            raise TypeError(
+                f"{cls.__name__} overrides {', '.join('Crossbar.' + n for n in bad)}: these public methods "
+                f"check the safety limits and are final; implement the backend hook(s) "
+                f"{', '.join('_' + n for n in bad)} instead")
 
     # ---- public, checked API ----------------------------------------------------------
     def read(self, cells: Cells, *, v_read: Optional[float] = None, n_avg: int = 1) -> np.ndarray:
         """Conductances in siemens of `cells`, averaged over `n_avg` reads."""
         self._check_open()
         cells = self._cells(cells)
-        v = self.v_read_default if v_read is None else float(v_read)
-        self.limits.check(Op.READ, v, 0.0, 1e-6)
-        if int(n_avg) < 1:
-            raise ValueError(f"n_avg must be >= 1, got {n_avg}")
+        v = self._read_level(v_read)
+        n_avg = _count(n_avg, "n_avg", 1)
         if len(cells) == 0:
             return np.zeros(0)
-        return self._read(cells, v, int(n_avg))
+        return self._read(cells, v, n_avg)
 
     def pulse(self, cells: Cells, op, v, v_gate, width, compliance_a=None) -> None:
         """Apply one SET/RESET/FORM pulse per cell (scalars or arrays per cell).
@@ -116,11 +138,62 @@ class Crossbar(abc.ABC):
             if np.unique(a).size != a.size:
                 raise AddressError(f"vmm {name} indices must not repeat")
         x = validate_inputs(inputs, rows.size)
-        v = self.v_read_default if v_read is None else float(v_read)
-        self.limits.check(Op.READ, v, 0.0, 1e-6)
+        v = self._read_level(v_read)
         if adc_full_scale_a is not None and not (np.isfinite(adc_full_scale_a) and adc_full_scale_a > 0):
             raise ValueError(f"adc_full_scale_a must be a positive number, got {adc_full_scale_a}")
         return self._vmm(int(pe), x, rows, cols, v, adc_full_scale_a)
+
+    def program(self, cells: Cells, targets_s, lo_s, hi_s, policy=None, *, on_step=None,
+                progress=None, cancel=None):
+        """Write-verify `cells` into [lo_s, hi_s] (siemens), returning a hil.program.ProgramReport.
+
+        The whole policy (every ramp's top, width) and the verify reads the backend will apply
+        (`_program_reads`) are checked against the limits first; then the backend's `_program`
+        runs (the `program` capability: firmware, instrument script, vectorized), or the generic
+        host loop over the checked `read`/`pulse`. Use hil.program.write_verify for targets
+        and tolerances, resume and journaling."""
+        self._check_open()
+        cells, targets, lo, hi, policy = self.check_program(cells, targets_s, lo_s, hi_s, policy)
+        return self._program(cells, targets, lo, hi, policy, on_step=on_step, progress=progress, cancel=cancel)
+
+    def check_program(self, cells: Cells, targets_s, lo_s, hi_s, policy=None):
+        """Every check of `program`, applying nothing and touching no hardware; returns the
+        validated (cells, targets, lo, hi, policy)."""
+        from .program import WriteVerifyPolicy, validate_program_args
+        policy = WriteVerifyPolicy() if policy is None else policy
+        cells, targets, lo, hi = validate_program_args(self, cells, targets_s, lo_s, hi_s, policy)
+        v, gate = self._program_reads()
+        try:
+            check_read(self.limits, v, gate)
+        except SafetyViolation as e:
+            raise SafetyViolation(f"write-verify rejected: its verify reads would apply {v:.4g} V at a "
+                                  f"{gate:.4g} V gate: {e}") from None
+        return cells, targets, lo, hi, policy
+
+    def read_stress(self, cells: Cells, n_reads: int, v_read: Optional[float] = None,
+                    width_s: float = 50e-9) -> None:
+        """Apply `n_reads` read pulses of `width_s` to every cell of the selection (no readout);
+        capability `read_stress`."""
+        self._check_open()
+        self._require("read_stress")
+        cells = self._cells(cells)
+        v = self._read_level(v_read, width_s)
+        n = _count(n_reads, "n_reads", 0)
+        if len(cells) == 0 or n == 0:
+            return
+        self._read_stress(cells, n, v, float(width_s))
+
+    def read_smu(self, cells: Cells, *, v_read: Optional[float] = None, n_avg: int = 1) -> np.ndarray:
+        """Precision reads, one SMU measurement per cell (averaged `n_avg` times), in siemens;
+        capability `smu_read`. Limits are checked as for `read`."""
+        self._check_open()
+        self._require("smu_read")
+        cells = self._cells(cells)
+        v = self._read_level(v_read)
+        n_avg = _count(n_avg, "n_avg", 1)
+        if len(cells) == 0:
+            return np.zeros(0)
+        return self._read_smu(cells, v, n_avg)
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
@@ -173,6 +246,23 @@ class Crossbar(abc.ABC):
     def now(self) -> float:
         """Backend clock in seconds (virtual for the simulator)."""
 
+    def _program(self, cells: Cells, targets_s: np.ndarray, lo_s: np.ndarray, hi_s: np.ndarray, policy, *,
+                 on_step=None, progress=None, cancel=None):
+        """Hook of `program` (arguments validated). Default: the generic host loop."""
+        from .program import write_verify_host
+        return write_verify_host(self, cells, targets_s, lo_s, hi_s, policy,
+                                 on_step=on_step, progress=progress, cancel=cancel)
+
+    def _program_reads(self) -> tuple[float, float]:
+        """(read V, gate V) of the verify reads `_program` applies; checked against READ."""
+        return self.v_read_default, self.read_gate_v
+
+    def _read_stress(self, cells: Cells, n_reads: int, v_read: float, width_s: float) -> None:
+        raise NotImplementedError
+
+    def _read_smu(self, cells: Cells, v_read: float, n_avg: int) -> np.ndarray:
+        raise NotImplementedError
+
     def _describe(self) -> dict:
         return {"backend": type(self).__name__}
 
@@ -187,6 +277,20 @@ class Crossbar(abc.ABC):
         if self._closed:
             raise BackendError(f"{type(self).__name__} is closed; open the station again")
 
+    def _require(self, capability: str) -> None:
+        if not self.has(capability):
+            raise BackendError(f"{type(self).__name__} has no {capability!r} capability "
+                               f"(it has: {sorted(self.capabilities) or 'none'})")
+
+    def _read_level(self, v_read, width_s=None) -> float:
+        """The read voltage to apply (default `v_read_default`), checked against READ."""
+        v = self.v_read_default if v_read is None else v_read
+        if width_s is None:
+            check_read(self.limits, v, self.read_gate_v)
+        else:
+            self.limits.check(Op.READ, v, self.read_gate_v, width_s)
+        return float(v)
+
     def _cells(self, cells) -> Cells:
         if not isinstance(cells, Cells):
             raise TypeError(f"expected a Cells selection, got {type(cells).__name__}")
@@ -195,6 +299,83 @@ class Crossbar(abc.ABC):
     @staticmethod
     def _per_cell(a: Any, n: int, name: str) -> np.ndarray:
         return per_cell(a, n, name)
+
+
+def _count(value, name: str, minimum: int) -> int:
+    """An integer count >= `minimum` (ValueError otherwise; bools and fractions refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or not np.isfinite(value) or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ---- the station limits below the contract (drivers) ------------------------------------------
+def check_read(limits: SafetyLimits, v, v_gate=0.0, where: str = "") -> None:
+    """SafetyViolation unless a read at `v` volts (gate `v_gate`) is within limits.READ.
+    A read has no pulse width of its own, so only the levels are checked."""
+    lim = limits[Op.READ]
+    try:
+        limits.check(Op.READ, v, v_gate, lim.min_width_s)
+    except SafetyViolation as e:
+        raise SafetyViolation(f"{where}{e}") from None
+
+
+#: the terminals a driver channel can be wired to (drivers.station channel roles)
+ROLES = frozenset({"bl", "sl", "gate"})
+
+
+def check_level(limits: SafetyLimits, v, roles=ROLES, what: str = "level", where: str = "") -> None:
+    """SafetyViolation unless |v| is within the widest level any operation allows on terminals
+    `roles` ('bl'/'sl': max_v, 'gate': max_v_gate): the bound for a driver that applies a level
+    without knowing the operation (an SMU channel, the board's gate DAC)."""
+    roles = ROLES if not roles else frozenset(roles)
+    bounds = [lim.max_v for op, lim in _ops(limits) if roles & {"bl", "sl"}]
+    bounds += [lim.max_v_gate for op, lim in _ops(limits) if "gate" in roles]
+    _bound(v, max(bounds), what, "V", "the station limits of " + "/".join(sorted(roles)), where)
+
+
+def check_compliance(limits: SafetyLimits, a, where: str = "") -> None:
+    """SafetyViolation unless a compliance current is within the largest any operation allows."""
+    _bound(a, max(lim.max_compliance_a for _, lim in _ops(limits)), "compliance", "A", "the station limits",
+           where)
+
+
+def check_width(limits: SafetyLimits, w, where: str = "") -> None:
+    """SafetyViolation unless a pulse width is within the widest range any operation allows."""
+    lo = min(lim.min_width_s for _, lim in _ops(limits))
+    hi = max(lim.max_width_s for _, lim in _ops(limits))
+    a = np.asarray(w, dtype=float).ravel()
+    bad = ~np.isfinite(a) | (a < lo * (1 - 1e-9)) | (a > hi * (1 + 1e-9))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SafetyViolation(f"{where}pulse width {a[i]:.4g} s is outside the station limits "
+                              f"{lo:.3g}..{hi:.3g} s; nothing was sent")
+
+
+def check_policy(limits: SafetyLimits, policy, v_read: float, read_gate_v: float = 0.0, where: str = "") -> None:
+    """A write-verify policy (every ramp's top, its width) and the verify reads at `v_read` /
+    `read_gate_v` against the limits (SafetyViolation / ConfigError)."""
+    try:
+        policy.validate(limits)
+        check_read(limits, v_read, read_gate_v)
+    except SafetyViolation as e:
+        raise SafetyViolation(f"{where}{e}") from None
+
+
+def _ops(limits: SafetyLimits):
+    return [(op, limits[op]) for op in Op]
+
+
+def _bound(values, bound: float, what: str, unit: str, source: str, where: str) -> None:
+    try:
+        a = np.asarray(values, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise SafetyViolation(f"{where}{what} {values!r} is not a number; nothing was sent") from None
+    bad = ~np.isfinite(a) | (np.abs(a) > bound)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise SafetyViolation(f"{where}{what} {a[i]:.4g} {unit} exceeds {source} ({bound:.4g} {unit}); "
+                              f"nothing was sent")
 
 
 def per_cell(a: Any, n: int, name: str) -> np.ndarray:

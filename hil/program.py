@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "WriteVerifyPolicy", "ProgramStep", "ProgramReport", "write_verify", "write_verify_host",
-    "STATUS_NAMES", "IN_BAND", "MAX_PULSES", "UNRESPONSIVE", "NOT_FINISHED", "MIN_STUCK_CHANGE_S",
+    "validate_program_args", "STATUS_NAMES", "IN_BAND", "MAX_PULSES", "UNRESPONSIVE", "NOT_FINISHED",
+    "MIN_STUCK_CHANGE_S",
 ]
 
 # ---- status codes ------------------------------------------------------------------------
@@ -339,6 +340,25 @@ def _per_cell(a, n: int, name: str, positive: bool) -> np.ndarray:
     return arr
 
 
+def validate_program_args(xbar: Crossbar, cells, targets_s, lo_s, hi_s, policy):
+    """Checks of `Crossbar.program` before anything is applied: the selection (in the geometry,
+    no repeats), targets and bands (finite, one per cell or scalars, lo <= hi) and the policy
+    against `xbar.limits` (every ramp's top and the width). Returns (cells, targets, lo, hi)."""
+    if not isinstance(policy, WriteVerifyPolicy):
+        raise ConfigError(f"policy must be a WriteVerifyPolicy, got {type(policy).__name__}")
+    cells = _check_cells(xbar, cells)
+    n = len(cells)
+    targets = _targets(targets_s, n)
+    lo = _per_cell(lo_s, n, "lo_s", positive=False)
+    hi = _per_cell(hi_s, n, "hi_s", positive=False)
+    if (lo > hi).any():
+        i = int(np.argmax(lo > hi))
+        raise ConfigError(f"cell #{i}: band lower edge {format_us(lo[i])} µS is above the upper edge "
+                          f"{format_us(hi[i])} µS")
+    policy.validate(xbar.limits)
+    return cells, targets, lo, hi
+
+
 def _bool_mask(mask, n: int) -> np.ndarray:
     m = np.asarray(mask)
     if m.dtype != bool or m.shape != (n,):
@@ -357,8 +377,9 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
                  prior_status=None) -> ProgramReport:
     """Program `cells` to `targets_s` ± `tolerance_s` (siemens; scalars or one per cell).
 
-    Everything is validated before the backend is touched. Uses the backend's `program`
-    capability when it has one, else `write_verify_host`.
+    Everything is validated before the backend is touched. Runs through the checked
+    `xbar.program` (the backend's fast path when it has the `program` capability, else
+    `write_verify_host`).
 
     Resuming: cells with `done_mask` True were finished by an earlier (interrupted) run; they are
     neither read nor pulsed and are reported from `prior_final_s`, `prior_pulses`, `prior_status`
@@ -373,7 +394,7 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
     targets = _targets(targets_s, n)
     tol = _per_cell(tolerance_s, n, "tolerance_s", positive=True)
     lo, hi = targets - tol * policy.verify_margin, targets + tol * policy.verify_margin
-    policy.validate(xbar.limits)
+    xbar.check_program(cells, targets, lo, hi, policy)      # all of program's checks, before any I/O
 
     final = np.full(n, np.nan)
     pulses = np.zeros(n, dtype=np.int64)
@@ -436,16 +457,13 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
 
     sub_cells = cells if n_prior == 0 else cells[sel]
     try:
-        if xbar.has("program"):
-            log.debug("write-verify of %d cells delegated to %s.program", sel.size, type(xbar).__name__)
-            sub = xbar.program(sub_cells, targets[sel], lo[sel], hi[sel], policy,
-                               on_step=sub_step, progress=sub_progress, cancel=cancel)
-            if not isinstance(sub, ProgramReport) or len(sub) != sel.size:
-                raise BackendError(f"{type(xbar).__name__}.program returned {type(sub).__name__} "
-                                   f"of wrong size; expected a ProgramReport of {sel.size} cells")
-        else:
-            sub = write_verify_host(xbar, sub_cells, targets[sel], lo[sel], hi[sel], policy,
-                                    on_step=sub_step, progress=sub_progress, cancel=cancel)
+        log.debug("write-verify of %d cells through %s.program (fast path: %s)", sel.size,
+                  type(xbar).__name__, xbar.has("program"))
+        sub = xbar.program(sub_cells, targets[sel], lo[sel], hi[sel], policy,
+                           on_step=sub_step, progress=sub_progress, cancel=cancel)
+        if not isinstance(sub, ProgramReport) or len(sub) != sel.size:
+            raise BackendError(f"{type(xbar).__name__}.program returned {type(sub).__name__} "
+                               f"of wrong size; expected a ProgramReport of {sel.size} cells")
     except HilError as e:
         part = getattr(e, "report", None)
         if isinstance(part, ProgramReport) and len(part) == sel.size:
@@ -479,16 +497,8 @@ def write_verify_host(xbar: Crossbar, cells: Cells, targets_s, lo_s, hi_s,
     pulses at the top of the active ramp moved the reading by no more than
     max(hi - lo, MIN_STUCK_CHANGE_S). Unresponsive takes precedence over max pulses."""
     cancel, progress = ensure(cancel, progress)
-    cells = _check_cells(xbar, cells)
+    cells, targets, lo, hi = validate_program_args(xbar, cells, targets_s, lo_s, hi_s, policy)
     n = len(cells)
-    targets = _targets(targets_s, n)
-    lo = _per_cell(lo_s, n, "lo_s", positive=False)
-    hi = _per_cell(hi_s, n, "hi_s", positive=False)
-    if (lo > hi).any():
-        i = int(np.argmax(lo > hi))
-        raise ConfigError(f"cell #{i}: band lower edge {format_us(lo[i])} µS is above the upper edge "
-                          f"{format_us(hi[i])} µS")
-    policy.validate(xbar.limits)
     cancel.raise_if_cancelled()
 
     t_wall, t_backend = time.perf_counter(), xbar.now()

@@ -170,17 +170,10 @@ class SimulatedCrossbar(Crossbar):
         return VmmResult(codes=codes.astype(np.int64), lsb_a=lsb, v_read=v_read,
                          saturated=sat, adc_bits=adc.bits, input_bits=nb)
 
-    def read_stress(self, cells: Cells, n_reads: int, v_read: Optional[float] = None,
-                    width_s: float = 50e-9) -> None:
-        """Apply `n_reads` read pulses to every cell of the selection in parallel (no readout)."""
-        self._check_open()
-        cells = self._cells(cells)
-        v = self.v_read_default if v_read is None else float(v_read)
-        self.limits.check(Op.READ, v, 0.0, width_s)
-        if int(n_reads) < 0:
-            raise ValueError("n_reads must be >= 0")
-        self.device.add_dose(cells.flat(self.geometry), int(n_reads), v, width_s)
-        self._t += int(n_reads) * (width_s + self.params.timing.slot_overhead_s + 1e-7)
+    def _read_stress(self, cells: Cells, n_reads: int, v_read: float, width_s: float) -> None:
+        """`n_reads` read pulses on every cell of the selection in parallel (no readout)."""
+        self.device.add_dose(cells.flat(self.geometry), n_reads, v_read, width_s)
+        self._t += n_reads * (width_s + self.params.timing.slot_overhead_s + 1e-7)
         self._autosave()
 
     def _describe(self) -> dict:

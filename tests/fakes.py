@@ -115,7 +115,7 @@ class RecordingProgramCrossbar(ToyCrossbar):
         super().__init__(*args, **kwargs)
         self.program_calls: list = []
 
-    def program(self, cells, targets_s, lo_s, hi_s, policy, *, on_step=None, progress=None, cancel=None):
+    def _program(self, cells, targets_s, lo_s, hi_s, policy, *, on_step=None, progress=None, cancel=None):
         from hil.program import write_verify_host
         self.program_calls.append({"cells": cells, "targets_s": np.array(targets_s), "lo_s": np.array(lo_s),
                                    "hi_s": np.array(hi_s), "policy": policy})
