@@ -2,9 +2,11 @@
 
 `EmulatedBoard(world)` turns host bytes into reply bytes (`receive`) and executes every command
 on an `EmulatedWorld`: routing through `world.route/set_drive/dac_gate_v`, pulses, reads, VMM and
-the PROGRAM_JOB on `world.chip` (the job is `hil.program.write_verify_host`, the same algorithm
-the host runs). It is written from the protocol document, not from the driver, so the two check
-each other.
+the PROGRAM_JOB on `world.chip`. The job is the firmware's own write-verify (`_write_verify`),
+written from the algorithm in the document's PROGRAM_JOB section, not hil's host loop. It is
+written from the protocol document, not from the driver, so the two check each other.
+Every pulse and read (direct or inside a job) goes through `_apply_pulse` / `_apply_read`:
+the world's voltage log (`max_applied_v`, `pulse`/`read` events) and STATUS `pulses`.
 
 Accounting: one `world.transaction(name, bytes_in, bytes_out)` per frame (bus time on the
 virtual clock), `COMMAND_S` of firmware time per command, the chip's own timing for pulses,
@@ -26,7 +28,6 @@ from typing import Optional
 
 import numpy as np
 
-from hil.errors import HilError
 from hil.geometry import Cells
 from hil.limits import Op
 
@@ -55,6 +56,10 @@ POLICY_STRUCT = struct.Struct("<" + "".join(c for _, c in POLICY_LAYOUT))
 
 COMMAND_S = 20e-6          # firmware time to decode, check and answer one command
 REL = 1e-6                 # float32 slack on range checks
+READ_GATE_V = 3.3          # fixed WL level of READ_CELLS and of the job's verify reads
+VERIFY_V_READ = 0.2        # read voltage of the job's verify reads
+STUCK_FLOOR_S = 0.3e-6     # floor of the job's unresponsive threshold
+IN_BAND, MAX_PULSES, UNRESPONSIVE = 0, 1, 2
 
 
 class _Nak(Exception):
@@ -394,25 +399,34 @@ class EmulatedBoard:
         if op_code not in OP_BY_CODE:
             raise _Nak(E_BAD_ARG, f"unknown pulse op {op_code} (1 SET, 2 RESET, 3 FORM)")
         cells = self._cells(pe, row, col)
-        flat = cells.flat(self.world.geometry)
-        _, first = np.unique(flat, return_index=True)
-        if first.size != n:
-            dup = int(np.setdiff1d(np.arange(n), first)[0])
-            raise _Nak(E_BAD_ARG, f"cell #{dup} repeats an earlier cell", dup)
+        self._no_repeats(cells)
         self._range("amplitude", v, 0.0, self.v_pulse_max, open_low=True)
         self._range("gate", g, 0.0, self.v_gate_max)
         self._range("width", wd, self.width_min_s, self.width_max_s)
-        op = OP_BY_CODE[op_code]
         if n:
-            w = self.world
-            w.chip.pulse(cells, op, v, g, wd)
-            term = "SL" if op is Op.RESET else "BL"
-            w.max_applied_v[term] = max(w.max_applied_v[term], float(v.max()))
-            w.max_applied_v["WL"] = max(w.max_applied_v["WL"], float(g.max()))
-            w.log(self.name, "pulse", op=op.value, n=n, v_max=float(v.max()), gate_max=float(g.max()))
-            self.pulses += n
+            self._apply_pulse(cells, OP_BY_CODE[op_code], v, g, wd)
         self.last_seq = seq
         return struct.pack("<H", n)
+
+    # -- the physics every handler goes through (voltage log and pulse count included)
+    def _apply_pulse(self, cells: Cells, op: Op, v: np.ndarray, g: np.ndarray, wd: np.ndarray) -> None:
+        """Pulse `cells` one after another in list order (amplitude, gate, width per cell)."""
+        w = self.world
+        w.chip.pulse(cells, op, v, g, wd)
+        term = "SL" if op is Op.RESET else "BL"
+        w.max_applied_v[term] = max(w.max_applied_v[term], float(v.max()))
+        w.max_applied_v["WL"] = max(w.max_applied_v["WL"], float(g.max()))
+        w.log(self.name, "pulse", op=op.value, n=len(cells), v_max=float(v.max()), gate_max=float(g.max()))
+        self.pulses += len(cells)
+
+    def _apply_read(self, cells: Cells, v_read: float, n_avg: int) -> np.ndarray:
+        """Read `cells` alone each, in list order, at `v_read` on BL and the read gate; mean of `n_avg`."""
+        w = self.world
+        g = w.chip.read(cells, v_read=float(v_read), n_avg=int(n_avg))
+        w.max_applied_v["BL"] = max(w.max_applied_v["BL"], float(v_read))
+        w.max_applied_v["WL"] = max(w.max_applied_v["WL"], READ_GATE_V)
+        w.log(self.name, "read", n=len(cells), volts=float(v_read), gate=READ_GATE_V, n_avg=int(n_avg))
+        return g
 
     def _read_cells(self, p: _Payload, seq: int) -> bytes:
         v, n_avg = p.take("fH")
@@ -422,7 +436,7 @@ class EmulatedBoard:
         if not 1 <= n_avg <= self.n_avg_max:
             raise _Nak(E_RANGE, f"n_avg {n_avg} outside 1..{self.n_avg_max}")
         cells = self._cells(pe, row, col)
-        g = self.world.chip.read(cells, v_read=float(v), n_avg=int(n_avg)) if pe.size else np.zeros(0)
+        g = self._apply_read(cells, v, n_avg) if pe.size else np.zeros(0)
         return struct.pack("<H", pe.size) + _f32(g)
 
     def _vmm(self, p: _Payload, seq: int) -> bytes:
@@ -455,25 +469,15 @@ class EmulatedBoard:
                 + np.asarray(res.codes, dtype="<u4").tobytes() + np.asarray(res.saturated, dtype="u1").tobytes())
 
     def _program_job(self, p: _Payload, seq: int) -> bytes:
-        from hil.errors import ConfigError
-        from hil.program import WriteVerifyPolicy, write_verify_host
         values = p.take(POLICY_STRUCT.format[1:])
         pe, row, col = p.cells()
         n = pe.size
         tgt, lo, hi = (p.array("<f4", n).astype(float) for _ in range(3))
         p.end()
-        kw = {name: (int(v) if c == "H" else float(v)) for (name, c), v in zip(POLICY_LAYOUT, values)}
-        try:
-            policy = WriteVerifyPolicy(**kw)
-            policy.validate(self.world.chip.limits)
-        except ConfigError as e:
-            raise _Nak(E_BAD_ARG, f"policy: {e}") from None
-        for name in ("set_v_bl", "reset_v_sl_max", "form_v_max"):
-            self._range(f"policy {name}", np.array([kw[name]]), 0.0, self.v_pulse_max, open_low=True)
-        for name in ("set_gate_max", "reset_gate", "form_gate"):
-            self._range(f"policy {name}", np.array([kw[name]]), 0.0, self.v_gate_max)
-        self._range("policy width_s", np.array([kw["width_s"]]), self.width_min_s, self.width_max_s)
+        pol = {name: (int(v) if c == "H" else float(v)) for (name, c), v in zip(POLICY_LAYOUT, values)}
+        self._check_policy(pol)
         cells = self._cells(pe, row, col)
+        self._no_repeats(cells)
         for name, a in (("target", tgt), ("lo", lo), ("hi", hi)):
             self._range(name, a, 0.0, 1.0)
         if (lo > hi).any():
@@ -481,16 +485,113 @@ class EmulatedBoard:
             raise _Nak(E_BAD_ARG, f"band of cell #{i} has lo above hi", i)
         if n == 0:
             return struct.pack("<HHf", 0, 0, 0.0)
-        try:
-            rep = write_verify_host(self.world.chip, cells, tgt, lo, hi, policy)
-        except HilError as e:
-            raise _Nak(E_BAD_ARG, f"{type(e).__name__}: {e}") from None
-        n_p = int(rep.pulses.sum())
-        self.pulses += n_p
+        t0 = self.world.now()
+        final, pulses, status, rounds = self._write_verify(cells, lo, hi, pol)
+        job_s = self.world.now() - t0
         self.last_seq = seq
-        self.world.log(self.name, "program_job", n=n, pulses=n_p, in_band=int(np.count_nonzero(rep.status == 0)))
-        return (struct.pack("<HHf", n, min(rep.iterations, 0xFFFF), rep.backend_seconds) + _f32(rep.final_s)
-                + np.minimum(rep.pulses, 0xFFFF).astype("<u2").tobytes() + rep.status.astype("i1").tobytes())
+        self.world.log(self.name, "program_job", n=n, pulses=int(pulses.sum()),
+                       in_band=int(np.count_nonzero(status == IN_BAND)))
+        return (struct.pack("<HHf", n, min(rounds, 0xFFFF), job_s) + _f32(final)
+                + np.minimum(pulses, 0xFFFF).astype("<u2").tobytes() + status.astype("i1").tobytes())
+
+    def _no_repeats(self, cells: Cells) -> None:
+        flat = cells.flat(self.world.geometry)
+        _, first = np.unique(flat, return_index=True)
+        if first.size != flat.size:
+            dup = int(np.setdiff1d(np.arange(flat.size), first)[0])
+            raise _Nak(E_BAD_ARG, f"cell #{dup} repeats an earlier cell", dup)
+
+    def _check_policy(self, pol: dict) -> None:
+        """The PROGRAM_JOB policy checks of the protocol document (BAD_ARGUMENT, then OUT_OF_RANGE)."""
+        def bad(msg: str):
+            return _Nak(E_BAD_ARG, f"policy: {msg}")
+        for name, v in pol.items():
+            if not np.isfinite(v):
+                raise bad(f"{name} is not a number")
+        for name in ("n_verify_reads", "max_pulses", "stuck_after"):
+            if pol[name] < 1:
+                raise bad(f"{name} must be at least 1")
+        for name in ("width_s", "set_v_bl", "set_gate_start", "reset_v_sl_start", "reset_gate",
+                     "form_v_start", "form_gate"):
+            if pol[name] <= 0:
+                raise bad(f"{name} {pol[name]:.4g} must be positive")
+        for name in ("set_gate_step", "reset_v_sl_step", "form_v_step", "form_threshold_s"):
+            if pol[name] < 0:
+                raise bad(f"{name} {pol[name]:.4g} must not be negative")
+        for op in ("set_gate", "reset_v_sl", "form_v"):
+            if pol[f"{op}_start"] > pol[f"{op}_max"]:
+                raise bad(f"{op}_start {pol[f'{op}_start']:.4g} is above {op}_max {pol[f'{op}_max']:.4g}")
+        if not 0 < pol["verify_margin"] <= 1:
+            raise bad(f"verify_margin {pol['verify_margin']:.4g} outside (0, 1]")
+        for name in ("set_v_bl", "reset_v_sl_max", "form_v_max"):
+            self._range(f"policy {name}", np.array([pol[name]]), 0.0, self.v_pulse_max, open_low=True)
+        for name in ("set_gate_max", "reset_gate", "form_gate"):
+            self._range(f"policy {name}", np.array([pol[name]]), 0.0, self.v_gate_max)
+        self._range("policy width_s", np.array([pol["width_s"]]), self.width_min_s, self.width_max_s)
+        if pol["n_verify_reads"] > self.n_avg_max:
+            raise _Nak(E_RANGE, f"policy n_verify_reads {pol['n_verify_reads']} outside 1..{self.n_avg_max}")
+
+    def _write_verify(self, cells: Cells, lo: np.ndarray, hi: np.ndarray, pol: dict):
+        """The PROGRAM_JOB algorithm of the protocol document, vectorized over the cells (they
+        are independent). Returns (final reading, pulses, status) per cell and the round count."""
+        n = len(cells)
+        final = np.full(n, np.nan)
+        pulses = np.zeros(n, np.int64)
+        status = np.full(n, -1, np.int64)
+        k = {op: np.zeros(n, np.int64) for op in (Op.FORM, Op.SET, Op.RESET)}
+        last_dir = np.zeros(n, np.int8)
+        top = np.zeros(n, np.int64)
+        formed = np.zeros(n, bool)
+        S = pol["stuck_after"]
+        # readings of the last S+1 rounds; unneeded when S > max_pulses (max pulses stops a cell first)
+        ring = S + 1 if S <= pol["max_pulses"] else 1
+        hist = np.zeros((n, ring))
+        stuck_thr = np.maximum(hi - lo, STUCK_FLOOR_S)
+        ramps = {Op.FORM: ("form_v_start", "form_v_step", "form_v_max"),
+                 Op.SET: ("set_gate_start", "set_gate_step", "set_gate_max"),
+                 Op.RESET: ("reset_v_sl_start", "reset_v_sl_step", "reset_v_sl_max")}
+        act = np.arange(n)
+        r = 0
+        while act.size:
+            # 1. verify read
+            g = self._apply_read(cells[act], VERIFY_V_READ, pol["n_verify_reads"])
+            hist[act, r % ring] = g
+            formed[act] |= g >= pol["form_threshold_s"]
+            # 2. stop rules: in band, unresponsive, max pulses (first match wins)
+            inb = (g >= lo[act]) & (g <= hi[act])
+            unresp = ~inb & (top[act] >= S)
+            if unresp.any():
+                unresp &= np.abs(g - hist[act, (r - S) % ring]) <= stuck_thr[act]
+            maxp = ~inb & ~unresp & (pulses[act] >= pol["max_pulses"])
+            stop = inb | unresp | maxp
+            final[act[stop]] = g[stop]
+            status[act[stop]] = np.where(inb, IN_BAND, np.where(unresp, UNRESPONSIVE, MAX_PULSES))[stop]
+            act, g = act[~stop], g[~stop]
+            # 3. choice of pulse, ramps with restart on a direction flip; 4. FORM, SET, RESET groups
+            below = g < lo[act]
+            for op, mask in ((Op.FORM, below & ~formed[act]), (Op.SET, below & formed[act]), (Op.RESET, ~below)):
+                c = act[mask]
+                if not c.size:
+                    continue
+                if op is Op.RESET:
+                    k[Op.RESET][c[last_dir[c] > 0]] = 0
+                else:
+                    flip = c[last_dir[c] < 0]
+                    k[Op.SET][flip] = 0
+                    k[Op.FORM][flip] = 0
+                start, step, mx = (pol[name] for name in ramps[op])
+                val = np.minimum(start + k[op][c] * step, mx)
+                fixed = np.full(c.size, pol["set_v_bl"] if op is Op.SET else
+                                pol["reset_gate"] if op is Op.RESET else pol["form_gate"])
+                v, gate = (fixed, val) if op is Op.SET else (val, fixed)
+                self._apply_pulse(cells[c], op, v, gate, np.full(c.size, pol["width_s"]))
+                k[op][c] += 1
+                pulses[c] += 1
+                last_dir[c] = -1 if op is Op.RESET else 1
+                at_top = val >= mx - 1e-12 * max(1.0, abs(mx))
+                top[c] = np.where(at_top, top[c] + 1, 0)
+            r += 1
+        return final, pulses, status, r
 
     _HANDLERS = {0x01: _identify, 0x02: _status, 0x03: _watchdog, 0x04: _ground_all, 0x10: _route,
                  0x11: _set_gate, 0x20: _pulse, 0x30: _read_cells, 0x31: _vmm, 0x40: _program_job}
