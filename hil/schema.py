@@ -285,7 +285,7 @@ def read_text(path, what: str, missing: Optional[str] = None) -> str:
         if p.is_dir():
             raise ConfigError(f"{what} {p} is a directory, not a file")
         if not p.exists():
-            raise ConfigError(missing or f"{what} {p} does not exist")
+            raise ConfigError(missing or f"cannot read {what} {p}: no such file")
         size = p.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ConfigError(f"{what} {p} is {size} bytes; a configuration file is at most {MAX_FILE_BYTES} bytes")
