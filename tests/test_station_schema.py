@@ -265,7 +265,7 @@ def test_file_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"is a directory"):
         DeviceParams.load(tmp_path)
     s = tmp_path / "s.toml"
-    s.write_text(json.dumps({}))
+    s.write_text("# no tables\n")
     with pytest.raises(ConfigError, match=r"s\.toml: station is missing|s\.toml.*\[station\]"):
         load_station_file(s)
     # a good parameter file round-trips through the schema
