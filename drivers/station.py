@@ -432,7 +432,7 @@ def emulated_chip_identity(spec: StationSpec, state_path=None) -> Optional[dict]
         return None
     import pyvisa
     state = f"?state={Path(state_path).resolve()}" if state_path else ""
-    ident = getattr(pyvisa.ResourceManager(f"{spec.path}{state}@hilsim").visa_lib, "chip_identity", None)
+    ident = getattr(pyvisa.ResourceManager(f"{spec.path}{state}@hilsim").visalib, "chip_identity", None)
     return ident() if callable(ident) else None
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import options as opt
 from .cli import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
 from .demo import STAGE_DONE
 from .errors import DataError, HilError
@@ -167,12 +166,19 @@ def cmd_transfer(args) -> int:
     if args.groups < 1:
         raise HilError(f"--groups must be at least 1, got {args.groups}")
     bars = Bars(not args.json)
-    with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
-        plan_mcnn(xbar.geometry, model, args.groups)   # --groups must fit this chip before the record changes
-        if resume and load_plan(content).groups != args.groups:
-            raise HilError(f"--groups {args.groups}: the interrupted transfer in {args.run} programs "
-                           f"{load_plan(content).groups} group(s); resume it with --groups {load_plan(content).groups}")
-        _same_chip(args.run, content, xbar)
+    chip_file = _chip_state_path(Path(args.run), args.station)
+    fresh = chip_file is not None and not chip_file.exists()
+    with _open(args, chip_file) as xbar, _cancel_on_sigint() as cancel:
+        try:
+            plan_mcnn(xbar.geometry, model, args.groups)   # --groups must fit this chip before the record changes
+            if resume and load_plan(content).groups != args.groups:
+                raise HilError(f"--groups {args.groups}: the interrupted transfer in {args.run} programs "
+                               f"{load_plan(content).groups} group(s); resume it with --groups {load_plan(content).groups}")
+            _same_chip(args.run, content, xbar)
+        except HilError:
+            if fresh:                                  # nothing touched it: no chip file is left behind
+                chip_file.unlink(missing_ok=True)
+            raise
         writer = RunWriter.resume(args.run, KIND)
         if not resume:
             writer.set_attrs("transfer", chip=_chip_identity(xbar))
@@ -220,9 +226,16 @@ def cmd_hybrid(args) -> int:
         raise HilError(f"--fraction {args.fraction}: the hybrid training in {args.run} was started on "
                        f"{len(content.datasets['hybrid/codes'][0])} digits; resume it with the same --fraction")
     bars = Bars(not args.json)
-    with _open(args, _chip_state_path(Path(args.run), args.station)) as xbar, _cancel_on_sigint() as cancel:
-        hw = HardwareMCNN(xbar, model, plan)
-        _same_chip(args.run, content, xbar)
+    chip_file = _chip_state_path(Path(args.run), args.station)
+    fresh = chip_file is not None and not chip_file.exists()
+    with _open(args, chip_file) as xbar, _cancel_on_sigint() as cancel:
+        try:
+            hw = HardwareMCNN(xbar, model, plan)
+            _same_chip(args.run, content, xbar)
+        except HilError:
+            if fresh:                                  # nothing touched it: no chip file is left behind
+                chip_file.unlink(missing_ok=True)
+            raise
         writer = RunWriter.resume(args.run, KIND)
         try:
             hw.calibrate_adc(ds.x_train[:64])

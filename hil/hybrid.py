@@ -165,6 +165,8 @@ def hybrid_train(hw: HardwareMCNN, codes: np.ndarray, y: np.ndarray, cfg: Hybrid
         if not len(rows) or int(rows[-1]) < start_epoch:     # cut off between checkpoint and row
             writer.append(rows_name, **{k: np.array([v]) for k, v in meta["row"].items()})
     else:
+        if writer is not None:                  # before the chip is touched: a kill after it redoes nothing
+            writer.set_attrs(prefix, config=asdict(cfg), samples=int(len(codes)))
         upd = FcUpdater(hw, cfg.max_pulses)
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x4B1D]))
         acc = np.zeros(hw.plan.layers["fc"])
@@ -189,8 +191,6 @@ def hybrid_train(hw: HardwareMCNN, codes: np.ndarray, y: np.ndarray, cfg: Hybrid
             on_epoch(row)
 
     if start_epoch is None:
-        if writer is not None:
-            writer.set_attrs(prefix, config=asdict(cfg), samples=int(len(codes)))
         start_epoch = 0
         record(0, float("nan"))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
