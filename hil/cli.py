@@ -157,7 +157,7 @@ def cmd_program(args) -> int:
         if chip_state is not None and chip_state.exists():
             chip_state.unlink()  # left by a deleted record: a new run starts with a new chip
     xbar = _open(args, chip_state)
-    with xbar:
+    with _no_record_no_chip(out, None if resume else chip_state), xbar:
         table = LevelTable.linear(n=args.levels)
         policy = WriteVerifyPolicy(max_pulses=args.max_pulses)
         if resume:
@@ -198,6 +198,18 @@ def cmd_program(args) -> int:
              f"record: {out}")
     _emit(args, summary, human)
     return 0
+
+
+@contextmanager
+def _no_record_no_chip(out: Path, chip_state: Optional[Path]):
+    """If the command fails before its record exists (a bad --pe, say), the new chip state file
+    made when the station opened is removed too: a bad option leaves nothing behind."""
+    try:
+        yield
+    except BaseException:
+        if chip_state is not None and chip_state.exists() and not out.exists() and not journal_path(out).exists():
+            chip_state.unlink()
+        raise
 
 
 def _program_dry_run(args) -> int:

@@ -52,17 +52,30 @@ def _fail(msg: str):
 
 
 # ---- numbers -----------------------------------------------------------------------------------
+def _as_int(text: str):
+    """Decimal digits, or a number such as 1e6 that is exactly an integer; else None."""
+    s = str(text).strip()
+    try:
+        return int(s, 10)
+    except ValueError:
+        pass
+    try:
+        f = float(s)
+    except ValueError:
+        return None
+    return int(f) if math.isfinite(f) and f.is_integer() else None
+
+
 def integer(lo: int, hi: int, why: str = "") -> Callable[[str], int]:
-    """An integer in lo..hi (decimal digits only; no floats, no expressions)."""
+    """An integer in lo..hi (digits, or 1e6-style when exactly an integer; no fractions, no expressions)."""
     why = f" ({why})" if why else ""
 
     def parse(text: str) -> int:
-        try:
-            v = int(str(text).strip(), 10)
-        except ValueError:
+        v = _as_int(text)
+        if v is None:
             _fail(f"must be an integer in {lo}..{hi}{why}, got {text!r}")
         if not lo <= v <= hi:
-            _fail(f"must be an integer in {lo}..{hi}{why}, got {v}")
+            _fail(f"must be an integer in {lo}..{hi}{why}, got {str(text).strip()}")
         return v
     parse.__name__ = f"integer {lo}..{hi}"
     return parse
