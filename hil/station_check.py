@@ -99,11 +99,12 @@ def format_check(res: dict) -> str:
     return "\n".join(lines)
 
 
-def serve_station(station_file=None, *, host: str = "127.0.0.1", port_base: int = 5025):
-    """The emulated instruments of `station_file` (default stations/sim-instruments.toml) on TCP;
-    see `sim_backend.serve` (imported here only: emulators are the point of this command)."""
+def serve_station(station_file=None, *, host: str = "127.0.0.1", port_base: int = 5025, faults=()):
+    """The emulated instruments of `station_file` (default stations/sim-instruments.toml) on TCP,
+    with `faults` ("[SOURCE:]KIND@N") armed; see `sim_backend.serve` (imported here only:
+    emulators are the point of this command)."""
     from sim_backend.serve import serve_station as serve
-    return serve(station_file or DEFAULT_SIM_STATION, host=host, port_base=port_base)
+    return serve(station_file or DEFAULT_SIM_STATION, host=host, port_base=port_base, faults=faults)
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def cmd_station_check(args) -> int:
 
 def cmd_sim_station_serve(args, *, wait: Optional[threading.Event] = None) -> int:
     import signal
-    server = serve_station(args.station, host=args.host, port_base=args.port_base)
+    server = serve_station(args.station, host=args.host, port_base=args.port_base, faults=args.fault or ())
     stop = wait or threading.Event()
     old_term = None
     if wait is None and threading.current_thread() is threading.main_thread():
@@ -163,9 +164,19 @@ def register(sub) -> None:
 
     sp = sub.add_parser("sim-station", help="emulated instrument station tools")
     ssub = sp.add_subparsers(dest="sim_station_cmd", required=True)
-    s = ssub.add_parser("serve", help="serve the emulated instruments of a station file on TCP")
+    s = ssub.add_parser("serve", help="serve the emulated instruments of a station file on TCP (no "
+                                      "authentication: for local tools only)",
+                        description="Serve the emulated instruments of a station file on TCP. The servers have "
+                                    "NO AUTHENTICATION: anyone who can reach the port drives the emulated "
+                                    "instruments. They bind to 127.0.0.1 by default and are for local tools only.")
     s.add_argument("--station", default=None,
                    help=f"station TOML with an [emulation] table (default {DEFAULT_SIM_STATION.name})")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port-base", type=int, default=5025, help="first TCP port (0: free ports)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1, loopback; there is no authentication)")
+    s.add_argument("--port-base", type=opt.port, default=5025,
+                   help="first TCP port; instruments get consecutive ports (0: free ports)")
+    s.add_argument("--fault", action="append", default=None, metavar="[SOURCE:]KIND@N",
+                   help="arm a fault: KIND (timeout, garble, drop, reset, disconnect) on the transaction after "
+                        "the next N of instrument SOURCE (every instrument without SOURCE); repeatable, "
+                        "like [emulation] faults = [\"board:timeout@5\"]")
     s.set_defaults(func=cmd_sim_station_serve)

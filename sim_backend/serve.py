@@ -3,10 +3,15 @@
 Each SMU listens on a raw SCPI/TSP socket (pyvisa-py `TCPIP0::HOST::PORT::SOCKET`, served by
 `visa_backend.serve`) and each array board on a byte bridge (pyserial `socket://HOST:PORT`) to its
 emulated firmware, so other processes and third-party tools reach the same emulated station.
+
+The servers have no authentication: they bind to loopback (127.0.0.1) by default and are for
+local tools only. Per-connection state (handler, thread, serial port) lives only as long as the
+connection; `close()` ends the connections still open and joins their threads.
 """
 from __future__ import annotations
 
 import logging
+import socket
 import socketserver
 import threading
 from dataclasses import dataclass, field
@@ -15,9 +20,11 @@ from pathlib import Path
 import serial
 
 from hil.errors import ConfigError
+from hil.options import MAX_PORT
 from hil.registry import load_station_file
 
-from .visa_backend import build_bench, load_emulation, serve
+from .visa_backend import board_names, build_bench, load_emulation, serve
+from .world import plan_faults
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +87,8 @@ def _board_bridge(world_name: str, board: str, host: str, port: int):
             finally:
                 ser.close()
 
-    class Server(socketserver.ThreadingTCPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-
     try:
-        srv = Server((host, port), Handler)
+        srv = _ConnectionServer((host, port), Handler)
     except OSError as e:
         raise ConfigError(f"sim-station serve: cannot listen on {host}:{port} for the board: {e}") from None
     t = threading.Thread(target=srv.serve_forever, name=f"hilsim-board-{board}", daemon=True)
@@ -98,14 +101,70 @@ def _board_bridge(world_name: str, board: str, host: str, port: int):
     return srv.server_address[1], close
 
 
-def serve_station(station_file, *, host: str = "127.0.0.1", port_base: int = 5025) -> StationServer:
+class _ConnectionServer(socketserver.ThreadingTCPServer):
+    """Threading TCP server that knows its open connections: server_close() shuts them down and
+    joins their handler threads (nothing per connection outlives it)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.live: dict = {}                  # socket -> handler thread
+        self._live_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address) -> None:
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                             name=f"hilsim-conn-{client_address[1]}", daemon=True)
+        with self._live_lock:
+            self.live[request] = t
+        t.start()
+
+    def shutdown_request(self, request) -> None:
+        with self._live_lock:
+            self.live.pop(request, None)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._live_lock:
+            live = list(self.live.items())
+        for sock, _ in live:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for _, t in live:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+
+
+def serve_station(station_file, *, host: str = "127.0.0.1", port_base: int = 5025,
+                  faults=()) -> StationServer:
     """Serve the emulated instruments of `station_file` on TCP: SMUs on port_base,
-    port_base + 1, ... and each array board after them (0: free ports)."""
+    port_base + 1, ... and each array board after them (0: free ports). `faults`: specs
+    `"[SOURCE:]KIND@N"` armed on the world (see `world.parse_fault`), as `[emulation] faults`."""
     path = Path(station_file)
     cfg = load_station_file(path)
     if "emulation" not in cfg:
         raise ConfigError(f"{path}: no [emulation] table; only emulated stations can be served")
-    bench = build_bench(load_emulation(path))       # registers hilsim:// as well (import sim_backend)
+    emulation = load_emulation(path)
+    boards = board_names(cfg)
+    n_ports = len(emulation["instruments"]) + len(boards)
+    if isinstance(port_base, bool) or not isinstance(port_base, int) or not 0 <= port_base <= MAX_PORT:
+        raise ConfigError(f"sim-station serve --port-base {port_base!r}: must be 0 (free ports) or a TCP port "
+                          f"1..{MAX_PORT}")
+    if port_base and port_base + n_ports - 1 > MAX_PORT:
+        raise ConfigError(f"sim-station serve --port-base {port_base}: {path} has {n_ports} instruments, so "
+                          f"ports {port_base}..{port_base + n_ports - 1} would pass {MAX_PORT}; use at most "
+                          f"{MAX_PORT - n_ports + 1} (or 0 for free ports)")
+    try:
+        plan = plan_faults(faults, [*emulation["instruments"], *boards.values()])
+    except ValueError as e:
+        raise ConfigError(f"sim-station serve --fault: {e}") from None
+    bench = build_bench(emulation)       # registers hilsim:// as well (import sim_backend)
+    for source, kind, after in plan:
+        bench.world.faults.arm(source, kind, after)
     server = StationServer(bench.world, host)
     try:
         if bench.by_name:
@@ -113,11 +172,7 @@ def serve_station(station_file, *, host: str = "127.0.0.1", port_base: int = 502
             server._closers.append(smu.close)
             for name, port in smu.ports.items():
                 server.addresses[name] = f"TCPIP0::{host}::{port}::SOCKET"
-        boards = [(n, t) for n, t in (cfg.get("instruments") or {}).items()
-                  if isinstance(t, dict) and t.get("kind") == "array-board"]
-        for k, (name, t) in enumerate(boards):
-            port_s = str(t.get("port", ""))
-            board = port_s.rstrip("/").rsplit("/", 1)[-1] if port_s.startswith("hilsim://") else name
+        for k, (name, board) in enumerate(boards.items()):
             port = 0 if port_base == 0 else port_base + len(bench.by_name) + k
             p, close = _board_bridge(bench.world.name, board, host, port)
             server._closers.append(close)

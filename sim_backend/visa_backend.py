@@ -47,7 +47,7 @@ from hil.registry import read_toml
 from hil.schema import AnyOf, Anything, ListOf, Number, Table, Text, located
 
 from .smu import EmulatedInstrument, InstrumentDisconnected, make_instrument
-from .world import BUSES, EmulatedWorld, get_world
+from .world import BUSES, EmulatedWorld, get_world, plan_faults
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ DEFAULT_EMULATION = {
     },
 }
 
-_EMULATION_KEYS = {"world", "seed", "geometry", "params", "instruments", "board"}
+_EMULATION_KEYS = {"world", "seed", "geometry", "params", "instruments", "board", "faults"}
 _INSTRUMENT_KEYS = {"kind", "resource", "bus", "wiring", "serial"}
 # types of the [emulation] values (keys without an entry are checked by their own code)
 _EMULATION_SPECS = {
@@ -78,6 +78,7 @@ _EMULATION_SPECS = {
     "instruments": Table(extra=Table({"kind": Text(max_len=64), "resource": Text(max_len=256), "bus": Anything(),
                                       "wiring": Table(extra=ListOf(Text(max_len=8), 0, 8)),
                                       "serial": Text(max_len=64)})),
+    "faults": ListOf(Text(max_len=200), 0, 256),
 }
 
 
@@ -95,10 +96,20 @@ def load_emulation(path: Union[str, Path, None]) -> dict:
     if "emulation" not in cfg:
         raise ConfigError(f"@hilsim: station file {p} has no [emulation] table describing the emulated "
                           f"instruments")
-    return _validate(cfg["emulation"], str(p), p.resolve().parent)
+    return _validate(cfg["emulation"], str(p), p.resolve().parent, board_names(cfg))
 
 
-def _validate(em: Any, where: str, base: Path) -> dict:
+def board_names(cfg: dict) -> dict:
+    """{station instrument name: emulated board name} of a station file's hilsim:// array boards."""
+    out = {}
+    for name, t in (cfg.get("instruments") or {}).items():
+        if isinstance(t, dict) and t.get("kind") == "array-board":
+            port = str(t.get("port", ""))
+            out[name] = port.rstrip("/").rsplit("/", 1)[-1] if port.startswith("hilsim://") else name
+    return out
+
+
+def _validate(em: Any, where: str, base: Path, boards: Optional[dict] = None) -> dict:
     if not isinstance(em, dict):
         raise ConfigError(f"{where}: [emulation] must be a table")
     unknown = set(em) - _EMULATION_KEYS
@@ -141,6 +152,10 @@ def _validate(em: Any, where: str, base: Path) -> dict:
         seen[res] = name
         out["instruments"][name] = {"kind": spec["kind"], "resource": spec["resource"], "bus": bus,
                                     "wiring": wiring, "serial": spec.get("serial")}
+    try:
+        out["faults"] = plan_faults(em.get("faults"), [*out["instruments"], *(boards or {}).values()])
+    except ValueError as e:
+        raise ConfigError(f"{where}: emulation.faults: {e}") from None
     return out
 
 
@@ -150,7 +165,7 @@ def check_emulation(em: Any, cfg: dict) -> dict:
     from .params import DeviceParams
     path = cfg.get("_path")
     where = f"station file {path}" if path else "station"
-    out = _validate(em, where, Path(path).resolve().parent if path else Path("."))
+    out = _validate(em, where, Path(path).resolve().parent if path else Path("."), board_names(cfg))
     if out["params"] is not None:
         try:
             DeviceParams.load(out["params"])
@@ -194,6 +209,8 @@ def build_bench(emulation: dict) -> Bench:
         bench = _BENCHES.get(world.name)
         if bench is None or bench.world is not world:
             bench = _BENCHES[world.name] = Bench(world)
+            for source, kind, after in emulation.get("faults", ()):     # [emulation] faults, once per world
+                world.faults.arm(source, kind, after)
         for name, spec in emulation["instruments"].items():
             res = _canon(spec["resource"])
             if res in bench.by_resource:

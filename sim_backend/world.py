@@ -13,6 +13,7 @@ string (pyvisa `@hilsim`, pyserial `hilsim://`) reach the same physics.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ BUSES = {
 }
 
 FAULT_KINDS = ("timeout", "garble", "drop", "reset", "disconnect")
+#: events kept in a world's log (the oldest are dropped beyond it: a long-running server must not grow)
+MAX_EVENTS = 50_000
 
 
 @dataclass
@@ -69,6 +72,48 @@ class Event:
     source: str
     kind: str
     detail: dict = field(default_factory=dict)
+
+
+class EventLog(list):
+    """A world's event log, bounded: beyond `maxlen` (+ a quarter, so trimming is rare) the oldest
+    events are dropped and counted in `dropped`."""
+
+    def __init__(self, maxlen: Optional[int] = None) -> None:
+        super().__init__()
+        self.maxlen = MAX_EVENTS if maxlen is None else int(maxlen)
+        self.dropped = 0
+
+    def append(self, event) -> None:
+        super().append(event)
+        if len(self) > self.maxlen + self.maxlen // 4:
+            n = len(self) - self.maxlen
+            del self[:n]
+            self.dropped += n
+
+
+def parse_fault(spec) -> tuple[Optional[str], str, int]:
+    """`"[SOURCE:]KIND@N"` -> (source or None, kind, N): fault KIND on the transaction after the
+    next N of SOURCE (None: every instrument). Raises ValueError naming the value and the kinds."""
+    text = spec if isinstance(spec, str) else None
+    m = re.fullmatch(r"\s*(?:([A-Za-z_][\w.-]*)\s*:)?\s*([a-z]+)\s*@\s*(\d{1,9})\s*", text or "")
+    if m is None or m.group(2) not in FAULT_KINDS:
+        what = "unknown fault kind" if m else "malformed fault"
+        raise ValueError(f"{what} {spec!r}: use [SOURCE:]KIND@N with KIND one of {', '.join(FAULT_KINDS)} and "
+                         f"N the number of transactions before it fires (e.g. 'board:timeout@5')")
+    return m.group(1), m.group(2), int(m.group(3))
+
+
+def plan_faults(specs, sources) -> list[tuple[str, str, int]]:
+    """[(source, kind, N)] for `"[SOURCE:]KIND@N"` specs on the named `sources` (a spec without
+    SOURCE: every one); ValueError naming the spec when it is malformed or names no source."""
+    sources = list(sources)
+    plan = []
+    for spec in specs or ():
+        src, kind, after = parse_fault(spec)
+        if src is not None and src not in sources:
+            raise ValueError(f"fault {spec!r}: no instrument {src!r}; this station has {', '.join(sources) or 'none'}")
+        plan += [(s, kind, after) for s in ([src] if src else sources)]
+    return plan
 
 
 class FaultInjector:
@@ -116,7 +161,7 @@ class EmulatedWorld:
                                       limits=SafetyLimits({op: wide for op in Op}), state_path=state_path)
         self.geometry = geometry
         self.lock = threading.RLock()
-        self.events: list[Event] = []
+        self.events: list[Event] = EventLog()
         self.counters: dict[str, dict[str, float]] = defaultdict(
             lambda: {"transactions": 0, "bytes_in": 0, "bytes_out": 0, "bus_s": 0.0})
         self.buses: dict[str, BusProfile] = {}
