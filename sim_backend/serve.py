@@ -1,7 +1,7 @@
 """The emulated instruments of a station file's [emulation] table on TCP.
 
-Each SMU listens on a raw SCPI/TSP socket (pyvisa-py `TCPIP0::HOST::PORT::SOCKET`, served by
-`visa_backend.serve`) and each array board on a byte bridge (pyserial `socket://HOST:PORT`) to its
+Each SMU listens on a raw SCPI/TSP socket (pyvisa-py `TCPIP0::HOST::PORT::SOCKET`, the line
+protocol of `visa_backend.serve`, lines up to MAX_LINE bytes) and each array board on a byte bridge (pyserial `socket://HOST:PORT`) to its
 emulated firmware, so other processes and third-party tools reach the same emulated station.
 
 The servers have no authentication: they bind to loopback (127.0.0.1) by default and are for
@@ -23,10 +23,12 @@ from hil.errors import ConfigError
 from hil.options import MAX_PORT
 from hil.registry import load_station_file
 
-from .visa_backend import board_names, build_bench, load_emulation, serve
+from .visa_backend import _Handler, board_names, build_bench, load_emulation
 from .world import plan_faults
 
 log = logging.getLogger(__name__)
+
+MAX_LINE = 4 * 2**20      # bytes of one SCPI/TSP line; a longer one ends the connection
 
 
 # ---- emulated station on TCP ---------------------------------------------------------------------
@@ -87,17 +89,52 @@ def _board_bridge(world_name: str, board: str, host: str, port: int):
             finally:
                 ser.close()
 
+    return _start(Handler, host, port, board)
+
+
+class _Lines:
+    """A handler's rfile whose readline() refuses lines longer than MAX_LINE (OSError: the
+    handler drops the connection) instead of buffering without bound."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def readline(self, *_) -> bytes:
+        line = self.f.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise OSError(f"line longer than {MAX_LINE} bytes")
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+class _SmuHandler(_Handler):
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _Lines(self.rfile)
+
+
+def _smu_server(inst, host: str, port: int):
+    """TCP server of one emulated SMU (newline-terminated SCPI/TSP, one reply line per query)."""
+    return _start(_SmuHandler, host, port, inst.name, inst=inst)
+
+
+def _start(handler, host: str, port: int, name: str, **attrs):
+    """Listen on host:port with `handler` in a background thread: (port, close)."""
     try:
-        srv = _ConnectionServer((host, port), Handler)
+        srv = _ConnectionServer((host, port), handler)
     except OSError as e:
-        raise ConfigError(f"sim-station serve: cannot listen on {host}:{port} for the board: {e}") from None
-    t = threading.Thread(target=srv.serve_forever, name=f"hilsim-board-{board}", daemon=True)
+        raise ConfigError(f"sim-station serve: cannot listen on {host}:{port} for {name}: {e}") from None
+    for k, v in attrs.items():
+        setattr(srv, k, v)
+    t = threading.Thread(target=srv.serve_forever, name=f"hilsim-{name}", daemon=True)
     t.start()
 
     def close() -> None:
         srv.shutdown()
         srv.server_close()
-        t.join(timeout=2)
+        t.join(timeout=5)
     return srv.server_address[1], close
 
 
@@ -167,11 +204,10 @@ def serve_station(station_file, *, host: str = "127.0.0.1", port_base: int = 502
         bench.world.faults.arm(source, kind, after)
     server = StationServer(bench.world, host)
     try:
-        if bench.by_name:
-            smu = serve(bench.world, bench, host=host, port_base=port_base)
-            server._closers.append(smu.close)
-            for name, port in smu.ports.items():
-                server.addresses[name] = f"TCPIP0::{host}::{port}::SOCKET"
+        for k, (name, inst) in enumerate(bench.by_name.items()):
+            p, close = _smu_server(inst, host, 0 if port_base == 0 else port_base + k)
+            server._closers.append(close)
+            server.addresses[name] = f"TCPIP0::{host}::{p}::SOCKET"
         for k, (name, board) in enumerate(boards.items()):
             port = 0 if port_base == 0 else port_base + len(bench.by_name) + k
             p, close = _board_bridge(bench.world.name, board, host, port)

@@ -165,13 +165,42 @@ def test_close_ends_connections_still_open_and_joins_their_threads(make):
     srv = serve_station(path, port_base=0)
     try:
         board = ArrayBoard(srv.addresses["board"], timeout_s=2.0)    # identified: its handler thread runs
-        assert len(_connection_threads()) == 1
+        smu = _Line(_port(srv.addresses["smu1"]))
+        assert smu.query("*IDN?").startswith("Keithley")
+        assert len(_connection_threads()) == 2
         srv.close()
         assert _connection_threads() == []
         with pytest.raises(serial.SerialException, match="disconnected"):
             board._port.read(1)                                     # the server hung up
+        assert smu.f.readline() == b""
+        smu.close()
     finally:
         srv.close()
+
+
+def test_a_line_without_end_does_not_grow_the_server(make, monkeypatch):
+    import sim_backend.serve as serve_mod
+    monkeypatch.setattr(serve_mod, "MAX_LINE", 4096, raising=False)
+    path = make()
+    with serve_station(path, port_base=0) as srv:
+        port = _port(srv.addresses["smu1"])
+        other = _Line(port)
+        hog = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            try:
+                for _ in range(64):                                 # 1 MiB, no newline
+                    hog.sendall(b"x" * 16384)
+            except OSError:
+                pass                                                # the server hung up mid-way
+            try:
+                rest = hog.recv(10)
+            except ConnectionResetError:                            # closed with our bytes unread
+                rest = b""
+            assert rest == b""                                      # the server hung up, buffered nothing more
+            assert other.query("print(7)") == "7.00000e+00"
+        finally:
+            hog.close()
+            other.close()
 
 
 # ---- the command line ---------------------------------------------------------------------------
