@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import options as opt
 from .cli import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
 from .demo import STAGE_DONE
 from .errors import DataError, HilError
