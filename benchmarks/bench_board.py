@@ -1,6 +1,6 @@
 """Write-verify of 2,048 cells through the array board, two ways, against the emulated board:
 
-  host   - hil.program.write_verify_host on the host, one READ_CELLS / PULSE command per step
+  host   - hil.ops.write_verify.write_verify_host on the host, one READ_CELLS / PULSE command per step
   job    - the board's firmware PROGRAM_JOB (same algorithm, on the board)
 
 Prints bus transactions, bytes, estimated probe-station time (virtual clock: serial-bus latency
@@ -24,7 +24,8 @@ from drivers.board import ArrayBoard  # noqa: E402
 from hil.crossbar import Crossbar  # noqa: E402
 from hil.geometry import YAO, Cells  # noqa: E402
 from hil.limits import SafetyLimits  # noqa: E402
-from hil.program import WriteVerifyPolicy, write_verify_host  # noqa: E402
+from hil.programming import WriteVerifyPolicy
+from hil.ops.write_verify import write_verify_host  # noqa: E402
 from sim_backend.world import EmulatedWorld, drop_world, register_world  # noqa: E402
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hil.datasets import load_dataset
-from hil.hwnet import HardwareMCNN, plan_mcnn, transfer
-from hil.hybrid import HybridConfig, hybrid_train
-from hil.mcnn import train_mcnn
+from hil.nn.datasets import load_dataset
+from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer
+from hil.yao2020.hybrid import HybridConfig, hybrid_train
+from hil.yao2020.mcnn import train_mcnn
 from hil.runstore import RunWriter
 from sim_backend.chip import SimulatedCrossbar
 

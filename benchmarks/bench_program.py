@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from hil.geometry import Cells  # noqa: E402
 from hil.levels import LevelTable, make_pattern  # noqa: E402
-from hil.program import write_verify  # noqa: E402
+from hil.ops.write_verify import write_verify  # noqa: E402
 from sim_backend.chip import SimulatedCrossbar  # noqa: E402
 
 

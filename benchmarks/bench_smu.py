@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drivers.keithley2600 import Keithley2600          # noqa: E402
 from hil.geometry import Cells                           # noqa: E402
-from hil.program import WriteVerifyPolicy                # noqa: E402
+from hil.ops.write_verify import WriteVerifyPolicy                # noqa: E402
 from sim_backend.visa_backend import build_bench         # noqa: E402
 from sim_backend.world import drop_world                 # noqa: E402
 

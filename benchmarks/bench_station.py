@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from drivers.station import open_instrument_station          # noqa: E402
 from hil.geometry import YAO, Cells                           # noqa: E402
 from hil.levels import LevelTable, make_pattern               # noqa: E402
-from hil.program import WriteVerifyPolicy, write_verify       # noqa: E402
+from hil.programming import WriteVerifyPolicy
+from hil.ops.write_verify import write_verify       # noqa: E402
 from hil.registry import load_station_file                    # noqa: E402
 from sim_backend.world import drop_world, get_world           # noqa: E402
 

@@ -300,8 +300,8 @@ class ArrayBoard:
 
         Runs as consecutive PROGRAM_JOB chunks; `on_chunk(positions, ProgramReport)` after each;
         cancel is checked between chunks (Cancelled carries `.report` with status -1 for the
-        cells not yet programmed). Returns a hil.program.ProgramReport in selection order."""
-        from hil.program import NOT_FINISHED, ProgramReport, WriteVerifyPolicy
+        cells not yet programmed). Returns a hil.ops.write_verify.ProgramReport in selection order."""
+        from hil.programming import NOT_FINISHED, ProgramReport, WriteVerifyPolicy
         policy = WriteVerifyPolicy() if policy is None else policy
         info = self._info()
         pe, row, col = self._addresses(cells)

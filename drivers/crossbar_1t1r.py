@@ -139,7 +139,7 @@ class InstrumentCrossbar(Crossbar):
     def now(self) -> float:
         """Board clock (STATUS uptime, kept monotonic across board reboots) or the host clock.
         When the board cannot be reached, the last reading (an error report must not be masked
-        by the clock query that hil.program makes while handling it)."""
+        by the clock query that hil.ops.write_verify makes while handling it)."""
         if self.spec.clock == "host":
             return time.monotonic()
         try:
@@ -175,7 +175,7 @@ class InstrumentCrossbar(Crossbar):
         return super()._program_reads()
 
     def _program_board(self, cells, targets_s, lo_s, hi_s, policy, on_step, progress, cancel):
-        from hil.program import ProgramStep
+        from hil.programming import ProgramStep
         it = [0]
 
         def on_chunk(pos: np.ndarray, rep) -> None:
@@ -190,7 +190,7 @@ class InstrumentCrossbar(Crossbar):
                                       on_chunk=on_chunk)
 
     def _program_script(self, cells, targets_s, lo_s, hi_s, policy, on_step, progress, cancel):
-        from hil.program import NOT_FINISHED, ProgramReport, ProgramStep
+        from hil.programming import NOT_FINISHED, ProgramReport, ProgramStep
         cancel, progress = ensure(cancel, progress)
         bl, gate = self._bl, self._gate
         smu = self.smus[bl.instrument]

@@ -45,7 +45,7 @@ class CellResult:
 
     g_s: float
     pulses: int
-    status: int          # hil.program codes: 0 in band, 1 max pulses, 2 unresponsive
+    status: int          # hil.ops.write_verify codes: 0 in band, 1 max pulses, 2 unresponsive
 
 
 def _tsp_num(x: float) -> str:
@@ -189,11 +189,11 @@ class Keithley2600(SmuDriver):
 
     def set_write_verify_policy(self, policy, *, v_read: float = 0.2, read_gate_v: float = 3.3,
                                 min_stuck_change_s: Optional[float] = None) -> None:
-        """Send a hil.program.WriteVerifyPolicy (and the verify-read level/gate) to the script."""
+        """Send a hil.ops.write_verify.WriteVerifyPolicy (and the verify-read level/gate) to the script."""
         if not self._script_loaded:
             raise ConfigError(f"{self.where()}: call load_write_verify_script() first")
         if min_stuck_change_s is None:
-            from hil.program import MIN_STUCK_CHANGE_S
+            from hil.programming import MIN_STUCK_CHANGE_S
             min_stuck_change_s = MIN_STUCK_CHANGE_S
         if policy.width_s < self.MIN_PULSE_S:
             raise ConfigError(f"{self.where()}: policy width_s = {policy.width_s:g} s is below the "

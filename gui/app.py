@@ -213,8 +213,8 @@ def _record_error(win, title: str, text: str) -> None:
 def cnn_fits(geometry, groups: int = 3) -> bool:
     """True if the mCNN with `groups` convolver groups fits `geometry`."""
     from hil.errors import ConfigError
-    from hil.hwnet import plan_mcnn
-    from hil.mcnn import MCNN
+    from hil.yao2020.hwnet import plan_mcnn
+    from hil.yao2020.mcnn import MCNN
     try:
         plan_mcnn(geometry, MCNN(seed=0), groups)
     except ConfigError:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from hil.errors import DataError
-from hil.jobs import CELLS, PULSES, TARGETS, VERIFY
+from hil.ops.jobs import CELLS, PULSES, TARGETS, VERIFY
 from hil.limits import OPS_BY_CODE
 from hil.runstore import RunRecord
 

@@ -75,7 +75,7 @@ class Session(QObject):
         self.selection: Optional[np.ndarray] = None     # bool, same shape
         self.run_path: Optional[Path] = None
         self.run_history = None                         # gui.history.RunHistory of run_path, if preloaded
-        self.plan = None                                # hil.jobs.ProgramPlan of the last programming
+        self.plan = None                                # hil.ops.jobs.ProgramPlan of the last programming
         self._finished_threads: list = []
 
     # ---- station ---------------------------------------------------------------------

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from hil.cli.common import main
 
 sys.exit(main())

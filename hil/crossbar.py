@@ -18,9 +18,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import AddressError, BackendError, SafetyViolation
-from .geometry import Cells, Geometry
-from .limits import Op, SafetyLimits
+from hil.errors import AddressError, BackendError, SafetyViolation
+from hil.geometry import Cells, Geometry
+from hil.limits import Op, SafetyLimits
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +145,12 @@ class Crossbar(abc.ABC):
 
     def program(self, cells: Cells, targets_s, lo_s, hi_s, policy=None, *, on_step=None,
                 progress=None, cancel=None):
-        """Write-verify `cells` into [lo_s, hi_s] (siemens), returning a hil.program.ProgramReport.
+        """Write-verify `cells` into [lo_s, hi_s] (siemens), returning a hil.ops.write_verify.ProgramReport.
 
         The whole policy (every ramp's top, width) and the verify reads the backend will apply
         (`_program_reads`) are checked against the limits first; then the backend's `_program`
         runs (the `program` capability: firmware, instrument script, vectorized), or the generic
-        host loop over the checked `read`/`pulse`. Use hil.program.write_verify for targets
+        host loop over the checked `read`/`pulse`. Use hil.ops.write_verify.write_verify for targets
         and tolerances, resume and journaling."""
         self._check_open()
         cells, targets, lo, hi, policy = self.check_program(cells, targets_s, lo_s, hi_s, policy)
@@ -159,7 +159,8 @@ class Crossbar(abc.ABC):
     def check_program(self, cells: Cells, targets_s, lo_s, hi_s, policy=None):
         """Every check of `program`, applying nothing and touching no hardware; returns the
         validated (cells, targets, lo, hi, policy)."""
-        from .program import WriteVerifyPolicy, validate_program_args
+        from hil.programming import WriteVerifyPolicy
+        from hil.ops.write_verify import validate_program_args
         policy = WriteVerifyPolicy() if policy is None else policy
         cells, targets, lo, hi = validate_program_args(self, cells, targets_s, lo_s, hi_s, policy)
         v, gate = self._program_reads()
@@ -249,7 +250,7 @@ class Crossbar(abc.ABC):
     def _program(self, cells: Cells, targets_s: np.ndarray, lo_s: np.ndarray, hi_s: np.ndarray, policy, *,
                  on_step=None, progress=None, cancel=None):
         """Hook of `program` (arguments validated). Default: the generic host loop."""
-        from .program import write_verify_host
+        from hil.ops.write_verify import write_verify_host
         return write_verify_host(self, cells, targets_s, lo_s, hi_s, policy,
                                  on_step=on_step, progress=progress, cancel=cancel)
 

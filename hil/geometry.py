@@ -6,8 +6,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import AddressError, ConfigError
-from .schema import Number, SchemaError, Table, Text, located, validate
+from hil.errors import AddressError, ConfigError
+from hil.schema import Number, SchemaError, Table, Text, located, validate
 
 #: largest side (PEs, rows or columns) of a chip
 MAX_SIDE = 2**16

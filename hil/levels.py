@@ -11,7 +11,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError
+from hil.errors import ConfigError
 
 __all__ = ["LevelTable", "make_pattern", "validate_targets", "PATTERNS", "format_us"]
 

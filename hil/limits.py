@@ -8,8 +8,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from .errors import ConfigError, SafetyViolation
-from .schema import MAX_DEPTH, Anything, Number, SchemaError, check_depth, did_you_mean, show
+from hil.errors import ConfigError, SafetyViolation
+from hil.schema import MAX_DEPTH, Anything, Number, SchemaError, check_depth, did_you_mean, show
 
 
 class Op(str, enum.Enum):

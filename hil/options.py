@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Callable, Union
 
-from .errors import ConfigError
+from hil.errors import ConfigError
 
 # ---- named maxima (with the reason for each) ---------------------------------------------------
 #: seeds feed numpy generators and are stored in records; 32 bits is what every generator takes
@@ -156,7 +156,7 @@ def station_spec(text: str) -> str:
         _fail(f"{s} is a directory; give 'sim' or a station TOML file")
     if p.is_file():
         return s
-    from .registry import available_backends
+    from hil.registry import available_backends
     if s in available_backends():
         return s
     _fail(f"{s!r} is neither 'sim' nor an existing station file")
@@ -182,7 +182,7 @@ def run_record(hint: str = "") -> Callable[[str], str]:
     """An existing run record, or the journal of one that was cut off; `hint` ("{path}" is
     replaced) says how to make one."""
     def parse(text: str) -> str:
-        from .runstore.journal import journal_path
+        from hil.runstore.journal import journal_path
         p = Path(text)
         if p.is_dir():
             _fail(f"{text} is a directory, not a run record (.h5)")

@@ -5,7 +5,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .errors import Cancelled
+from hil.errors import Cancelled
 
 
 class CancelToken:

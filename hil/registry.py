@@ -10,9 +10,9 @@ import importlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .crossbar import Crossbar
-from .errors import ConfigError
-from .schema import Anything, SchemaError, Table, Text, load_toml, located
+from hil.crossbar import Crossbar
+from hil.errors import ConfigError
+from hil.schema import Anything, SchemaError, Table, Text, load_toml, located
 
 # name -> "module:callable"; the callable takes (config: dict, **options) and returns a Crossbar.
 _BACKENDS: dict[str, str] = {

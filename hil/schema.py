@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .errors import ConfigError
+from hil.errors import ConfigError
 
 __all__ = ["SchemaError", "Number", "Text", "Flag", "ListOf", "Table", "Tagged", "AnyOf", "Anything",
            "validate", "located", "did_you_mean", "read_text", "load_toml", "load_json", "check_depth",

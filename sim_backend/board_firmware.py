@@ -459,7 +459,7 @@ class EmulatedBoard:
             self._range("ADC full scale", np.array([fs]), self.adc_fs_min_a, self.adc_fs_max_a)
         adc = self.world.chip.params.adc
         if batch == 0:
-            from hil.vmm import adc_lsb
+            from hil.ops.vmm import adc_lsb
             lsb = adc_lsb(fs or adc.full_scale_a, adc.bits)
             return struct.pack("<HHBBf", 0, n_cols, adc.bits, 8, lsb)
         res = self.world.chip.vmm(int(pe), x.astype(np.int64), rows, cols, v_read=float(v),

@@ -14,7 +14,7 @@ from hil.crossbar import INPUT_BITS, Crossbar, VmmResult
 from hil.errors import ConfigError, DataError
 from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, SafetyLimits
-from hil.vmm import adc_lsb
+from hil.ops.vmm import adc_lsb
 
 from .device import US, DeviceArray
 from .noise import NoisePool

@@ -116,7 +116,7 @@ class RecordingProgramCrossbar(ToyCrossbar):
         self.program_calls: list = []
 
     def _program(self, cells, targets_s, lo_s, hi_s, policy, *, on_step=None, progress=None, cancel=None):
-        from hil.program import write_verify_host
+        from hil.ops.write_verify import write_verify_host
         self.program_calls.append({"cells": cells, "targets_s": np.array(targets_s), "lo_s": np.array(lo_s),
                                    "hi_s": np.array(hi_s), "policy": policy})
         return write_verify_host(self, cells, targets_s, lo_s, hi_s, policy,

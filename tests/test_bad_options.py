@@ -8,17 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.cli import main
+from hil.cli.common import main
 from hil.runstore import RunWriter
 from hil.runstore.journal import journal_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORK = ("hil.demo.run_demo", "hil.demo.train_stage", "hil.demo.transfer_stage", "hil.mcnn.train_mcnn",
-        "hil.hybrid.hybrid_train", "hil.jobs.program_job", "hil.experiments.read_disturb", "hil.experiments.drift",
-        "hil.datasets.load_dataset", "gui.app.screenshot_session")
-OPENING = ("hil.registry.open_station", "hil.cli.open_station", "hil.dryrun.open_dry_run", "gui.app.main",
-           "hil.station_check.serve_station")
+WORK = ("hil.yao2020.demo.run_demo", "hil.yao2020.demo.train_stage", "hil.yao2020.demo.transfer_stage", "hil.yao2020.mcnn.train_mcnn",
+        "hil.yao2020.hybrid.hybrid_train", "hil.ops.jobs.program_job", "hil.modules.stability.read_disturb", "hil.modules.stability.drift",
+        "hil.nn.datasets.load_dataset", "gui.app.screenshot_session")
+OPENING = ("hil.registry.open_station", "hil.cli.common.open_station", "hil.ops.dryrun.open_dry_run", "gui.app.main",
+           "hil.cli.station.serve_station")
 
 
 def _forbid(monkeypatch, names):
@@ -189,7 +189,7 @@ def test_demo_hybrid_fraction_is_validated_by_the_stage_config_too(monkeypatch):
     """Even past the parser, the demo's hybrid settings go through HybridConfig's checks before training."""
     import argparse
 
-    from hil import cli_cnn
+    from hil.cli import yao as cli_cnn
     from hil.errors import ConfigError
     _forbid(monkeypatch, WORK + OPENING)
     args = argparse.Namespace(seed=0, quick=True, hybrid_fraction=2.0, out="unused", json=True)
@@ -198,7 +198,7 @@ def test_demo_hybrid_fraction_is_validated_by_the_stage_config_too(monkeypatch):
 
 
 def test_every_option_has_help():
-    from hil.cli import build_parser
+    from hil.cli.common import build_parser
 
     def walk(parser, path):
         for action in parser._actions:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hil import cli
+from hil.cli import common as cli
 from hil.runstore import RunWriter, journal_path
 from hil.runstore.journal import FILE_HEADER, REC_HEADER
 from test_kill_campaign import SMALL_SIM, _model, hil_fork
@@ -37,7 +37,7 @@ def base(tmp_path_factory):
                        kill_after=12)
     assert rc == 137, out
     assert hil_fork(["runs", "recover", "k.h5"], d)[0] == 0
-    from hil.demo import save_model
+    from hil.yao2020.demo import save_model
     w = RunWriter.create(d / "m.h5", "mcnn", {"spec": None}, {"seed": 0})
     save_model(w, _model())
     w.finalize("trained")

@@ -12,7 +12,7 @@ from drivers import board_frames as bf
 from drivers.board import ArrayBoard, BoardNak
 from hil.errors import BackendError, ConfigError, InstrumentTimeout, SafetyViolation
 from hil.geometry import WANG, YAO, Cells
-from hil.program import WriteVerifyPolicy
+from hil.programming import WriteVerifyPolicy
 from sim_backend.board_firmware import EmulatedBoard, board_for
 from sim_backend.world import EmulatedWorld, drop_world, register_world
 

@@ -12,7 +12,7 @@ from drivers import board_frames as bf
 from drivers.board import ArrayBoard, BoardNak
 from hil.errors import BackendError, Cancelled, ConfigError, InstrumentTimeout, SafetyViolation
 from hil.geometry import Cells, Geometry
-from hil.program import WriteVerifyPolicy
+from hil.programming import WriteVerifyPolicy
 from hil.progress import CancelToken
 
 GEO = Geometry(1, 64, 64, "test")

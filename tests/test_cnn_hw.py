@@ -4,14 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from hil.datasets import load_embedded
-from hil.demo import DemoConfig, load_model, run_demo
+from hil.nn.datasets import load_embedded
+from hil.yao2020.demo import DemoConfig, load_model, run_demo
 from hil.errors import ConfigError, DataError
 from hil.geometry import Geometry
-from hil.hwnet import HardwareMCNN, plan_mcnn, transfer, weight_matrix
-from hil.hybrid import HybridConfig, accuracy, hybrid_train
-from hil.mcnn import MCNN, train_mcnn
-from hil.report import write_report
+from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer, weight_matrix
+from hil.yao2020.hybrid import HybridConfig, accuracy, hybrid_train
+from hil.yao2020.mcnn import MCNN, train_mcnn
+from hil.yao2020.report import write_report
 from hil.runstore import RunRecord, RunWriter
 from sim_backend.chip import SimulatedCrossbar
 from sim_backend.params import DeviceParams

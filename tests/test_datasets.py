@@ -7,8 +7,8 @@ import urllib.error
 import numpy as np
 import pytest
 
-from hil import datasets as dsm
-from hil.datasets import (Dataset, load_dataset, load_embedded, load_mnist_dir, read_idx,
+from hil.nn import datasets as dsm
+from hil.nn.datasets import (Dataset, load_dataset, load_embedded, load_mnist_dir, read_idx,
                           write_idx)
 from hil.errors import DataError
 
@@ -186,7 +186,7 @@ def test_load_dataset_default_is_embedded_and_offline(monkeypatch):
 
 
 def test_load_dataset_from_dir_and_env_trains_on_those_counts(tmp_path, monkeypatch, embedded):
-    from hil.mcnn import train_mcnn
+    from hil.yao2020.mcnn import train_mcnn
     monkeypatch.setattr(dsm.urllib.request, "urlopen", _no_network)
     _write_mnist_dir(tmp_path, embedded, 200, 50)
     monkeypatch.setenv(dsm.ENV_DIR, str(tmp_path))

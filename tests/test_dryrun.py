@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
-from hil.dryrun import DryRunCrossbar, open_dry_run
+from hil.ops.dryrun import DryRunCrossbar, open_dry_run
 from hil.errors import SafetyViolation
 from hil.geometry import Cells
 from hil.levels import LevelTable, make_pattern
-from hil.program import WriteVerifyPolicy, write_verify
+from hil.programming import WriteVerifyPolicy
+from hil.ops.write_verify import write_verify
 
 
 def station_file(tmp_path, gate_max):

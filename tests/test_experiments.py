@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from hil.errors import Cancelled
-from hil.experiments import (DEFAULT_DRIFT_TIMES_S, drift, format_count, format_duration,
+from hil.modules.stability import (DEFAULT_DRIFT_TIMES_S, drift, format_count, format_duration,
                              read_disturb)
 from hil.geometry import YAO, Cells
 from hil.levels import LevelTable, make_pattern
 from hil.plots import plot_distributions_over_time, plot_level_cdf, plot_pulse_histogram
-from hil.program import write_verify
+from hil.ops.write_verify import write_verify
 from hil.progress import CancelToken
 from hil.registry import open_station
 from sim_backend.chip import SimulatedCrossbar
@@ -177,8 +177,8 @@ def test_snapshots_are_reported_live():
 
 
 def test_cell_operation_log_records_pulses_reads_and_sweeps(tmp_path):
-    from hil.cellops import CellOpsLog
-    from hil.iv import iv_sweep
+    from hil.ops.cellops import CellOpsLog
+    from hil.ops.iv import iv_sweep
     from hil.runstore import RunRecord
     x = open_station("sim", seed=6)
     log = CellOpsLog(tmp_path / "ops.h5", {"spec": "sim"})

@@ -2,7 +2,7 @@
 (§3, 0x40), and its pulses and reads reach the emulator's voltage log (issue 9 finding 15).
 
 `RefCell` below is the documented algorithm written again from the document, one cell at a
-time in plain Python (no numpy, nothing from `hil.program` or the firmware). The job runs
+time in plain Python (no numpy, nothing from `hil.ops.write_verify` or the firmware). The job runs
 through the real driver (`drivers.board.ArrayBoard` over `hilsim://`); a spy on the world's chip
 records every pulse the firmware applies and snapshots the chip at the job's first read; the
 reference then runs on a copy of that chip (same device state, random-generator state and clock).
@@ -23,7 +23,7 @@ import sim_backend.urlhandler  # noqa: F401  (registers hilsim://)
 from drivers.board import ArrayBoard
 from hil.geometry import Cells, Geometry
 from hil.limits import Op
-from hil.program import WriteVerifyPolicy
+from hil.programming import WriteVerifyPolicy
 from sim_backend.chip import SimulatedCrossbar
 from sim_backend.params import DeviceParams
 from sim_backend.world import EmulatedWorld, drop_world, register_world

@@ -18,7 +18,7 @@ from hil.limits import Op
 from hil.runstore import RunRecord
 
 from gui import theme
-from hil.iv import iv_sweep, sweep_voltages
+from hil.ops.iv import iv_sweep, sweep_voltages
 from gui.mainwindow import MainWindow
 from gui.panels.experiments import drift_times
 from gui.panels.programming import parse_pes

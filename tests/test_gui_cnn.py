@@ -14,7 +14,7 @@ import pytest
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QMessageBox
 
-import hil.hybrid
+import hil.yao2020.hybrid
 from hil.runstore import RunRecord
 
 from gui import theme
@@ -245,14 +245,14 @@ def test_hybrid_training_live_curves_bars_and_paper_table(win, qtbot, errors):
 def test_hybrid_training_stops_mid_run(win, qtbot, errors, monkeypatch):
     hyb = setup_hybrid(win, qtbot, 6, 1)
     gate, calls = threading.Event(), []
-    orig = hil.hybrid.softmax
+    orig = hil.yao2020.hybrid.softmax
 
     def held(z):                       # one call per mini-batch (= epoch): hold the job in epoch 3
         calls.append(1)
         if len(calls) == 3:
             gate.wait(10)
         return orig(z)
-    monkeypatch.setattr(hil.hybrid, "softmax", held)
+    monkeypatch.setattr(hil.yao2020.hybrid, "softmax", held)
     outcomes = []
     win.s.job_finished.connect(lambda name, outcome: outcomes.append(outcome))
     assert hyb.start()

@@ -11,9 +11,10 @@ from drivers.crossbar_1t1r import InstrumentCrossbar
 from drivers.station import open_instrument_station
 from hil.errors import BackendError, HilError, InstrumentTimeout, SafetyViolation
 from hil.geometry import YAO, Cells
-from hil.jobs import ProgramPlan, program_job
+from hil.ops.jobs import ProgramPlan, program_job
 from hil.levels import LevelTable, make_pattern
-from hil.program import NOT_FINISHED, WriteVerifyPolicy, write_verify
+from hil.programming import NOT_FINISHED, WriteVerifyPolicy
+from hil.ops.write_verify import write_verify
 from hil.registry import load_station_file, open_station
 from hil.runstore import RunRecord, RunWriter
 from sim_backend.board_firmware import board_for

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import hil.runstore.writer as wmod
-from hil import cli
+from hil.cli import common as cli
 from hil.geometry import YAO
-from hil.hwnet import HardwareMCNN, plan_mcnn, transfer
-from hil.hybrid import HybridConfig, hybrid_train
-from hil.mcnn import MCNN
+from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer
+from hil.yao2020.hybrid import HybridConfig, hybrid_train
+from hil.yao2020.mcnn import MCNN
 from hil.runstore import RunRecord, RunWriter, journal_path, recover
 from sim_backend.chip import SimulatedCrossbar
 
@@ -189,7 +189,7 @@ def test_program_emulated_station(tmp_path):
 @pytest.fixture(scope="module")
 def mcnn_record(tmp_path_factory):
     """A trained-stage mCNN record (untrained weights are enough to exercise the transfer)."""
-    from hil.demo import save_model
+    from hil.yao2020.demo import save_model
     p = tmp_path_factory.mktemp("mcnn") / "t.h5"
     w = RunWriter.create(p, "mcnn", {"spec": None}, {"seed": 0})
     save_model(w, _model())

@@ -24,11 +24,12 @@ from drivers.keithley2450 import Keithley2450
 from drivers.keithley2600 import Keithley2600
 from drivers.keysight_b2900 import KeysightB2900
 from drivers.visa_instrument import Setting
-from hil.dryrun import DryRunCrossbar
+from hil.ops.dryrun import DryRunCrossbar
 from hil.errors import BackendError, ConfigError, SafetyViolation
 from hil.geometry import YAO, Cells
 from hil.limits import SafetyLimits
-from hil.program import WriteVerifyPolicy, write_verify
+from hil.programming import WriteVerifyPolicy
+from hil.ops.write_verify import write_verify
 from hil.registry import open_station
 from sim_backend.chip import SimulatedCrossbar
 from sim_backend.world import drop_world, get_world

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from hil.energy import EnergyModel, VmmLedger
+from hil.analog.energy import EnergyModel, VmmLedger
 from hil.errors import ConfigError, DataError
 from hil.geometry import YAO, Geometry
-from hil.mapping import SHARED, AllocationPlan, PairEncoding, plan_network
+from hil.analog.mapping import SHARED, AllocationPlan, PairEncoding, plan_network
 
 MCNN_LAYERS = {"c1": (9, 8), "c3": (72, 12), "fc": (192, 10)}
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from hil import mcnn as M
-from hil import nn
-from hil.datasets import Dataset, load_embedded
+from hil.yao2020 import mcnn as M
+from hil.nn import core as nn
+from hil.nn.datasets import Dataset, load_embedded
 from hil.errors import Cancelled, DataError
 from hil.progress import CancelToken
 

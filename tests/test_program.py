@@ -8,8 +8,8 @@ from hil.errors import AddressError, Cancelled, ConfigError, SafetyViolation
 from hil.geometry import Cells, Geometry
 from hil.levels import LevelTable, make_pattern
 from hil.limits import OP_CODES, Op, SafetyLimits
-from hil.program import (IN_BAND, MAX_PULSES, NOT_FINISHED, STATUS_NAMES, UNRESPONSIVE, ProgramReport,
-                         ProgramStep, WriteVerifyPolicy, write_verify, write_verify_host)
+from hil.programming import IN_BAND, MAX_PULSES, NOT_FINISHED, STATUS_NAMES, UNRESPONSIVE, ProgramReport, ProgramStep, WriteVerifyPolicy
+from hil.ops.write_verify import write_verify, write_verify_host
 from hil.progress import CancelToken
 
 try:

@@ -12,9 +12,9 @@ from hil.errors import AddressError, ConfigError, DataError, SafetyViolation
 from hil.geometry import WANG, YAO, Cells, Geometry
 from hil.levels import LevelTable
 from hil.limits import Op
-from hil.program import write_verify
+from hil.ops.write_verify import write_verify
 from hil.registry import open_station
-from hil.vmm import differential
+from hil.ops.vmm import differential
 from sim_backend.chip import SimulatedCrossbar
 from sim_backend.device import US
 from sim_backend.noise import NoisePool

@@ -8,7 +8,7 @@ from drivers.keithley2450 import Keithley2450
 from drivers.keithley2600 import Keithley2600, write_verify_script
 from drivers.keysight_b2900 import KeysightB2900
 from hil.errors import BackendError, ConfigError, InstrumentTimeout
-from hil.program import WriteVerifyPolicy
+from hil.programming import WriteVerifyPolicy
 
 from tests.protocol import CLEAR, TIMEOUT, WRITE_TIMEOUT, ProtocolMismatch, expected_protocol
 

@@ -15,7 +15,7 @@ from drivers.keithley2600 import Keithley2600
 from drivers.keysight_b2900 import KeysightB2900
 from hil.errors import BackendError, ConfigError, InstrumentTimeout
 from hil.geometry import Cells, Geometry
-from hil.program import WriteVerifyPolicy
+from hil.programming import WriteVerifyPolicy
 from sim_backend.smu import InstrumentDisconnected, make_instrument
 from sim_backend.visa_backend import build_bench, load_emulation, serve
 from sim_backend.world import EmulatedWorld, drop_world

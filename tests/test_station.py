@@ -13,7 +13,7 @@ import pytest
 from drivers.station import load_station_spec, open_instrument_station
 from hil.errors import BackendError, ConfigError
 from hil.registry import load_station_file, open_station
-from hil.station_check import register, serve_station, station_check
+from hil.cli.station import register, serve_station, station_check
 from sim_backend.world import drop_world
 
 _ids = itertools.count()
@@ -311,7 +311,7 @@ def test_cli_sim_station_serve_prints_the_addresses(station, capsys):
     args = _parser().parse_args(["sim-station", "serve", "--station", station, "--port-base", "0"])
     stop = threading.Event()
     stop.set()                                               # serve, print, stop at once
-    from hil.station_check import cmd_sim_station_serve
+    from hil.cli.station import cmd_sim_station_serve
     assert cmd_sim_station_serve(args, wait=stop) == 0
     out = capsys.readouterr().out
     assert re.search(r"smu1: TCPIP0::127\.0\.0\.1::\d+::SOCKET", out)
@@ -320,7 +320,7 @@ def test_cli_sim_station_serve_prints_the_addresses(station, capsys):
 
 def test_hil_program_and_read_through_the_drivers(tmp_path, capsys):
     """`hil program --station FILE` and `hil read --station FILE` on an emulated instrument station."""
-    from hil.cli import main
+    from hil.cli.common import main
     path, world = make_station(tmp_path, geometry="n_pe = 1\nrows = 16\ncols = 16",
                                em_geometry="{ n_pe = 1, rows = 16, cols = 16 }")
     try:

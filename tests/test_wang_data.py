@@ -4,7 +4,7 @@ one-line errors for wrong shapes and NaN."""
 import numpy as np
 import pytest
 
-from hil import datasets
+from hil.nn import datasets
 from hil.errors import DataError
 from hil.wang2019 import data as wd
 

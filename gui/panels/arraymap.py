@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QGroupBox, QHBoxLayout
 
 from hil.errors import DataError
 from hil.geometry import Cells
-from hil.program import STATUS_NAMES
+from hil.programming import STATUS_NAMES
 
 from .. import theme
 from ..history import RunHistory

@@ -14,13 +14,13 @@ from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QHeaderView,
 
 from pathlib import Path
 
-from hil.cellops import CellOpsLog
+from hil.ops.cellops import CellOpsLog
 from hil.geometry import Cells
 from hil.limits import Op
 from hil.progress import Progress
 
 from .. import theme
-from hil.iv import iv_sweep
+from hil.ops.iv import iv_sweep
 
 from ..session import Session, describe_selection
 from .programming import station_snapshot, unique_path

@@ -1,5 +1,5 @@
 """Experiments tab: read disturb and retention drift on the programmed cells, with live plots.
-Both run the `hil.experiments` functions in a worker (virtual clock on the simulator) and
+Both run the `hil.modules.stability` functions in a worker (virtual clock on the simulator) and
 write a run record like `hil experiment`."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLin
                                QProgressBar, QPushButton, QSpinBox, QDoubleSpinBox, QVBoxLayout,
                                QWidget)
 
-from hil import experiments
+from hil.modules import stability as experiments
 from hil.geometry import Cells
 from hil.runstore import RunWriter
 

@@ -1,8 +1,8 @@
-"""Hybrid-training tab: after weight transfer, train the FC layer in situ (`hil.hybrid`).
+"""Hybrid-training tab: after weight transfer, train the FC layer in situ (`hil.yao2020.hybrid`).
 
 The convolver outputs of the training subset and of the test images are measured once on the
 chip (with progress), then the epochs run with live accuracy and loss; per-group test accuracy
-bars before and after, and the final table beside the paper's numbers (`hil.demo.PAPER`).
+bars before and after, and the final table beside the paper's numbers (`hil.yao2020.demo.PAPER`).
 Every run is recorded (kind "mcnn": model, plan, `hybrid/epochs`) like `hil hybrid`."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
-from hil.hybrid import HybridConfig
+from hil.yao2020.hybrid import HybridConfig
 from hil.progress import Progress
 
 from .. import theme
@@ -199,9 +199,9 @@ class HybridPanel(QWidget):
     # ---- job --------------------------------------------------------------------------------
     def start(self) -> bool:
         """Measure the convolver outputs once, then run the epochs; live plots per epoch."""
-        from hil.demo import save_model
-        from hil.hwnet import transfer
-        from hil.hybrid import HybridConfig, hybrid_train
+        from hil.yao2020.demo import save_model
+        from hil.yao2020.hwnet import transfer
+        from hil.yao2020.hybrid import HybridConfig, hybrid_train
         from hil.runstore import RunWriter
         c = self.cnn
         if c.hw is None or c.dataset is None:
@@ -331,7 +331,7 @@ class HybridPanel(QWidget):
             self.bar_plot.setXRange(-0.6, len(before) - 0.4, padding=0)
 
     def _fill_table(self) -> None:
-        from hil.demo import PAPER
+        from hil.yao2020.demo import PAPER
         h = self.history
         if not h:
             self.table.setRowCount(0)

@@ -45,14 +45,14 @@ class CnnState(QObject):
     def __init__(self, session: Session) -> None:
         super().__init__(session)
         self.s = session
-        self.dataset = None          # hil.datasets.Dataset
-        self.model = None            # hil.mcnn.MCNN
+        self.dataset = None          # hil.nn.datasets.Dataset
+        self.model = None            # hil.yao2020.mcnn.MCNN
         self.model_info = ""
         self.software_acc: Optional[float] = None
         self.train_history: list[dict] = []
-        self.plan = None             # hil.mapping.AllocationPlan (transferred, with hw)
-        self.hw = None               # hil.hwnet.HardwareMCNN on the connected station
-        self.transfer = None         # hil.hwnet.TransferReport
+        self.plan = None             # hil.analog.mapping.AllocationPlan (transferred, with hw)
+        self.hw = None               # hil.yao2020.hwnet.HardwareMCNN on the connected station
+        self.transfer = None         # hil.yao2020.hwnet.TransferReport
         self.record: Optional[Path] = None
         session.connection_changed.connect(self._station_changed)
         session.plan_changed.connect(self._cells_reprogrammed)
@@ -415,7 +415,7 @@ class NetworkPanel(QWidget):
 
     def update_plan(self) -> None:
         """Plan the current model with the chosen groups on the connected station and draw it."""
-        from hil.hwnet import plan_mcnn
+        from hil.yao2020.hwnet import plan_mcnn
         geom = self.s.geometry
         self.preview = None
         self.plan_error.setText("")
@@ -467,8 +467,8 @@ class NetworkPanel(QWidget):
     # ---- training / loading ---------------------------------------------------------------------
     def train(self) -> bool:
         """Train the mCNN ex situ in a worker (dataset loaded there too)."""
-        from hil.datasets import load_dataset
-        from hil.mcnn import train_mcnn
+        from hil.nn.datasets import load_dataset
+        from hil.yao2020.mcnn import train_mcnn
         data = self.data_edit.text().strip() or None
         frac, epochs, seed = self.fraction.value(), self.epochs.value(), self.seed.value()
 
@@ -504,8 +504,8 @@ class NetworkPanel(QWidget):
 
     def load_model(self, path=None) -> bool:
         """Load the trained model stored in a run record (`hil train` / `hil demo`)."""
-        from hil.datasets import load_dataset
-        from hil.demo import load_model
+        from hil.nn.datasets import load_dataset
+        from hil.yao2020.demo import load_model
         from hil.runstore import RunRecord
         path = Path(path or self.run_edit.text().strip())
         self.run_edit.setText(str(path))
@@ -535,9 +535,9 @@ class NetworkPanel(QWidget):
     # ---- transfer -------------------------------------------------------------------------------
     def start_transfer(self) -> bool:
         """Program the model's weights onto the chip by the current plan, then calibrate the ADC."""
-        from hil.demo import STAGE_DONE, save_model, transfer_stage
-        from hil.hwnet import HardwareMCNN, transfer_plan
-        from hil.mapping import PairEncoding
+        from hil.yao2020.demo import STAGE_DONE, save_model, transfer_stage
+        from hil.yao2020.hwnet import HardwareMCNN, transfer_plan
+        from hil.analog.mapping import PairEncoding
         from hil.runstore import RunWriter
         if not self.s.connected:
             self.s.error.emit("No station", "Connect a station on the Station tab first.")

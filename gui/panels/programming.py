@@ -19,9 +19,9 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
 from hil import __version__
 from hil.errors import ConfigError, DataError
 from hil.geometry import Cells
-from hil.jobs import CELLS, ProgramPlan, level_plan, plan_from_content, program_job
+from hil.ops.jobs import CELLS, ProgramPlan, level_plan, plan_from_content, program_job
 from hil.levels import LevelTable, validate_targets
-from hil.program import WriteVerifyPolicy
+from hil.programming import WriteVerifyPolicy
 from hil.runstore import RunRecord, RunWriter, read_content
 
 from .. import theme

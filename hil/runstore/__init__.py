@@ -1,8 +1,8 @@
 """Crash-safe run store: append-only journal plus atomically rebuilt HDF5 run records."""
-from .hdf5 import FORMAT, SCHEMA_VERSION, RunRecord, summarize, write_hdf5
-from .journal import (JournalScan, Record, RecordType, RunContent, journal_path, read_journal,
+from hil.runstore.hdf5 import FORMAT, SCHEMA_VERSION, RunRecord, summarize, write_hdf5
+from hil.runstore.journal import (JournalScan, Record, RecordType, RunContent, journal_path, read_journal,
                       replay)
-from .writer import RunWriter, read_content, recover
+from hil.runstore.writer import RunWriter, read_content, recover
 
 __all__ = [
     "FORMAT", "SCHEMA_VERSION", "JournalScan", "Record", "RecordType", "RunContent",

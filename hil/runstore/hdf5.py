@@ -35,9 +35,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import __version__
-from ..errors import DataError
-from .journal import RunContent, journal_path
+from hil import __version__
+from hil.errors import DataError
+from hil.runstore.journal import RunContent, journal_path
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from hil.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

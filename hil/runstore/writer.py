@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ConfigError, DataError
-from .hdf5 import (FORMAT, JSON_KEYS, ROOT_RESERVED, SCHEMA_VERSION, TABLE_ATTRS, RunRecord,
+from hil import __version__
+from hil.errors import ConfigError, DataError
+from hil.runstore.hdf5 import (FORMAT, JSON_KEYS, ROOT_RESERVED, SCHEMA_VERSION, TABLE_ATTRS, RunRecord,
                    _fsync_dir, utc_now, write_hdf5)
-from .journal import (RecordType, RunContent, check_array, encode_record, file_header,
+from hil.runstore.journal import (RecordType, RunContent, check_array, encode_record, file_header,
                       journal_path, replay, to_jsonable)
 
 try:

@@ -34,8 +34,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .. import datasets
-from ..errors import DataError
+from hil.nn import datasets
+from hil.errors import DataError
 
 SIDE = 8
 CROP = (4, 24)                 # rows/columns kept of the 28x28 image (20x20)
@@ -133,7 +133,7 @@ class WangData:
 
 
 def from_dataset(ds: datasets.Dataset) -> WangData:
-    """A 28x28 `hil.datasets.Dataset` reduced to 8x8 volts, order kept."""
+    """A 28x28 `hil.nn.datasets.Dataset` reduced to 8x8 volts, order kept."""
     return WangData(to_volts(reduce_8x8(ds.x_train, f"{ds.source} (train)")), ds.y_train,
                     to_volts(reduce_8x8(ds.x_test, f"{ds.source} (test)")), ds.y_test,
                     datasets.N_CLASSES, f"{ds.source} -> 8x8")
@@ -141,7 +141,7 @@ def from_dataset(ds: datasets.Dataset) -> WangData:
 
 def load_mnist8(data=None, seed: int = 0) -> WangData:
     """8x8 digits: from the MNIST IDX directory `data` (60,000 / 10,000), else the embedded
-    5,000 digits split 4,000 / 1,000 by `seed` (see `hil.datasets.load_dataset`)."""
+    5,000 digits split 4,000 / 1,000 by `seed` (see `hil.nn.datasets.load_dataset`)."""
     return from_dataset(datasets.load_dataset(data, seed=seed))
 
 

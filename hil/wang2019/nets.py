@@ -6,7 +6,7 @@ product through `matmul(layer_name, X, W)` (default X @ W), so a mapped layer ca
 by a crossbar VMM; `backward(dlogits, cache, weights=...)` uses the weights it is given (on
 hardware the last read-back ones) with the activations stored by the forward pass.
 
-Patch rows are in (channel, kernel row, kernel column) order (`hil.nn.im2col`); activations
+Patch rows are in (channel, kernel row, kernel column) order (`hil.nn.core.im2col`); activations
 are (N, C, H, W); the dense layers read the pooled map flattened in (C, H, W) order. No biases.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import nn
-from ..errors import ConfigError, DataError
+from hil.nn import core as nn
+from hil.errors import ConfigError, DataError
 
 MatMul = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
 CELLS_PER_WEIGHT = 4        # a differential pair (2 cells), stored twice

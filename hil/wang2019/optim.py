@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError
+from hil.errors import ConfigError
 
 
 class RMSprop:

@@ -6,11 +6,11 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..progress import CancelToken, Progress, ProgressCallback, ensure
-from .data import WangData
-from .nets import WangConvLSTM, WangCNN
-from .optim import RMSprop
+from hil.errors import ConfigError
+from hil.progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.wang2019.data import WangData
+from hil.wang2019.nets import WangConvLSTM, WangCNN
+from hil.wang2019.optim import RMSprop
 
 
 @dataclass

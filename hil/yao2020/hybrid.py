@@ -16,13 +16,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import ConfigError, DataError
-from .geometry import Cells
-from .hwnet import HardwareMCNN
-from .mapping import SHARED
-from .program import WriteVerifyPolicy, write_verify
-from .progress import CancelToken, Progress, ProgressCallback, ensure
-from .runstore import RunWriter
+from hil.errors import ConfigError, DataError
+from hil.geometry import Cells
+from hil.yao2020.hwnet import HardwareMCNN
+from hil.analog.mapping import SHARED
+from hil.programming import WriteVerifyPolicy
+from hil.ops.write_verify import write_verify
+from hil.progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.runstore import RunWriter
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import DataError
-from .progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.errors import DataError
+from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,14 @@ from typing import Optional
 
 import numpy as np
 
-from .crossbar import Crossbar
-from .errors import DataError, HilError
-from .geometry import Cells
-from .levels import LevelTable
-from .program import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy, write_verify
-from .progress import CancelToken, ProgressCallback
-from .runstore import RunWriter
+from hil.crossbar import Crossbar
+from hil.errors import DataError, HilError
+from hil.geometry import Cells
+from hil.levels import LevelTable
+from hil.programming import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy
+from hil.ops.write_verify import write_verify
+from hil.progress import CancelToken, ProgressCallback
+from hil.runstore import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _snapshot(xbar: Crossbar) -> np.ndarray:
 
 def level_plan(geometry, pes, table: LevelTable, pattern: str = "levels32", seed: Optional[int] = None) -> ProgramPlan:
     """Plan for every cell of `pes` following a level pattern."""
-    from .levels import make_pattern
+    from hil.levels import make_pattern
     cells = Cells.all(geometry, pes)
     li, targets = make_pattern(pattern, len(cells), table, **({"seed": seed} if pattern == "random" else {}))
     return ProgramPlan(cells.flat(geometry), np.asarray(li, np.int64), np.asarray(targets, float), table.tolerance_s)

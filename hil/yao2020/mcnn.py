@@ -23,10 +23,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import nn
-from .datasets import Dataset
-from .errors import DataError
-from .progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.nn import core as nn
+from hil.nn.datasets import Dataset
+from hil.errors import DataError
+from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `station_check(spec)` connects to a station (through the registry, so any backend works), collects
 identities, firmware, channel map and limits from `describe()`, and dry-runs a small write-verify
-job through `hil.dryrun` (every pulse checked against the station's limits on a shadow chip;
+job through `hil.ops.dryrun` (every pulse checked against the station's limits on a shadow chip;
 nothing is applied to the hardware).
 
 `serve_station(file)` puts the emulated instruments of a station file's [emulation] table on TCP
@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from .cli import _jsonable
-from .errors import ConfigError, HilError
+from hil.cli.common import _jsonable
+from hil.errors import ConfigError, HilError
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,13 @@ def station_check(spec: str, *, cells: int = 16, pe: int = 0, seed: int = 0, con
     """Connect to station `spec` ('sim' or a station file), describe it and dry-run a small job.
 
     Returns a JSON-able dict: `ok`, `station`, `describe` (identities, firmware, channel map,
-    limits ...), `dry_run` (hil.dryrun report of write-verifying `cells` cells of PE `pe` to the
+    limits ...), `dry_run` (hil.ops.dryrun report of write-verifying `cells` cells of PE `pe` to the
     32-level table). Raises HilError (ConfigError, BackendError ...) when the station is broken."""
-    from .dryrun import open_dry_run
-    from .geometry import Cells
-    from .levels import LevelTable, make_pattern
-    from .program import write_verify
-    from .registry import open_station
+    from hil.ops.dryrun import open_dry_run
+    from hil.geometry import Cells
+    from hil.levels import LevelTable, make_pattern
+    from hil.ops.write_verify import write_verify
+    from hil.registry import open_station
 
     out: dict = {"station": spec, "ok": False}
     if connect:
@@ -154,7 +154,7 @@ def register(sub) -> None:
     sp = sub.add_parser("station", help="station files: check connections, identities and limits")
     ssub = sp.add_subparsers(dest="station_cmd", required=True)
     c = ssub.add_parser("check", help="connect, print identities, firmware and limits, dry-run a small job")
-    from . import options as opt
+    from hil import options as opt
     c.add_argument("file", type=opt.station_spec, help="station TOML file (or 'sim')")
     c.add_argument("--cells", type=opt.positive_int(opt.MAX_CHECK_CELLS), default=16,
                    help="cells in the dry-run job, at most one PE's (default 16)")

@@ -13,16 +13,16 @@ from typing import Optional
 
 import numpy as np
 
-from . import __version__
-from . import options as opt
-from .errors import Cancelled, HilError
-from .geometry import Cells
-from .levels import LevelTable
-from .program import WriteVerifyPolicy
-from .progress import CancelToken, Progress
-from .registry import available_backends, open_station
-from .runstore import RunRecord, RunWriter, read_content, recover, summarize
-from .runstore.journal import journal_path
+from hil import __version__
+from hil import options as opt
+from hil.errors import Cancelled, HilError
+from hil.geometry import Cells
+from hil.levels import LevelTable
+from hil.programming import WriteVerifyPolicy
+from hil.progress import CancelToken, Progress
+from hil.registry import available_backends, open_station
+from hil.runstore import RunRecord, RunWriter, read_content, recover, summarize
+from hil.runstore.journal import journal_path
 
 log = logging.getLogger("hil")
 
@@ -127,7 +127,7 @@ def _chip_state_path(out: Path, station: str) -> Optional[Path]:
 
 # ---- hil program ---------------------------------------------------------------------------
 def cmd_program(args) -> int:
-    from .jobs import level_plan, plan_from_content, program_job
+    from hil.ops.jobs import level_plan, plan_from_content, program_job
     if args.dry_run:
         return _program_dry_run(args)
     resume = args.resume is not None
@@ -183,7 +183,7 @@ def cmd_program(args) -> int:
         writer.set_attrs("/", summary=summary)
         writer.finalize()
     if args.plot:
-        from .plots import plot_level_cdf, plot_pulse_histogram
+        from hil.plots import plot_level_cdf, plot_pulse_histogram
         d = Path(args.plot)
         d.mkdir(parents=True, exist_ok=True)
         g_after = RunRecord.open(out).dataset("snapshots/after_programming")[0].ravel()[plan.flat]
@@ -214,9 +214,9 @@ def _no_record_no_chip(out: Path, chip_state: Optional[Path]):
 
 def _program_dry_run(args) -> int:
     """Validate every pulse the job would apply against the station's limits, on a shadow chip."""
-    from .dryrun import open_dry_run
-    from .program import write_verify
-    from .jobs import level_plan
+    from hil.ops.dryrun import open_dry_run
+    from hil.ops.write_verify import write_verify
+    from hil.ops.jobs import level_plan
     opts = {"params_path": args.params} if getattr(args, "params", None) else {}
     with open_dry_run(args.station, args.seed, **opts) as xbar:
         plan = level_plan(xbar.geometry, _pes(args.pe, xbar.geometry.n_pe), LevelTable.linear(n=args.levels),
@@ -239,7 +239,7 @@ def _is_sim(station: str) -> bool:
     if station == "sim":
         return True
     try:
-        from .registry import load_station_file
+        from hil.registry import load_station_file
         return load_station_file(station)["station"]["backend"] == "sim"
     except HilError:
         return False
@@ -256,7 +256,7 @@ def cmd_read(args) -> int:
               "max_us": float(v.max() * 1e6), "std_us": float(v.std() * 1e6)} for p, v in zip(pes, vals)]
     data = {"pes": stats, "cells": int(vals.size)}
     if args.plot:
-        from .plots import plot_heatmaps
+        from hil.plots import plot_heatmaps
         data["plots"] = [str(plot_heatmaps(vals, pes, Path(args.plot) / "conductance_map.png"))]
     if args.full:
         data["g_s"] = vals
@@ -268,8 +268,8 @@ def cmd_read(args) -> int:
 
 # ---- hil experiment ------------------------------------------------------------------------
 def cmd_experiment(args) -> int:
-    from . import experiments
-    from .jobs import level_plan, program_job
+    from hil.modules import stability as experiments
+    from hil.ops.jobs import level_plan, program_job
     with _open(args) as xbar:
         pes = _pes(args.pe, xbar.geometry.n_pe)
         plan = level_plan(xbar.geometry, pes, LevelTable.linear())
@@ -301,7 +301,7 @@ def cmd_experiment(args) -> int:
         writer.finalize()
     summary["out"] = str(out)
     if args.plot:
-        from .plots import plot_distributions_over_time
+        from hil.plots import plot_distributions_over_time
         d = Path(args.plot)
         d.mkdir(parents=True, exist_ok=True)
         summary["plots"] = [str(plot_distributions_over_time(
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot_opt(sp, "conductance-map")
     sp.set_defaults(func=cmd_read)
 
-    from .experiments import MAX_DISTURB_READS, MAX_DRIFT_DAYS
+    from hil.modules.stability import MAX_DISTURB_READS, MAX_DRIFT_DAYS
     sp = sub.add_parser("experiment", help="read-disturb and drift experiments")
     esub = sp.add_subparsers(dest="which", required=True)
     e = esub.add_parser("read-disturb", help="program, then apply read pulses and track the states")
@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot_opt(e, "distribution")
     e.set_defaults(func=cmd_experiment)
 
-    from . import cli_cnn, station_check
+    from hil.cli import yao as cli_cnn
+    from hil.cli import station as station_check
     cli_cnn.register(sub, station_opts)
     station_check.register(sub)
 

@@ -12,8 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from .geometry import Cells
-from .runstore import RunWriter
+from hil.geometry import Cells
+from hil.runstore import RunWriter
 
 KIND = "cell-operations"
 OP_CODES = {"READ": 0, "SET": 1, "RESET": 2, "FORM": 3}

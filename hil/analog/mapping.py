@@ -16,8 +16,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
-from .geometry import Cells, Geometry
+from hil.errors import ConfigError, DataError
+from hil.geometry import Cells, Geometry
 
 SHARED = -1          # group of tiles shared by every convolver group (the FC layers)
 

@@ -14,16 +14,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .crossbar import Crossbar
-from .energy import EnergyModel, VmmLedger
-from .errors import ConfigError, DataError
-from .geometry import Cells
-from .jobs import ProgramPlan, program_job
-from .mapping import SHARED, AllocationPlan, PairEncoding, plan_network
-from .mcnn import MCNN, conv_patches, maps_from_patch_outputs
-from .program import ProgramReport, WriteVerifyPolicy
-from .progress import CancelToken, Progress, ProgressCallback, ensure
-from .runstore import RunWriter
+from hil.crossbar import Crossbar
+from hil.analog.energy import EnergyModel, VmmLedger
+from hil.errors import ConfigError, DataError
+from hil.geometry import Cells
+from hil.ops.jobs import ProgramPlan, program_job
+from hil.analog.mapping import SHARED, AllocationPlan, PairEncoding, plan_network
+from hil.yao2020.mcnn import MCNN, conv_patches, maps_from_patch_outputs
+from hil.programming import ProgramReport, WriteVerifyPolicy
+from hil.progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.runstore import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class HardwareMCNN:
     def calibrate_adc(self, x: np.ndarray, *, percentile: float = 99.9, headroom: float = 1.1) -> dict:
         """Per-layer ADC full scale from the ideal slot currents of sample images x (referenced
         to the layer's largest currents, as in XPEsim); sets and returns `adc_fs`."""
-        from .vmm import bit_planes
+        from hil.ops.vmm import bit_planes
         x = _check_images(x)
         v = self.xbar.v_read_default
         layer_inputs = {"c1": conv_patches(x[:, None].astype(np.int64), CONV_PAD["c1"]),

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import options as opt
-from .cli import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
-from .demo import STAGE_DONE
-from .errors import DataError, HilError
-from .hybrid import HybridConfig
-from .progress import Progress
-from .runstore import RunRecord, RunWriter, read_content
+from hil import options as opt
+from hil.cli.common import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
+from hil.yao2020.demo import STAGE_DONE
+from hil.errors import DataError, HilError
+from hil.yao2020.hybrid import HybridConfig
+from hil.progress import Progress
+from hil.runstore import RunRecord, RunWriter, read_content
 
 KIND = "mcnn"
 
@@ -60,16 +60,16 @@ def _free_name(path: Path) -> Path:
 
 
 def _dataset(args):
-    from .datasets import load_dataset
+    from hil.nn.datasets import load_dataset
     return load_dataset(args.data, seed=args.seed or 0, download=getattr(args, "download", False))
 
 
 # ---- hil demo -----------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
-    from .hwnet import plan_mcnn
-    from .mcnn import MCNN
-    from .report import table_text, write_report
+    from hil.yao2020.demo import DemoConfig, run_demo
+    from hil.yao2020.hwnet import plan_mcnn
+    from hil.yao2020.mcnn import MCNN
+    from hil.yao2020.report import table_text, write_report
     seed = 0 if args.seed is None else args.seed
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
     hybrid = {"seed": seed} if args.hybrid_fraction is None else {"seed": seed, "fraction": args.hybrid_fraction}
@@ -110,7 +110,7 @@ def cmd_demo(args) -> int:
 
 # ---- hil train / transfer / hybrid ----------------------------------------------------------
 def cmd_train(args) -> int:
-    from .demo import train_stage
+    from hil.yao2020.demo import train_stage
     seed = 0 if args.seed is None else args.seed
     ds = _dataset(args)
     out = Path(args.out)
@@ -159,8 +159,8 @@ def _same_chip(run, content, xbar) -> None:
 
 
 def cmd_transfer(args) -> int:
-    from .demo import load_model, load_plan, transfer_stage
-    from .hwnet import plan_mcnn
+    from hil.yao2020.demo import load_model, load_plan, transfer_stage
+    from hil.yao2020.hwnet import plan_mcnn
     content = _stage_content(args)
     resume = "transfer/targets" in content.datasets
     model = load_model(content)
@@ -211,9 +211,9 @@ def _groups_arg(spec, n: int) -> list[int]:
 
 
 def cmd_hybrid(args) -> int:
-    from .demo import load_model, load_plan
-    from .hwnet import HardwareMCNN
-    from .hybrid import hybrid_train
+    from hil.yao2020.demo import load_model, load_plan
+    from hil.yao2020.hwnet import HardwareMCNN
+    from hil.yao2020.hybrid import hybrid_train
     content = _stage_content(args)
     model, plan = load_model(content), load_plan(content)
     groups = _groups_arg(args.group, plan.groups)

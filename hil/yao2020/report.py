@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo import PAPER
-from .plots import _figure, _save, plot_level_cdf, plot_pulse_histogram
+from hil.yao2020.demo import PAPER
+from hil.plots import _figure, _save, plot_level_cdf, plot_pulse_histogram
 
 
 def _pct(x) -> str:

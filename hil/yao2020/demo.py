@@ -21,16 +21,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .crossbar import Crossbar
-from .datasets import Dataset
-from .errors import DataError
-from .hwnet import CONV_LAYERS, HardwareMCNN, TransferReport, plan_mcnn, transfer
-from .hybrid import HybridConfig, accuracy, hybrid_train
-from .mapping import AllocationPlan, PairEncoding
-from .mcnn import MCNN, train_mcnn
-from .nn import blas_threads
-from .progress import CancelToken, ProgressCallback, no_progress
-from .runstore import RunWriter
+from hil.crossbar import Crossbar
+from hil.nn.datasets import Dataset
+from hil.errors import DataError
+from hil.yao2020.hwnet import CONV_LAYERS, HardwareMCNN, TransferReport, plan_mcnn, transfer
+from hil.yao2020.hybrid import HybridConfig, accuracy, hybrid_train
+from hil.analog.mapping import AllocationPlan, PairEncoding
+from hil.yao2020.mcnn import MCNN, train_mcnn
+from hil.nn.core import blas_threads
+from hil.progress import CancelToken, ProgressCallback, no_progress
+from hil.runstore import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def after_training(xbar: Crossbar, hw: HardwareMCNN, x, y, cfg: DemoConfig, writ
         t_start = xbar.now()
         times, accs = [], []
         bar = bars("accuracy against time", "point")
-        from .progress import Progress
+        from hil.progress import Progress
         for k, t in enumerate(cfg.after_times_s):
             xbar.advance(max(0.0, t_start + t - xbar.now()))
             times.append(float(t))

@@ -23,10 +23,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .crossbar import Crossbar
-from .errors import BackendError, ConfigError
-from .geometry import Cells
-from .progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.crossbar import Crossbar
+from hil.errors import BackendError, ConfigError
+from hil.geometry import Cells
+from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 
 log = logging.getLogger(__name__)
 

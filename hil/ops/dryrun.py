@@ -10,9 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from .crossbar import Crossbar, VmmResult
-from .geometry import Cells, Geometry
-from .limits import Op, SafetyLimits
+from hil.crossbar import Crossbar, VmmResult
+from hil.geometry import Cells, Geometry
+from hil.limits import Op, SafetyLimits
 
 
 class DryRunCrossbar(Crossbar):
@@ -69,7 +69,7 @@ def open_dry_run(spec: str, seed: Optional[int] = None, **options) -> DryRunCros
     The station file and `options` (params_path, ...) are validated exactly as a real run
     validates them (`hil.registry.check_station`: same loader, schema, channel checks and
     parameter files); then nothing is opened: no instrument, no emulated world."""
-    from .registry import check_station, open_station
+    from hil.registry import check_station, open_station
     checked = check_station(spec, seed=seed, **options)
     geometry, limits = checked.geometry, checked.limits
     shadow = open_station("sim", seed=0 if seed is None else seed, geometry=geometry)

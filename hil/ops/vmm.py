@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .crossbar import INPUT_BITS, VmmResult
+from hil.crossbar import INPUT_BITS, VmmResult
 
 
 def bit_planes(x: np.ndarray, bits: int = INPUT_BITS, dtype=np.float32) -> np.ndarray:

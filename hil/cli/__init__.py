@@ -1,0 +1,4 @@
+"""The hil command line."""
+from hil.cli.common import main
+
+__all__ = ["main"]
