@@ -6,7 +6,7 @@ from typing import Callable, Optional
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
-                               QVBoxLayout, QWidget)
+                               QVBoxLayout)
 
 from . import theme
 
@@ -140,9 +140,3 @@ def headline(text: str) -> QLabel:
     lab.setStyleSheet(f"font-size: 13pt; font-weight: 600; color: {theme.TEXT};")
     return lab
 
-
-def placeholder(parent: QWidget, text: str) -> QLabel:
-    lab = QLabel(text, parent)
-    lab.setAlignment(Qt.AlignCenter)
-    lab.setProperty("muted", "true")
-    return lab

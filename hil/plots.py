@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["plot_level_cdf", "plot_pulse_histogram", "plot_distributions_over_time"]
 
-US = 1e6
+US_PER_S = 1e6
 DPI = 120
 #: `plot_distributions_over_time(kind="auto")` draws histograms from this many cells up
 HIST_MIN_CELLS = 4000
@@ -94,10 +94,10 @@ def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribu
         tol = float(tolerance_s)
         for k, lv in enumerate(levels):
             c = cmap((lv - levels.min()) / span)
-            ax.axvspan((level_targets[k] - tol) * US, (level_targets[k] + tol) * US, color=c,
+            ax.axvspan((level_targets[k] - tol) * US_PER_S, (level_targets[k] + tol) * US_PER_S, color=c,
                        alpha=0.15, lw=0)
     for k, lv in enumerate(levels):
-        x = np.sort(g[inv == k]) * US
+        x = np.sort(g[inv == k]) * US_PER_S
         x = x[np.isfinite(x)]
         if x.size == 0:
             continue
@@ -105,14 +105,14 @@ def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribu
         ax.step(x, y, where="post", color=cmap((lv - levels.min()) / span), lw=1.2)
     if level_targets is not None and tolerance_s is None:
         for k, lv in enumerate(levels):
-            ax.axvline(level_targets[k] * US, color=cmap((lv - levels.min()) / span), lw=0.5, ls=":")
+            ax.axvline(level_targets[k] * US_PER_S, color=cmap((lv - levels.min()) / span), lw=0.5, ls=":")
     ax.set_xlabel("conductance (µS)")
     ax.set_ylabel("cumulative probability")
     ax.set_ylim(0, 1.02)
     if level_targets is not None and level_targets.size > 1:
         pad = 2.0 * float(np.min(np.diff(np.sort(level_targets))))
-        lo, hi = (level_targets.min() - pad) * US, (level_targets.max() + pad) * US
-        outside = int(np.count_nonzero((g * US < lo) | (g * US > hi)))
+        lo, hi = (level_targets.min() - pad) * US_PER_S, (level_targets.max() + pad) * US_PER_S
+        outside = int(np.count_nonzero((g * US_PER_S < lo) | (g * US_PER_S > hi)))
         ax.set_xlim(lo, hi)
         if outside:
             ax.text(0.99, 0.02, f"{outside} cells outside the axis (write errors, stuck cells)",
@@ -179,7 +179,7 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
         kind = "hist" if n >= HIST_MIN_CELLS else "cdf"
     if kind not in ("hist", "cdf"):
         raise ValueError(f"kind must be 'auto', 'hist' or 'cdf', got {kind!r}")
-    allg = np.concatenate(arrays) * US
+    allg = np.concatenate(arrays) * US_PER_S
     allg = allg[np.isfinite(allg)]
     # robust range: stuck cells far outside the window would squeeze every level into a few bins
     lo, hi = (np.percentile(allg, 0.2), np.percentile(allg, 99.8)) if allg.size else (0.0, 1.0)
@@ -189,7 +189,7 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
     tcmap = _cmap("plasma")
     for i, (k, a) in enumerate(zip(labels, arrays)):
         c = tcmap(0.85 * i / max(len(labels) - 1, 1))
-        v = np.sort(a[np.isfinite(a)]) * US
+        v = np.sort(a[np.isfinite(a)]) * US_PER_S
         if kind == "hist":
             a1.hist(v, bins=bins, histtype="step", color=c, lw=1.0, alpha=0.8, label=k)
         elif v.size:
@@ -203,7 +203,7 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
 
     counts = np.maximum(np.bincount(inv, minlength=levels.size), 1)
     means = np.array([np.bincount(inv, weights=np.nan_to_num(a), minlength=levels.size) / counts
-                      for a in arrays]) * US                     # (snapshots, levels)
+                      for a in arrays]) * US_PER_S                     # (snapshots, levels)
     cmap = _cmap("viridis")
     span = max(levels.max() - levels.min(), 1) if levels.size else 1
     x = np.arange(len(labels))

@@ -16,7 +16,7 @@ from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, SafetyLimits
 from hil.ops.vmm import adc_lsb
 
-from .device import US, DeviceArray
+from .device import DeviceArray
 from .noise import NoisePool
 from .params import DeviceParams
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .params import DeviceParams
 
-US = 1e-6
+S_PER_US = 1e-6
 STUCK_NONE, STUCK_OFF, STUCK_ON = 0, 1, 2
 
 
@@ -43,14 +43,14 @@ class DeviceArray:
         self.stuck[u < p.defects.stuck_off_rate] = STUCK_OFF
         self.stuck[(u >= p.defects.stuck_off_rate) & (u < p.defects.stuck_off_rate + p.defects.stuck_on_rate)] = STUCK_ON
         lo, hi = p.defects.stuck_on_g_us
-        self.g_stuck = np.where(self.stuck == STUCK_ON, rng.uniform(lo, hi, n), p.form.unformed_g_us) * US
+        self.g_stuck = np.where(self.stuck == STUCK_ON, rng.uniform(lo, hi, n), p.form.unformed_g_us) * S_PER_US
         if p.initial.state == "formed":
             self.formed = self.stuck != STUCK_OFF
-            self.g0 = rng.uniform(p.initial.g_low_us, p.initial.g_high_us, n) * US
+            self.g0 = rng.uniform(p.initial.g_low_us, p.initial.g_high_us, n) * S_PER_US
         else:
             self.formed = self.stuck == STUCK_ON
-            self.g0 = np.full(n, p.form.unformed_g_us * US)
-        self.g0 = np.where(self.formed, self.g0, p.form.unformed_g_us * US)
+            self.g0 = np.full(n, p.form.unformed_g_us * S_PER_US)
+        self.g0 = np.where(self.formed, self.g0, p.form.unformed_g_us * S_PER_US)
         self.t_prog = np.full(n, -1e9)       # programmed long ago: fully relaxed
         self.xi_relax = rng.standard_normal(n)
         self.xi_drift = rng.standard_normal(n)
@@ -64,20 +64,20 @@ class DeviceArray:
         dt = np.maximum(t - self.t_prog[idx], 0.0)
         r = p.relaxation
         frac = np.clip(np.log1p(dt / r.tau_s) / np.log1p(r.full_s / r.tau_s), 0.0, 1.0)
-        relax = (r.mean_rel * g0 + np.hypot(r.sigma_rel * g0, r.sigma_abs_us * US) * self.xi_relax[idx]) * frac
+        relax = (r.mean_rel * g0 + np.hypot(r.sigma_rel * g0, r.sigma_abs_us * S_PER_US) * self.xi_relax[idx]) * frac
         d = p.drift
         decades = np.log10(1.0 + dt / d.t0_s)
-        drift = (-d.pull_per_decade * (g0 - d.g_mid_us * US) * decades
-                 + (d.sigma_abs_us * US + d.sigma_rel * g0) * np.sqrt(decades) * self.xi_drift[idx])
-        dist = p.disturb.a_us * US * self.disturb_scale[idx] * np.log1p(self.dose[idx] / p.disturb.dose0)
+        drift = (-d.pull_per_decade * (g0 - d.g_mid_us * S_PER_US) * decades
+                 + (d.sigma_abs_us * S_PER_US + d.sigma_rel * g0) * np.sqrt(decades) * self.xi_drift[idx])
+        dist = p.disturb.a_us * S_PER_US * self.disturb_scale[idx] * np.log1p(self.dose[idx] / p.disturb.dose0)
         g = g0 + relax + drift + dist
-        g = np.clip(g, p.defects.g_floor_us * US, p.defects.g_max_us * US)
+        g = np.clip(g, p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US)
         working = self.formed[idx] & (self.stuck[idx] == STUCK_NONE)
         return np.where(working, g, np.where(self.stuck[idx] == STUCK_ON, self.g_stuck[idx], self.g0[idx]))
 
     def read_noise_sigma(self, g: np.ndarray) -> np.ndarray:
         rn = self.p.read_noise
-        return np.hypot(rn.rel * g, rn.abs_us * US)
+        return np.hypot(rn.rel * g, rn.abs_us * S_PER_US)
 
     def read(self, idx: np.ndarray, t: float, n_avg: int = 1) -> np.ndarray:
         """Noisy read (S), averaged over n_avg reads."""
@@ -115,7 +115,7 @@ class DeviceArray:
         p, sp, cp = self.p, self.p.set, self.p.compliance
         ok = self.formed[idx] & (self.stuck[idx] == STUCK_NONE)
         g = self.conductance(idx, t)
-        g_us = g / US
+        g_us = g / S_PER_US
         mean, sigma = self._table_step(g_us, sp.table_g_us, sp.mean_dg_us, sp.sigma_dg_us)
         top = sp.table_g_us[-1]
         taper = np.clip((sp.ceiling_us - g_us) / (sp.ceiling_us - top), 0.0, 1.0)
@@ -128,7 +128,7 @@ class DeviceArray:
         step = gate * (mean * drive * self.set_scale[idx]
                        + sigma * np.sqrt(drive) * self._noise(idx.size, sp.clip_sigmas))
         g_new_us = np.minimum(g_us + step, np.maximum(g_us, g_lim_us))
-        g_new = np.clip(g_new_us * US, p.defects.g_floor_us * US, p.defects.g_max_us * US)
+        g_new = np.clip(g_new_us * S_PER_US, p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US)
         self._restart(idx, g_new, t, ok & (gate > 0))
 
     def reset_pulse(self, idx, v, v_gate, width, t) -> None:
@@ -136,7 +136,7 @@ class DeviceArray:
         p, rp = self.p, self.p.reset
         ok = self.formed[idx] & (self.stuck[idx] == STUCK_NONE)
         g = self.conductance(idx, t)
-        g_us = g / US
+        g_us = g / S_PER_US
         mean, sigma = self._table_step(g_us, rp.table_g_us, rp.mean_dg_us, rp.sigma_dg_us)
         lo, hi = rp.table_g_us[0], rp.table_g_us[-1]
         mean = np.where(g_us < lo, rp.mean_dg_us[0] * g_us / lo, mean)
@@ -145,7 +145,7 @@ class DeviceArray:
         drive = np.minimum(np.exp((v - rp.v_ref) / rp.v_slope) * (width / rp.width_ref_s) ** rp.width_exponent,
                            rp.max_drive) * gate_on
         step = mean * drive * self.reset_scale[idx] + sigma * np.sqrt(drive) * self._noise(idx.size, rp.clip_sigmas)
-        g_new = np.clip((g_us + step) * US, p.defects.g_floor_us * US, p.defects.g_max_us * US)
+        g_new = np.clip((g_us + step) * S_PER_US, p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US)
         self._restart(idx, g_new, t, ok & (drive > 0))
 
     def form_pulse(self, idx, v, v_gate, width, t) -> None:
@@ -159,7 +159,7 @@ class DeviceArray:
             g_lim_us = cp.g_per_v_us * np.maximum(v_gate[forms] - self.vth[i], 0.0)
             g_us = np.maximum(g_lim_us * (1 + fp.formed_cv * self.rng.standard_normal(i.size)), 1.0)
             self.formed[i] = True
-            self._restart(i, np.minimum(g_us, self.p.defects.g_max_us) * US, t, np.ones(i.size, bool))
+            self._restart(i, np.minimum(g_us, self.p.defects.g_max_us) * S_PER_US, t, np.ones(i.size, bool))
         # A FORM pulse on a formed cell acts as a strong SET.
         again = self.formed[idx] & ~forms & (self.stuck[idx] == STUCK_NONE)
         if again.any():

@@ -225,11 +225,6 @@ def build_bench(emulation: dict) -> Bench:
         return bench
 
 
-def bench_for(world_name: str) -> Optional[Bench]:
-    """The bench already built for world `world_name` (None if none)."""
-    return _BENCHES.get(world_name)
-
-
 # ---- pyvisa library -----------------------------------------------------------------------
 @dataclass
 class _Session:

@@ -25,7 +25,7 @@ from gui.panels.programming import parse_pes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = Geometry(2, 16, 8, "small")
-US = 1e6
+US_PER_S = 1e6
 
 
 @pytest.fixture
@@ -107,10 +107,10 @@ def test_array_map_read_hover_and_selection(win, qtbot):
     wait_idle(qtbot, win)
     g = win.s.g_map
     assert np.isfinite(g).all() and g.shape == SMALL.shape
-    np.testing.assert_allclose(amap.map.image_data(1), g[1] * US, rtol=1e-6)
+    np.testing.assert_allclose(amap.map.image_data(1), g[1] * US_PER_S, rtol=1e-6)
     assert "256 of 256 cells read" in amap.stats.text()
     amap._hover(1, 3, 2)
-    assert amap.hover.text().startswith("PE 1 · row   3 · col   2") and f"{g[1, 3, 2] * US:7.3f} µS" in amap.hover.text()
+    assert amap.hover.text().startswith("PE 1 · row   3 · col   2") and f"{g[1, 3, 2] * US_PER_S:7.3f} µS" in amap.hover.text()
 
     # a real mouse click on PE 0, row 5, col 6 of the rendered map
     qtbot.wait(50)
@@ -148,12 +148,12 @@ def test_cell_history_from_the_programming_run(win, qtbot):
     h = amap.history
     assert h is not None and h.verify_iter.size >= 1 and h.n_pulses == h.verify_iter.size - 1
     x, y = amap.g_curve.getData()
-    np.testing.assert_allclose(y, h.verify_g_s * US)
+    np.testing.assert_allclose(y, h.verify_g_s * US_PER_S)
     with RunRecord.open(p.out) as rec:
         ver = rec.table("programming/verify")
     np.testing.assert_allclose(h.verify_g_s, ver["g_s"][ver["cell"] == flat])
     assert h.target_s == pytest.approx(p.plan.targets_s[37])
-    assert f"target {h.target_s * US:.2f} µS" in amap.hist_info.text()
+    assert f"target {h.target_s * US_PER_S:.2f} µS" in amap.hist_info.text()
     n_pulse_pts = sum(len(item.getData()[0] if item.getData()[0] is not None else []) for item in amap.pulse_items.values())
     assert n_pulse_pts == h.n_pulses
 
@@ -187,8 +187,8 @@ def test_cell_ops_reset_then_read_show_values(win, qtbot):
     wait_idle(qtbot, win)
     cells, before, after = ops.last_result
     assert len(cells) == 3 and ops.table.rowCount() == 3
-    assert ops.table.item(2, 4).text() == f"{after[2] * US:.3f}"
-    assert ops.table.item(2, 3).text() == f"{before[2] * US:.3f}"
+    assert ops.table.item(2, 4).text() == f"{after[2] * US_PER_S:.3f}"
+    assert ops.table.item(2, 3).text() == f"{before[2] * US_PER_S:.3f}"
     assert np.mean(after) < np.mean(before)                # RESET lowers the conductance
     np.testing.assert_allclose(win.s.g_map[0, 1, :3], after)
     qtbot.mouseClick(ops.read_g.button, Qt.LeftButton)
@@ -218,7 +218,7 @@ def test_iv_sweep_panel_plots_the_loop(win, qtbot):
     assert len(curves) == 2
     x, y = curves[0].getData()
     np.testing.assert_allclose(x, v)
-    np.testing.assert_allclose(y, ops.last_iv.g_s[:, 0] * v * US)
+    np.testing.assert_allclose(y, ops.last_iv.g_s[:, 0] * v * US_PER_S)
 
 
 def test_iv_sweep_function_refuses_before_any_pulse():

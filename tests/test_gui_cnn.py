@@ -21,7 +21,7 @@ from gui import theme
 from gui.mainwindow import MainWindow
 from gui.panels.network import FC_COLOR, GAP, tag_color
 
-US = 1e6
+US_PER_S = 1e6
 
 
 @pytest.fixture

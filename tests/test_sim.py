@@ -16,7 +16,7 @@ from hil.ops.write_verify import write_verify
 from hil.registry import open_station
 from hil.ops.vmm import differential
 from sim_backend.chip import SimulatedCrossbar
-from sim_backend.device import US
+from sim_backend.device import S_PER_US
 from sim_backend.noise import NoisePool
 from sim_backend.params import DefectParams, DeviceParams, InitialParams, ReadNoiseParams
 
@@ -138,7 +138,7 @@ def test_read_noise_matches_params():
     diff = (xbar.read(cells) - xbar.read(cells))[ok]
     measured = np.std(diff) / math.sqrt(2)
     rn = xbar.params.read_noise
-    expected = math.hypot(rn.rel * 10e-6, rn.abs_us * US)
+    expected = math.hypot(rn.rel * 10e-6, rn.abs_us * S_PER_US)
     assert abs(measured / expected - 1) < 0.2
 
 

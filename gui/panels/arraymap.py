@@ -22,7 +22,7 @@ from ..session import Session, describe_selection
 from ..widgets import muted, plot_widget
 
 log = logging.getLogger(__name__)
-US = 1e6
+US_PER_S = 1e6
 COLORMAPS = ("viridis", "inferno", "plasma", "cividis", "magma")
 OP_SYMBOLS = {"SET": "t1", "RESET": "t", "FORM": "star"}
 
@@ -153,7 +153,7 @@ class ArrayMapPanel(QWidget):
         if self.s.g_map is None or self.map.geometry is None:
             self.stats.setText("")
             return
-        g_us = self.s.g_map * US
+        g_us = self.s.g_map * US_PER_S
         self.map.set_data(g_us)
         known = np.isfinite(g_us)
         if known.any():
@@ -166,7 +166,7 @@ class ArrayMapPanel(QWidget):
     def auto_range(self) -> None:
         if self.s.g_map is None or not np.isfinite(self.s.g_map).any():
             return
-        v = self.s.g_map[np.isfinite(self.s.g_map)] * US
+        v = self.s.g_map[np.isfinite(self.s.g_map)] * US_PER_S
         lo, hi = np.percentile(v, [0.5, 99.5])
         self.lo.setValue(np.floor(lo))
         self.hi.setValue(max(np.ceil(hi), np.floor(lo) + 1))
@@ -187,7 +187,7 @@ class ArrayMapPanel(QWidget):
             self.hover.setText("—")
             return
         g = self.s.g_map[pe, row, col]
-        val = "not read" if not np.isfinite(g) else f"{g * US:7.3f} µS"
+        val = "not read" if not np.isfinite(g) else f"{g * US_PER_S:7.3f} µS"
         self.hover.setText(f"PE {pe} · row {row:3d} · col {col:3d} · {val}")
 
     def read_array(self) -> None:
@@ -247,21 +247,21 @@ class ArrayMapPanel(QWidget):
         if h.verify_iter.size == 0 and h.n_pulses == 0:
             self.hist_info.setText(f"This cell was not programmed in {self._history.path.name}.")
             return
-        self.g_curve.setData(h.verify_iter.astype(float), h.verify_g_s * US)
+        self.g_curve.setData(h.verify_iter.astype(float), h.verify_g_s * US_PER_S)
         for op, item in self.pulse_items.items():
             m = h.pulse_op == op
             amp = h.pulse_v_gate[m] if op == "SET" else h.pulse_v[m]
             item.setData(h.pulse_iter[m].astype(float), amp)
         parts = [f"{h.verify_iter.size} verify reads", f"{h.n_pulses} pulses"]
         if h.target_s is not None:
-            parts.insert(0, f"target {h.target_s * US:.2f} µS")
-            self.target_line.setValue(h.target_s * US)
+            parts.insert(0, f"target {h.target_s * US_PER_S:.2f} µS")
+            self.target_line.setValue(h.target_s * US_PER_S)
             self.target_line.show()
             if h.tolerance_s:
-                self.band.setRegion(((h.target_s - h.tolerance_s) * US, (h.target_s + h.tolerance_s) * US))
+                self.band.setRegion(((h.target_s - h.tolerance_s) * US_PER_S, (h.target_s + h.tolerance_s) * US_PER_S))
                 self.band.show()
         if h.final_g_s is not None:
-            parts.append(f"final {h.final_g_s * US:.2f} µS ({STATUS_NAMES.get(h.status, h.status)})")
+            parts.append(f"final {h.final_g_s * US_PER_S:.2f} µS ({STATUS_NAMES.get(h.status, h.status)})")
         self.hist_info.setText(" · ".join(parts) + f" — {self._history.path.name}")
 
 

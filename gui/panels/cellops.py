@@ -27,7 +27,7 @@ from .programming import station_snapshot, unique_path
 from ..widgets import LimitField, OpGroup, muted, plot_widget
 
 log = logging.getLogger(__name__)
-US = 1e6
+US_PER_S = 1e6
 NS = 1e-9
 MAX_TABLE_ROWS = 500
 MAX_IV_CURVES = 8
@@ -228,14 +228,14 @@ class CellOpsPanel(QWidget):
         self.table.setRowCount(shown)
         for i in range(shown):
             vals = (cells.pe[i], cells.row[i], cells.col[i],
-                    "—" if before is None else f"{before[i] * US:.3f}", f"{after[i] * US:.3f}")
+                    "—" if before is None else f"{before[i] * US_PER_S:.3f}", f"{after[i] * US_PER_S:.3f}")
             for c, v in enumerate(vals):
                 it = QTableWidgetItem(str(v))
                 it.setTextAlignment(Qt.AlignCenter)
                 self.table.setItem(i, c, it)
-        summary = f"{what} · {n} cells · mean after {np.mean(after) * US:.3f} µS"
+        summary = f"{what} · {n} cells · mean after {np.mean(after) * US_PER_S:.3f} µS"
         if before is not None:
-            summary += f" · mean Δ {np.mean(after - before) * US:+.3f} µS"
+            summary += f" · mean Δ {np.mean(after - before) * US_PER_S:+.3f} µS"
         if shown < n:
             summary += f" (table shows the first {shown})"
         self.result_label.setText(summary)

@@ -23,7 +23,7 @@ from ..widgets import muted, plot_widget
 from .programming import station_snapshot, unique_path
 
 log = logging.getLogger(__name__)
-US = 1e6
+US_PER_S = 1e6
 DAY = 86400.0
 HIST_BINS = 81
 #: deviation histograms span ± this many tolerances around the target
@@ -171,7 +171,7 @@ class ExperimentsPanel(QWidget):
             pes = np.unique(Cells.from_flat(p.flat, self.s.geometry).pe)
             self.cells_label.setText(f"{p.flat.size:,} programmed cells on PE {', '.join(map(str, pes))} · "
                                      f"{np.unique(p.level_index).size} levels · tolerance ±"
-                                     f"{p.tolerance_s * US:.2f} µS")
+                                     f"{p.tolerance_s * US_PER_S:.2f} µS")
 
     # ---- jobs ----------------------------------------------------------------------------
     def _start(self, kind: str, run_fn, xs: list, labels: list, view: _ExperimentView, metric) -> bool:
@@ -184,7 +184,7 @@ class ExperimentsPanel(QWidget):
         xbar = self.s.xbar
         out = unique_path(Path(self.folder.text().strip() or "runs"), kind)
         snapshot = station_snapshot(self.s)
-        tol_us = plan.tolerance_s * US
+        tol_us = plan.tolerance_s * US_PER_S
         span = DEV_SPAN_TOL * tol_us
         bins = np.linspace(-span, span, HIST_BINS + 1)
         n = len(xs)
@@ -209,7 +209,7 @@ class ExperimentsPanel(QWidget):
         def partial(data):
             k, g = data
             if 0 <= k < n:
-                view.add(xs[k], 100 * metric(g, plan), (g - plan.targets_s) * US, labels[k], k, n, bins)
+                view.add(xs[k], 100 * metric(g, plan), (g - plan.targets_s) * US_PER_S, labels[k], k, n, bins)
 
         def progress(p):
             self.bar.setValue(int(1000 * p.fraction))

@@ -30,7 +30,7 @@ from ..session import Session, describe_error
 from ..widgets import muted, plot_widget
 
 log = logging.getLogger(__name__)
-US = 1e6
+US_PER_S = 1e6
 PATTERNS = ("levels32", "checker", "random")
 
 
@@ -210,7 +210,7 @@ class ProgrammingPanel(QWidget):
     def build_plan(self) -> ProgramPlan:
         """The plan of the current settings (ConfigError / DataError say what is wrong)."""
         geom = self.s.geometry
-        table = LevelTable.linear(self.g_min.value() / US, self.g_max.value() / US, self.n_levels.value())
+        table = LevelTable.linear(self.g_min.value() / US_PER_S, self.g_max.value() / US_PER_S, self.n_levels.value())
         pes = parse_pes(self.pes.text(), geom.n_pe)
         if self.src_pattern.isChecked():
             return level_plan(geom, pes, table, self.pattern.currentText(), self.seed.value())
@@ -343,7 +343,7 @@ class ProgrammingPanel(QWidget):
             self.cdf_plot.clear()
             cols = theme.level_colors(levels.size)
             self.cdf_curves = [self.cdf_plot.plot([], [], pen=pg.mkPen(c, width=1.6)) for c in cols]
-        lo, hi = plan.targets_s.min() * US, plan.targets_s.max() * US
+        lo, hi = plan.targets_s.min() * US_PER_S, plan.targets_s.max() * US_PER_S
         pad = max(0.5, 0.05 * (hi - lo))
         self.cdf_plot.setXRange(lo - pad, hi + pad)
         self.hist_curve.setData([0, 1], [0])
@@ -366,7 +366,7 @@ class ProgrammingPanel(QWidget):
         pos = self._inv[cell]
         li = np.searchsorted(self._level_ids, self.plan.level_index[pos])
         order = np.lexsort((g, li))
-        g_sorted, li_sorted = g[order] * US, li[order]
+        g_sorted, li_sorted = g[order] * US_PER_S, li[order]
         starts = np.searchsorted(li_sorted, np.arange(self._level_ids.size + 1))
         for k, curve in enumerate(self.cdf_curves):
             a, b = starts[k], starts[k + 1]

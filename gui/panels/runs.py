@@ -20,7 +20,7 @@ from ..session import Session, describe_error
 from ..widgets import muted, plot_widget
 
 log = logging.getLogger(__name__)
-US = 1e6
+US_PER_S = 1e6
 GAP = 2          # blank columns between PEs in a snapshot mosaic
 
 
@@ -227,8 +227,8 @@ class RunsPanel(QWidget):
         self._clear_preview()
         self.preview_data = arr
         pi = self.preview.getPlotItem()
-        scale = US if _is_conductance(name) else 1.0
-        unit = "µS" if scale == US else ""
+        scale = US_PER_S if _is_conductance(name) else 1.0
+        unit = "µS" if scale == US_PER_S else ""
         if arr.ndim in (2, 3) and arr.size > 1:
             img = (mosaic(arr) if arr.ndim == 3 else arr.astype(np.float32)) * scale
             self._img = pg.ImageItem(img)
@@ -255,8 +255,8 @@ class RunsPanel(QWidget):
         self._clear_preview()
         self.preview_data = data
         pi = self.preview.getPlotItem()
-        scale = US if _is_conductance(col) else 1.0
-        unit = "µS" if scale == US else ""
+        scale = US_PER_S if _is_conductance(col) else 1.0
+        unit = "µS" if scale == US_PER_S else ""
         v = data.astype(float) * scale
         small_ints = data.size > 0 and np.issubdtype(data.dtype, np.integer) and np.ptp(data) < 400
         if small_ints:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ReadDisturbResult", "DriftResult", "read_disturb", "drift", "DEFAULT_DRIFT_TIMES_S",
            "format_count", "format_duration"]
 
-US = 1e6  # siemens -> µS multiplier
+US_PER_S = 1e6  # siemens -> µS multiplier
 DAY = 86400.0
 #: default drift snapshot times after the start: 1 s, 10 min, 1 h, 1 d, 7 d, 30 d
 DEFAULT_DRIFT_TIMES_S = (1.0, 600.0, 3600.0, DAY, 7 * DAY, 30 * DAY)
@@ -161,9 +161,9 @@ class ReadDisturbResult:
             "out_of_band_fraction": [_f(x) for x in self.out_of_band_fraction],
             "left_band_fraction": _f(self.left_band_fraction),
             "mean_abs_delta_us": _f(self.mean_abs_delta_us),
-            "mean_delta_us": _f(np.mean(d) * US),
-            "max_abs_delta_us": _f(np.max(np.abs(d)) * US),
-            "mean_g_us": [_f(np.mean(self.snapshots[k]) * US) for k in self.labels],
+            "mean_delta_us": _f(np.mean(d) * US_PER_S),
+            "max_abs_delta_us": _f(np.max(np.abs(d)) * US_PER_S),
+            "mean_g_us": [_f(np.mean(self.snapshots[k]) * US_PER_S) for k in self.labels],
             "n_avg": int(self.n_avg),
             "v_read": None if self.v_read is None else _f(self.v_read),
             "used_read_stress": bool(self.used_read_stress),
@@ -249,7 +249,7 @@ def read_disturb(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, reads:
     res = ReadDisturbResult(
         checkpoints=[0] + cps, labels=labels, snapshots=snaps, targets_s=targets, tolerance_s=tol,
         out_of_band_fraction=oob, left_band_fraction=left,
-        mean_abs_delta_us=float(np.mean(np.abs(g1 - g0)) * US), n_avg=n_avg, v_read=v_read,
+        mean_abs_delta_us=float(np.mean(np.abs(g1 - g0)) * US_PER_S), n_avg=n_avg, v_read=v_read,
         used_read_stress=use_stress, wall_seconds=time.perf_counter() - t_wall,
         backend_seconds=float(xbar.now() - t_backend))
     log.info("read disturb: %d cells, %d reads, %.3f%% left the band, mean |dG| %.4f µS",
@@ -299,7 +299,7 @@ class DriftResult:
             "labels": list(self.labels),
             "in_band_fraction": [_f(x) for x in self.in_band_fraction],
             "level_ids": [int(i) for i in self.level_ids],
-            "level_targets_us": [_f(t * US) for t in self.level_targets_s],
+            "level_targets_us": [_f(t * US_PER_S) for t in self.level_targets_s],
             "level_mean_us": [[_f(x) for x in row] for row in self.level_mean_us],
             "level_std_us": [[_f(x) for x in row] for row in self.level_std_us],
             "median_std_growth": _f(np.nanmedian(growth)) if np.isfinite(growth).any() else None,
@@ -405,8 +405,8 @@ def drift(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, days: float =
         frac = float(np.mean(_in_band(g, targets, tol)))
         inb.append(frac)
         m, s = _group_stats(g, inv, ids.size)
-        means.append(m * US)
-        stds.append(s * US)
+        means.append(m * US_PER_S)
+        stds.append(s * US_PER_S)
         progress(Progress(k + 1, total, f"drift: {label}, {100 * frac:.1f}% in band", unit="steps"))
 
     res = DriftResult(

@@ -1,4 +1,4 @@
-"""Pulsed I–V sweep over the Crossbar contract (hil-level: no Qt; candidate for hil/iv.py).
+"""Pulsed I–V sweep over the Crossbar contract.
 
 The Crossbar contract has no DC sweep, so the sweep is pulsed, as on a 1T1R probe station
 with a pulse generator: the amplitude steps 0 → +V_set → 0 → −V_reset → 0; a positive step is

@@ -27,25 +27,6 @@ def adc_lsb(full_scale_a: float, adc_bits: int) -> float:
     return full_scale_a / (2 ** adc_bits - 1)
 
 
-def adc_convert(currents: np.ndarray, full_scale_a: float, adc_bits: int):
-    """Quantize currents (A) to codes 0..2**bits-1; return (codes int64, saturated bool)."""
-    top = 2 ** adc_bits - 1
-    q = np.rint(currents / adc_lsb(full_scale_a, adc_bits))
-    saturated = q >= top
-    return np.clip(q, 0, top).astype(np.int64), saturated
-
-
-def shift_add(slot_codes: np.ndarray) -> np.ndarray:
-    """(bits, batch, cols) codes -> (batch, cols) sum_k codes_k * 2**k."""
-    weights = (1 << np.arange(slot_codes.shape[0], dtype=np.int64)).reshape(-1, 1, 1)
-    return (slot_codes * weights).sum(axis=0)
-
-
-def ideal_currents(x: np.ndarray, g: np.ndarray, v_read: float) -> np.ndarray:
-    """Exact sum_k 2**k I_k = v_read * x @ g for an ideal, noise-free array."""
-    return v_read * (np.asarray(x, dtype=float) @ np.asarray(g, dtype=float))
-
-
 def differential(result: VmmResult, pos_cols, neg_cols) -> np.ndarray:
     """Signed currents (A): positive-column results minus negative-column results.
 
