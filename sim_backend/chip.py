@@ -36,7 +36,7 @@ class SimulatedCrossbar(Crossbar):
         self.params = params or DeviceParams()
         self.limits = limits or SafetyLimits()
         self.seed = int(seed)
-        self.device = DeviceArray(geometry.n_cells, self.params, self.seed)
+        self.device = DeviceArray(geometry.n_cells, self.params, self.seed, shape=geometry.shape)
         self._t = 0.0
         self.counters = {"reads": 0, "pulses": 0, "vmm_calls": 0, "vmm_slots": 0}
         self.chip_id = uuid.uuid4().hex    # identity of this chip, kept in its state file

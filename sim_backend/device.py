@@ -8,6 +8,10 @@ where g0 is the state right after the last programming pulse. A programming puls
 collapses the present G(t) into g0, then applies a stochastic, state-dependent step,
 and restarts the relaxation/drift clocks and the read-disturb dose of that cell.
 Conductances are in siemens here; parameters are in µS (see params.py).
+
+One model covers both switching regimes through parameters: gradual, state-dependent steps
+(the Yao default) and the abrupt, gate-limited SET onto the compliance conductance with a
+full RESET and a per-event write noise (`snap`, `write_noise`: the Wang 2019 preset).
 """
 from __future__ import annotations
 
@@ -20,11 +24,16 @@ STUCK_NONE, STUCK_OFF, STUCK_ON = 0, 1, 2
 
 
 class DeviceArray:
-    """Physics of `n` cells. All methods take flat cell indices and act on all at once."""
+    """Physics of `n` cells. All methods take flat cell indices and act on all at once.
+    `shape` (PEs, rows, columns; flat index = (pe·rows + row)·cols + col) places the dead
+    lines; without it the parameters must not ask for dead lines."""
 
-    def __init__(self, n: int, params: DeviceParams, seed: int) -> None:
+    def __init__(self, n: int, params: DeviceParams, seed: int, shape=None) -> None:
         self.n = int(n)
         self.p = params
+        self.shape = tuple(shape) if shape is not None else None
+        if self.shape is not None and int(np.prod(self.shape)) != self.n:
+            raise ValueError(f"DeviceArray shape {self.shape} does not hold {self.n} cells")
         ss = np.random.SeedSequence(int(seed))
         fab, self._dyn_seed = ss.spawn(2)
         self.rng = np.random.default_rng(self._dyn_seed)
@@ -55,6 +64,23 @@ class DeviceArray:
         self.xi_relax = rng.standard_normal(n)
         self.xi_drift = rng.standard_normal(n)
         self.dose = np.zeros(n)
+        if p.defects.dead_row_rate > 0 or p.defects.dead_col_rate > 0:
+            self._kill_lines(rng)
+
+    def _kill_lines(self, rng: np.random.Generator) -> None:
+        """Open rows and columns (drawn per PE): their cells never form and read as unformed."""
+        if self.shape is None:
+            raise ValueError("dead rows/columns need the chip shape (DeviceArray(..., shape=(n_pe, rows, cols)))")
+        n_pe, rows, cols = self.shape
+        d = self.p.defects
+        dead_rows = rng.random((n_pe, rows)) < d.dead_row_rate
+        dead_cols = rng.random((n_pe, cols)) < d.dead_col_rate
+        dead = (dead_rows[:, :, None] | dead_cols[:, None, :]).ravel()
+        g_open = self.p.form.unformed_g_us * S_PER_US
+        self.stuck[dead] = STUCK_OFF
+        self.g_stuck[dead] = g_open
+        self.formed[dead] = False
+        self.g0[dead] = g_open
 
     # ---- the conductance a read sees --------------------------------------------------
     def conductance(self, idx: np.ndarray, t: float) -> np.ndarray:
@@ -110,6 +136,16 @@ class DeviceArray:
     def _noise(self, n: int, clip: float) -> np.ndarray:
         return np.clip(self.rng.standard_normal(n), -clip, clip)
 
+    def _write_noise_us(self, g_us: np.ndarray) -> np.ndarray:
+        """g_us plus the per-event write noise (no draw when it is off)."""
+        sigma = self.p.write_noise.sigma_us
+        return g_us + sigma * self.rng.standard_normal(g_us.size) if sigma > 0 else g_us
+
+    @staticmethod
+    def _snap_fraction(snap: float, drive: np.ndarray) -> np.ndarray:
+        """Fraction of an abrupt transition completed: `snap` at reference drive, less below it."""
+        return snap * np.minimum(drive, 1.0)
+
     def set_pulse(self, idx, v, v_gate, width, t) -> None:
         """SET: BL amplitude v, gate v_gate (compliance), width (all per cell)."""
         p, sp, cp = self.p, self.p.set, self.p.compliance
@@ -127,7 +163,8 @@ class DeviceArray:
         gate = np.clip((g_lim_us - g_us) / cp.soft_us, 0.0, 1.0)
         step = gate * (mean * drive * self.set_scale[idx]
                        + sigma * np.sqrt(drive) * self._noise(idx.size, sp.clip_sigmas))
-        g_new_us = np.minimum(g_us + step, np.maximum(g_us, g_lim_us))
+        step = step + self._snap_fraction(sp.snap, drive) * np.maximum(g_lim_us - g_us, 0.0)
+        g_new_us = self._write_noise_us(np.minimum(g_us + step, np.maximum(g_us, g_lim_us)))
         g_new = np.clip(g_new_us * S_PER_US, p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US)
         self._restart(idx, g_new, t, ok & (gate > 0))
 
@@ -145,7 +182,8 @@ class DeviceArray:
         drive = np.minimum(np.exp((v - rp.v_ref) / rp.v_slope) * (width / rp.width_ref_s) ** rp.width_exponent,
                            rp.max_drive) * gate_on
         step = mean * drive * self.reset_scale[idx] + sigma * np.sqrt(drive) * self._noise(idx.size, rp.clip_sigmas)
-        g_new = np.clip((g_us + step) * S_PER_US, p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US)
+        step = step - self._snap_fraction(rp.snap, drive) * g_us
+        g_new = np.clip(self._write_noise_us(g_us + step) * S_PER_US, p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US)
         self._restart(idx, g_new, t, ok & (drive > 0))
 
     def form_pulse(self, idx, v, v_gate, width, t) -> None:

@@ -6,13 +6,19 @@ the model converts to siemens. Defaults are calibrated to PAPERS.md §C (per-pul
 table of the Tsinghua 2–20 µS devices, XPEsim and Wan 2022 noise figures) and to the
 Yao 2020 observations (32 levels by write-verify, little read disturb after 1e6 reads,
 visible spreading over 30 days).
+
+Presets (`DeviceParams.preset(name)`, `preset = "NAME"` in a parameter file or a station's
+[sim] table): "yao2020" is the default above (gradual, state-dependent steps); "wang2019"
+is the abrupt, compliance-limited SET of the Wang 2019 arrays (PAPERS.md §B), reached with
+the same model through `set.snap`, `reset.snap`, `write_noise` and dead lines. `WANG2019`
+names the source of every value it changes.
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,8 @@ class SetParams:
     width_exponent: float = _f(0.3, 0.0, 1.0, "step ∝ (width/width_ref)**exponent")
     max_drive: float = _f(20.0, 1.0, 1e3, "cap on the amplitude/width multiplier")
     clip_sigmas: float = _f(2.5, 0.5, 10.0, "noise draws clipped at ± this many σ")
+    snap: float = _f(0.0, 0.0, 1.0, "fraction of the compliance headroom G_lim − G one pulse closes at "
+                                    "reference drive (less below it): 0 gradual table steps only, 1 abrupt SET onto G_lim")
 
 
 @dataclass
@@ -62,6 +70,15 @@ class ResetParams:
     max_drive: float = _f(20.0, 1.0, 1e3, "cap on the amplitude/width multiplier")
     gate_full_on_v: float = _f(2.0, 0.1, 10.0, "gate overdrive above threshold for full RESET current, V")
     clip_sigmas: float = _f(2.5, 0.5, 10.0, "noise draws clipped at ± this many σ")
+    snap: float = _f(0.0, 0.0, 1.0, "fraction of G one pulse removes at reference drive and full gate "
+                                    "(less below it): 0 gradual table steps only, 1 abrupt RESET to the floor")
+
+
+@dataclass
+class WriteNoiseParams:
+    """Cycle-to-cycle noise of an abrupt switching event, added to every cell a pulse switches."""
+
+    sigma_us: float = _f(0.0, 0.0, 100.0, "σ of the Gaussian added to G by each SET or RESET that acts, µS")
 
 
 @dataclass
@@ -104,6 +121,9 @@ class DefectParams:
     stuck_on_g_us: tuple = _f((40.0, 60.0), doc="range of stuck-on conductance, µS")
     g_floor_us: float = _f(0.3, 0.0, 10.0, "lowest conductance a formed cell reaches, µS")
     g_max_us: float = _f(80.0, 10.0, 1000.0, "highest conductance of a working cell, µS")
+    dead_row_rate: float = _f(0.0, 0.0, 0.5, "fraction of rows per PE that are open lines: their cells read "
+                                             "as unformed and never switch")
+    dead_col_rate: float = _f(0.0, 0.0, 0.5, "fraction of columns per PE that are open lines (as dead rows)")
 
 
 @dataclass
@@ -190,6 +210,7 @@ class DeviceParams:
     set: SetParams = field(default_factory=SetParams)
     reset: ResetParams = field(default_factory=ResetParams)
     compliance: ComplianceParams = field(default_factory=ComplianceParams)
+    write_noise: WriteNoiseParams = field(default_factory=WriteNoiseParams)
     form: FormParams = field(default_factory=FormParams)
     variation: VariationParams = field(default_factory=VariationParams)
     defects: DefectParams = field(default_factory=DefectParams)
@@ -242,18 +263,25 @@ class DeviceParams:
                 for name, g in self._groups()}
 
     @classmethod
+    def preset(cls, name: str) -> "DeviceParams":
+        """A named parameter set: "yao2020" (the defaults) or "wang2019" (see WANG2019)."""
+        name = Text(sorted(PRESETS), noun="device preset").check(name, "preset")
+        return cls.from_dict({g: {k: v for k, (v, _) in t.items()} for g, t in PRESETS[name].items()})
+
+    @classmethod
     def from_dict(cls, d: dict) -> "DeviceParams":
-        """Build from a (possibly partial) nested mapping; one schema checks every value
-        (type, finiteness, range); unknown keys are errors. Raises SchemaError naming the key."""
+        """Build from a (possibly partial) nested mapping over a preset (`preset` key, default
+        "yao2020"); one schema checks every value (type, finiteness, range); unknown keys are
+        errors. Raises SchemaError naming the key."""
         d = validate(d, params_schema())
+        base = cls.preset(d["preset"]) if "preset" in d else cls()
         kwargs = {}
-        known = {f.name: f for f in fields(cls)}
         for gname, values in d.items():
-            if gname in ("format", "schema_version"):
+            if gname in ("format", "schema_version", "preset"):
                 continue
-            kwargs[gname] = known[gname].default_factory(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-        return cls(**kwargs)
+            kwargs[gname] = replace(getattr(base, gname),
+                                    **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return replace(base, **kwargs)
 
     def save(self, path) -> Path:
         """Write as TOML (.toml) or JSON (any other suffix)."""
@@ -304,7 +332,8 @@ def params_schema() -> Table:
                 specs[f.name] = Number(lo, hi, integer=isinstance(f.default, int))
         groups[g.name] = Table(specs)
     return Table({**groups, "format": Text(["memristor-hil-device-params"]),
-                  "schema_version": Number(1, 1, integer=True)})
+                  "schema_version": Number(1, 1, integer=True),
+                  "preset": Text(sorted(PRESETS), noun="device preset")})
 
 
 def _check_value(name: str, v: Any, meta, default: Any) -> None:
@@ -324,3 +353,57 @@ def _check_value(name: str, v: Any, meta, default: Any) -> None:
         raise ConfigError(f"parameter {name} must be a finite number, got {v!r}")
     if lo is not None and v < lo or hi is not None and v > hi:
         raise ConfigError(f"parameter {name} = {v} is outside the allowed range [{lo}, {hi}]")
+
+
+# ---- presets ------------------------------------------------------------------------------------
+# Each preset: {group: {field: (value, where the value comes from)}}, over the defaults above.
+# Sources: PAPERS.md §B (the Wang 2019 authors' public simulator and scripts) and §C; [est] marks
+# an estimate where no public figure exists.
+WANG2019 = {
+    "set": {
+        "snap": (1.0, "§B: the authors' simulator sets G = max(f(V_g), G): one SET lands on the compliance"),
+        "v_ref": (2.5, "§B: SET amplitude 2.5 V on the BL"),
+        "v_slope": (0.1, "[est] a pulse 0.2 V weaker closes ~86% of the headroom"),
+        "width_ref_s": (1e-6, "[est] pulse width of the open-loop update (hil.analog.update.OpenLoopGate)"),
+        "mean_dg_us": ((0.0,) * 10, "§B: no gradual steps in the abrupt regime"),
+        "sigma_dg_us": ((0.0,) * 10, "§B: the switching noise is write_noise.sigma_us"),
+    },
+    "reset": {
+        "snap": (1.0, "§B: RESET takes G to about 0 (clipped at 0)"),
+        "v_ref": (1.7, "§B: RESET 1.7 V on the SL with the gate at 5 V"),
+        "v_slope": (0.1, "[est] as set.v_slope"),
+        "width_ref_s": (1e-6, "[est] as set.width_ref_s"),
+        "mean_dg_us": ((0.0,) * 10, "§B: no gradual steps in the abrupt regime"),
+        "sigma_dg_us": ((0.0,) * 10, "§B: the switching noise is write_noise.sigma_us"),
+    },
+    "compliance": {
+        "vth_v": (0.0, "§B: f(V_g) = 200 µS/1.1 V · V_g passes through the origin"),
+        "vth_sigma_v": (0.03, "[est] device-to-device shift of the compliance curve, ±5.5 µS (1σ)"),
+        "g_per_v_us": (200.0 / 1.1, "§B: f(V_g) ≈ 182 µS/V · V_g (455 µS at 2.5 V)"),
+        "landing_cv": (0.0, "§B: the cycle-to-cycle spread is write_noise.sigma_us"),
+    },
+    "write_noise": {
+        "sigma_us": (8.0, "§B: every update call adds N(0, 8 µS)"),
+    },
+    "defects": {
+        "g_floor_us": (0.0, "§B: RESET clips G at 0"),
+        "g_max_us": (600.0, "[est] above f(2.5 V) = 455 µS plus noise"),
+        "stuck_off_rate": (5e-3, "[est] §C: a few per 1e4 (Yao) up to ~10% (older arrays)"),
+        "stuck_on_rate": (2e-3, "[est] as stuck_off_rate"),
+        "stuck_on_g_us": ((300.0, 600.0), "[est] shorted cells read like fully SET ones or higher"),
+        "dead_row_rate": (0.02, "[est] §B: the authors used lists of good rows and columns; ~2.6 of 128 rows"),
+        "dead_col_rate": (0.02, "[est] ~1.3 of 64 columns"),
+    },
+    "initial": {
+        "g_low_us": (0.0, "[est] a formed chip left in mixed states"),
+        "g_high_us": (100.0, "[est] as g_low_us"),
+    },
+    "read_noise": {
+        "rel": (0.01, "§C: about 1% read noise (Wan 2022); the authors' reads are noise-free"),
+        "abs_us": (0.3, "[est] floor of the read noise near 0"),
+    },
+    "adc": {
+        "full_scale_a": (1e-3, "[est] a column of ~64 pairs at ±0.2 V and ~100 µS differential"),
+    },
+}
+PRESETS = {"yao2020": {}, "wang2019": WANG2019}

@@ -16,7 +16,7 @@ from hil.registry import where
 from hil.schema import Number, SchemaError, Table, Text, located, validate
 
 from .chip import SimulatedCrossbar
-from .params import DeviceParams
+from .params import PRESETS, DeviceParams
 
 SEED = Number(0, 2**63 - 1, integer=True)
 SIM_STATION_SCHEMA = Table({
@@ -24,7 +24,7 @@ SIM_STATION_SCHEMA = Table({
                      required=["backend"]),
     "geometry": GEOMETRY_SCHEMA,
     "limits": LIMITS_SCHEMA,
-    "sim": Table({"seed": SEED, "params": Text()}),
+    "sim": Table({"seed": SEED, "params": Text(), "preset": Text(sorted(PRESETS), noun="device preset")}),
 }, required=["station"], ignore=["_path"])
 
 
@@ -55,6 +55,9 @@ def check_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None
     else:
         with located("option"):
             seed = SEED.check(seed, "seed")
+    if "params" in sim and "preset" in sim:
+        raise ConfigError(f"{w}: sim.preset: give sim.preset or sim.params, not both (a parameter file may "
+                          f"name its preset)")
     if params_path is not None:
         try:
             params = DeviceParams.load(params_path)
@@ -67,7 +70,7 @@ def check_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None
         except ConfigError as e:
             raise ConfigError(f"{w}: sim.params: {e}") from None
     else:
-        params = DeviceParams()
+        params = DeviceParams.preset(sim.get("preset", "yao2020"))
     name = c["station"].get("name", Path(cfg["_path"]).stem if cfg.get("_path") else "sim")
     return SimStationSpec(name, cfg.get("_path"), geom, limits, seed, params)
 

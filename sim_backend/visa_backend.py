@@ -19,6 +19,7 @@ VI_ERROR_TMO; 'disconnect' makes every I/O raise VI_ERROR_CONN_LOST.
     seed = 0
     geometry = "yao"               # preset name, or a table like [geometry]
     # params = "device.toml"       # DeviceParams file (relative to the station file)
+    # preset = "wang2019"          # or a named device parameter set (not both)
 
     [emulation.instruments.smu]    # the table key is the instrument's source name in the world
     kind = "keithley2602b"         # keithley26XXb | keithley2400 | keithley2450 | keysight_b29XXa
@@ -46,6 +47,7 @@ from hil.geometry import GEOMETRY_SCHEMA, PRESETS, Geometry, preset
 from hil.registry import read_toml
 from hil.schema import AnyOf, Anything, ListOf, Number, Table, Text, located
 
+from .params import PRESETS as DEVICE_PRESETS
 from .smu import EmulatedInstrument, InstrumentDisconnected, make_instrument
 from .world import BUSES, EmulatedWorld, get_world, plan_faults
 
@@ -67,7 +69,7 @@ DEFAULT_EMULATION = {
     },
 }
 
-_EMULATION_KEYS = {"world", "seed", "geometry", "params", "instruments", "board", "faults"}
+_EMULATION_KEYS = {"world", "seed", "geometry", "params", "preset", "instruments", "board", "faults"}
 _INSTRUMENT_KEYS = {"kind", "resource", "bus", "wiring", "serial"}
 # types of the [emulation] values (keys without an entry are checked by their own code)
 _EMULATION_SPECS = {
@@ -75,6 +77,7 @@ _EMULATION_SPECS = {
     "geometry": AnyOf(Text(sorted(PRESETS), fold=True, noun="geometry preset"), GEOMETRY_SCHEMA,
                       describe="a geometry preset name or a table like [geometry]"),
     "params": Text(),
+    "preset": Text(sorted(DEVICE_PRESETS), noun="device preset"),
     "instruments": Table(extra=Table({"kind": Text(max_len=64), "resource": Text(max_len=256), "bus": Anything(),
                                       "wiring": Table(extra=ListOf(Text(max_len=8), 0, 8)),
                                       "serial": Text(max_len=64)})),
@@ -119,7 +122,10 @@ def _validate(em: Any, where: str, base: Path, boards: Optional[dict] = None) ->
     with located(where):
         Table({k: _EMULATION_SPECS.get(k, Anything()) for k in _EMULATION_KEYS}).check(em, "emulation")
     out = {"world": em.get("world", "default"), "seed": em.get("seed", 0),
-           "geometry": em.get("geometry", "yao"), "params": em.get("params"), "instruments": {}}
+           "geometry": em.get("geometry", "yao"), "params": em.get("params"), "preset": em.get("preset"),
+           "instruments": {}}
+    if out["params"] is not None and out["preset"] is not None:
+        raise ConfigError(f"{where}: emulation.preset: give emulation.preset or emulation.params, not both")
     if not isinstance(out["world"], str) or not out["world"]:
         raise ConfigError(f"{where}: emulation.world must be a non-empty string")
     if isinstance(out["seed"], bool) or not isinstance(out["seed"], int) or out["seed"] < 0:
@@ -202,7 +208,8 @@ def build_bench(emulation: dict) -> Bench:
     from .params import DeviceParams
     geom = emulation["geometry"]
     geometry = preset(geom) if isinstance(geom, str) else Geometry.from_dict(geom)
-    params = DeviceParams.load(emulation["params"]) if emulation.get("params") else None
+    params = (DeviceParams.load(emulation["params"]) if emulation.get("params")
+              else DeviceParams.preset(emulation["preset"]) if emulation.get("preset") else None)
     world = get_world(emulation["world"], geometry=geometry, seed=emulation["seed"], params=params,
                       state_path=emulation.get("state_path"))
     with _BENCH_LOCK:
