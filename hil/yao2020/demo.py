@@ -1,8 +1,5 @@
-"""The Yao 2020 reproduction as stages over one run record: train, transfer, hybrid, after.
-
-Each stage is a plain function over (crossbar, run writer, progress, cancel) that stores what
-it produced in the run record, so `hil train`, `hil transfer`, `hil hybrid` and `hil demo`
-share them and a cut-off run continues from the record. `run_demo` chains them:
+"""The Yao 2020 reproduction: `run_demo` chains the stages of `hil.yao2020.stages` over one
+run record (the same functions `hil train|transfer|hybrid` and the GUI call):
 
 1. ex-situ training of the mCNN (quantization-aware) -> software accuracy;
 2. allocation plan (3 convolver groups on 6 PEs, FC on 2) and weight transfer by write-verify;
@@ -16,21 +13,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
-
+from hil.config import Config, param
 from hil.crossbar import Crossbar
-from hil.nn.datasets import Dataset
-from hil.errors import DataError
-from hil.yao2020.hwnet import CONV_LAYERS, HardwareMCNN, TransferReport, plan_mcnn, transfer
-from hil.yao2020.hybrid import HybridConfig, accuracy, hybrid_train
-from hil.analog.mapping import AllocationPlan, PairEncoding
-from hil.yao2020.mcnn import MCNN, train_mcnn
 from hil.nn.core import blas_threads
+from hil.nn.datasets import Dataset
 from hil.progress import CancelToken, ProgressCallback, no_progress
 from hil.runstore import RunWriter
+from hil.yao2020 import stages
+from hil.yao2020.hwnet import plan_mcnn
+from hil.yao2020.hybrid import HybridConfig
+from hil.yao2020.mcnn import MCNN
+from hil.yao2020.stages import AFTER_TIMES_S, DAY, STAGE_DONE, load_model, load_plan, save_model  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +34,6 @@ log = logging.getLogger(__name__)
 PAPER = {"software_acc": 0.9799, "transfer_acc": 0.9507, "hybrid_acc": 0.9619, "parallel_acc": 0.9583,
          "group_train_err_transfer": [0.0482, 0.0643, 0.0585], "group_train_err_hybrid": [0.0289, 0.0422, 0.0340],
          "gops_per_w": 11014.0}
-# Record status after a stage: the record stays resumable by the next stage ("complete" is final).
-STAGE_DONE = {"train": "trained", "transfer": "transferred", "hybrid": "hybrid-trained"}
-DAY = 86400.0
-AFTER_TIMES_S = (600.0, 3600.0, 7200.0, DAY, 7 * DAY, 30 * DAY)
 
 Bars = Callable[[str, str], ProgressCallback]
 
@@ -51,18 +43,18 @@ def _no_bars(desc: str, unit: str) -> ProgressCallback:
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """Everything `hil demo` varies."""
 
-    seed: int = 0
-    groups: int = 3
-    train_epochs: int = 12
-    hybrid: HybridConfig = field(default_factory=HybridConfig)
-    settle_s: float = 600.0           # virtual time between transfer and the first inference
-    test_images: Optional[int] = None  # None: the whole test part
-    after_images: int = 1000          # test images scored at each point of the time series
-    disturb_reads: int = 1_000_000
-    after_times_s: tuple = AFTER_TIMES_S
+    seed: int = param(0, lo=0, hi=stages.MAX_SEED)
+    groups: int = param(3, lo=1, hi=64)
+    train_epochs: int = param(12, lo=1, hi=1000)
+    hybrid: HybridConfig = param(factory=HybridConfig)
+    settle_s: float = param(600.0, lo=0.0, hi=3650 * DAY)    # virtual time between transfer and the first inference
+    test_images: Optional[int] = param(None, lo=1, hi=10_000_000)  # None: the whole test part
+    after_images: int = param(1000, lo=1, hi=10_000_000)     # test images scored at each point of the time series
+    disturb_reads: int = param(1_000_000, lo=0, hi=10**9)
+    after_times_s: tuple[float, ...] = param(AFTER_TIMES_S, lo=0.0, hi=3650 * DAY)
 
     @classmethod
     def quick(cls, seed: int = 0) -> "DemoConfig":
@@ -70,66 +62,20 @@ class DemoConfig:
         return cls(seed=seed, train_epochs=4, hybrid=HybridConfig(epochs=3, lr_levels=0.03, seed=seed),
                    test_images=500, after_images=300, after_times_s=(600.0, 7200.0, DAY, 30 * DAY))
 
-
-# ---- stage 1: training ------------------------------------------------------------------------
-def train_stage(ds: Dataset, writer: RunWriter, *, epochs: int, seed: int,
-                progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None):
-    """Ex-situ training; stores the model and per-epoch history. Returns (model, history)."""
-    model, history = train_mcnn(ds, epochs=epochs, seed=seed, progress=progress, cancel=cancel,
-                                on_epoch=lambda r: writer.append("training/epochs", **_row(r)))
-    save_model(writer, model)
-    n = len(ds.x_test)
-    acc_q = model.accuracy(ds.x_test, ds.y_test, quantized=True)
-    acc_f = model.accuracy(ds.x_test, ds.y_test, quantized=False)
-    writer.set_attrs("training", dataset=ds.describe(), epochs=epochs, seed=seed, test_images=n,
-                     software_acc=acc_q, software_float_acc=acc_f)
-    return model, history
+    def stage_configs(self, data: stages.DataConfig) -> dict:
+        """The configs of the stages the demo chains."""
+        h = stages.HybridStageConfig(hybrid=self.hybrid, data=data, groups=(1,), test_images=self.test_images,
+                                     group_evals=False, prefix="hybrid_single")
+        return {"train": stages.TrainConfig(data=data, epochs=self.train_epochs, seed=self.seed),
+                "transfer": stages.TransferConfig(groups=self.groups, data=data, settle_s=self.settle_s),
+                "measure": h.replace(groups=()),
+                "hybrid": h,
+                "parallel": stages.ParallelConfig(hybrid=h.replace(groups=(), group_evals=True, reset_fc=True,
+                                                                   prefix="hybrid_parallel")),
+                "aging": stages.AgingConfig(data=data, images=self.after_images, disturb_reads=self.disturb_reads,
+                                            times_s=self.after_times_s)}
 
 
-def save_model(writer: RunWriter, model: MCNN) -> None:
-    for name, arr in model.to_arrays().items():
-        writer.put(f"model/{name}", arr)
-    writer.set_attrs("model", **model.attrs())
-
-
-def load_model(content) -> MCNN:
-    """The trained model stored in a run record's content."""
-    arrays = {k.split("/")[-1]: v[0] for k, v in content.datasets.items() if k.lstrip("/").startswith("model/")}
-    if not arrays:
-        raise DataError("the run record holds no trained model; run `hil train` first")
-    return MCNN.from_arrays(arrays, _group_attrs(content, "model"))
-
-
-def _group_attrs(content, group: str) -> dict:
-    """Attributes of a record group (stored under '/group')."""
-    return content.attrs.get("/" + group, content.attrs.get(group, {}))
-
-
-def _row(r: dict) -> dict:
-    return {k: np.array([v]) for k, v in r.items() if isinstance(v, (int, float, np.floating, np.integer))}
-
-
-# ---- stage 2: transfer ------------------------------------------------------------------------
-def transfer_stage(xbar: Crossbar, model: MCNN, writer: RunWriter, *, groups: int = 3,
-                   enc: Optional[PairEncoding] = None, resume: bool = False,
-                   progress: Optional[ProgressCallback] = None,
-                   cancel: Optional[CancelToken] = None) -> tuple[AllocationPlan, TransferReport]:
-    """Plan the network on the chip and program every weight; stores the plan."""
-    plan = plan_mcnn(xbar.geometry, model, groups)
-    writer.set_attrs("plan", plan=plan.to_dict(), table=plan.table())
-    rep = transfer(xbar, model, plan, writer, enc=enc, prefix="transfer", resume=resume,
-                   progress=progress, cancel=cancel)
-    return plan, rep
-
-
-def load_plan(content) -> AllocationPlan:
-    try:
-        return AllocationPlan.from_dict(_group_attrs(content, "plan")["plan"])
-    except KeyError:
-        raise DataError("the run record holds no allocation plan; run `hil transfer` first") from None
-
-
-# ---- the whole demo ------------------------------------------------------------------------
 def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
              bars: Bars = _no_bars, cancel: Optional[CancelToken] = None,
              say: Callable[[str], None] = log.info) -> dict:
@@ -140,125 +86,58 @@ def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
 
 def _run_demo(xbar, ds, writer, cfg, *, bars, cancel, say) -> dict:
     t0 = time.perf_counter()
-    res: dict = {"seed": cfg.seed, "dataset": ds.describe(), "config": asdict(cfg)}
+    sc = cfg.stage_configs(stages.DataConfig(seed=cfg.seed))
+    writer.set_attrs("demo", stage_config=cfg.to_dict())
+    res: dict = {"seed": cfg.seed, "dataset": ds.describe(), "config": cfg.to_dict()}
     xt, yt = ds.x_test, ds.y_test
     if cfg.test_images:
         xt, yt = xt[:cfg.test_images], yt[:cfg.test_images]
 
     plan_mcnn(xbar.geometry, MCNN(seed=cfg.seed), cfg.groups)     # fail before training if it cannot fit
     say(f"training the mCNN ex situ on {len(ds.x_train)} digits ({cfg.train_epochs} epochs)")
-    model, hist = train_stage(ds, writer, epochs=cfg.train_epochs, seed=cfg.seed,
-                              progress=bars("train", "batch"), cancel=cancel)
-    res["software_acc"] = model.accuracy(xt, yt, quantized=True)
-    res["software_float_acc"] = model.accuracy(xt, yt, quantized=False)
-    res["training_history"] = hist
+    tr = stages.train(xbar, writer, sc["train"], bars("train", "batch"), cancel, ds)
+    res["software_acc"] = tr.model.accuracy(xt, yt, quantized=True)
+    res["software_float_acc"] = tr.model.accuracy(xt, yt, quantized=False)
+    res["training_history"] = tr.history
 
     say("weight transfer by write-verify")
-    plan, rep = transfer_stage(xbar, model, writer, groups=cfg.groups, progress=bars("transfer", "cell"),
-                               cancel=cancel)
-    res["plan"] = plan.table()
-    res["transfer"] = rep.summary()
-    hw = HardwareMCNN(xbar, model, plan)
-    res["adc_full_scale_a"] = hw.calibrate_adc(ds.x_train[:64])
-    _settle(xbar, cfg.settle_s)
+    t = stages.transfer(xbar, writer, sc["transfer"], bars("transfer", "cell"), cancel, ds)
+    res["plan"] = t.plan.table()
+    res["transfer"] = t.report.summary()
+    res["adc_full_scale_a"] = t.adc_full_scale_a
 
     # Convolver outputs, measured once (the convolution weights do not change in training).
-    groups = list(range(plan.groups))
-    test_codes = [hw.features(xt, g, progress=bars(f"test images G{g + 1}", "img"), cancel=cancel) for g in groups]
-    sub = ds.subset(cfg.hybrid.fraction, cfg.seed)
-    which = hw.dispatch(len(sub.x_train))
-    sub_g1 = hw.features(sub.x_train, 0, progress=bars("training subset G1", "img"), cancel=cancel)
-    sub_par = np.zeros_like(sub_g1)
-    for g in groups:
-        sel = which == g
-        sub_par[sel] = sub_g1[sel] if g == 0 else hw.features(sub.x_train[sel], g, cancel=cancel)
-
-    # Single convolver: transfer then hybrid training of the FC on G1's outputs.
-    res["transfer_acc"] = accuracy(hw, test_codes[0], yt)
-    say(f"single convolver G1 after transfer: {res['transfer_acc']:.2%}; hybrid training on "
-        f"{len(sub.x_train)} digits")
-    hist_a = hybrid_train(hw, sub_g1, sub.y_train, cfg.hybrid, evals={"test": (test_codes[0], yt),
-                          "train": (sub_g1, sub.y_train)}, writer=writer, prefix="hybrid_single",
-                          progress=bars("hybrid G1", "batch"), cancel=cancel)
-    res["hybrid_acc"] = hist_a[-1]["acc_test"]
-    res["hybrid_single_history"] = hist_a
+    stages.measure(xbar, writer, sc["measure"], bars("convolver outputs", "img"), cancel, ds)
+    say("single convolver G1: hybrid training of the FC layer")
+    a = stages.hybrid(xbar, writer, sc["hybrid"], bars("hybrid G1", "batch"), cancel, ds)
+    res["transfer_acc"] = a.transfer_acc
+    res["hybrid_acc"] = a.history[-1]["acc_test"]
+    res["hybrid_single_history"] = a.history
 
     # Parallel convolvers: FC back to its ex-situ weights, then hybrid training on all groups.
     say("parallel convolvers: FC transferred again, hybrid training on all groups' outputs")
-    transfer(xbar, model, plan, writer, layers=["fc"], prefix="transfer_fc", progress=bars("FC transfer", "cell"),
-             cancel=cancel)
-    par_test = np.stack(test_codes)[hw.dispatch(len(xt)), np.arange(len(xt))]
-    evals = {f"g{g + 1}": (test_codes[g], yt) for g in groups}
-    evals["parallel"] = (par_test, yt)
-    for g in groups:
-        evals[f"train_g{g + 1}"] = (sub_par[which == g], sub.y_train[which == g])
-    res["group_acc_transfer"] = [accuracy(hw, test_codes[g], yt) for g in groups]
-    res["parallel_transfer_acc"] = accuracy(hw, par_test, yt)
-    hist_b = hybrid_train(hw, sub_par, sub.y_train, cfg.hybrid, evals=evals, writer=writer,
-                          prefix="hybrid_parallel", progress=bars("hybrid G1-G3", "batch"), cancel=cancel)
-    res["group_acc_hybrid"] = [hist_b[-1][f"acc_g{g + 1}"] for g in groups]
-    res["group_train_acc_transfer"] = [hist_b[0][f"acc_train_g{g + 1}"] for g in groups]
-    res["group_train_acc_hybrid"] = [hist_b[-1][f"acc_train_g{g + 1}"] for g in groups]
-    res["parallel_acc"] = hist_b[-1]["acc_parallel"]
-    res["hybrid_parallel_history"] = hist_b
+    p = stages.parallel_groups(xbar, writer, sc["parallel"], bars("hybrid G1-G3", "batch"), cancel, ds)
+    b, groups = p.hybrid.history, range(t.plan.groups)
+    res["group_acc_transfer"] = p.hybrid.group_acc_transfer
+    res["parallel_transfer_acc"] = p.hybrid.transfer_acc
+    res["group_acc_hybrid"] = [b[-1][f"acc_g{g + 1}"] for g in groups]
+    res["group_train_acc_transfer"] = [b[0][f"acc_train_g{g + 1}"] for g in groups]
+    res["group_train_acc_hybrid"] = [b[-1][f"acc_train_g{g + 1}"] for g in groups]
+    res["parallel_acc"] = b[-1]["acc_test"]
+    res["hybrid_parallel_history"] = b
 
     # Throughput (timing model) of 1 vs all groups, energy of parallel inference.
-    n_t = min(len(xt), 300)
-    hw.ledger.reset()
-    hw.features(xt[:n_t], 0, cancel=cancel)
-    one = hw.ledger.summary(hw.energy, CONV_LAYERS)
-    hw.ledger.reset()
-    hw.fc_logits(hw.parallel_features(xt[:n_t], cancel=cancel))
-    par = hw.ledger.summary(hw.energy, CONV_LAYERS)
-    full = hw.ledger.summary(hw.energy)
-    res["conv_images_per_s_1group"] = n_t / one["wall_s"]
-    res["conv_images_per_s_parallel"] = n_t / par["wall_s"]
-    res["conv_throughput_ratio"] = one["wall_s"] / par["wall_s"]
-    res["gops_per_w"] = full["gops_per_w"]
-    res["energy"] = full
-    writer.set_attrs("throughput", one_group=one, parallel=par, inference=full)
+    thr = p.throughput
+    n_t = thr["images"]
+    res["conv_images_per_s_1group"] = n_t / thr["one_group"]["wall_s"]
+    res["conv_images_per_s_parallel"] = n_t / thr["parallel"]["wall_s"]
+    res["conv_throughput_ratio"] = thr["one_group"]["wall_s"] / thr["parallel"]["wall_s"]
+    res["gops_per_w"] = thr["inference"]["gops_per_w"]
+    res["energy"] = thr["inference"]
 
     # After training: read disturb on G1's convolution weights, then the clock.
-    res["after"] = after_training(xbar, hw, xt[:cfg.after_images], yt[:cfg.after_images], cfg, writer,
-                                  bars=bars, cancel=cancel)
-    res["saturation"] = hw.saturation()
+    res["after"] = stages.aging(xbar, writer, sc["aging"], bars("accuracy against time", "point"), cancel, ds)
+    res["saturation"] = res["after"].pop("saturation")
     res["seconds"] = time.perf_counter() - t0
     writer.set_attrs("results", **{k: v for k, v in res.items() if not k.endswith("history")})
     return res
-
-
-def _settle(xbar: Crossbar, seconds: float) -> None:
-    if seconds > 0 and xbar.has("advance"):
-        xbar.advance(seconds)
-
-
-def after_training(xbar: Crossbar, hw: HardwareMCNN, x, y, cfg: DemoConfig, writer: RunWriter, *,
-                   bars: Bars = _no_bars, cancel: Optional[CancelToken] = None) -> dict:
-    """Parallel-system accuracy after 1e6 reads of G1's convolution weights and against time."""
-    out: dict = {"images": int(len(x))}
-
-    def score() -> float:
-        return accuracy(hw, hw.parallel_features(x, cancel=cancel), y)
-
-    before = score()
-    if xbar.has("read_stress") and cfg.disturb_reads > 0:
-        for name in CONV_LAYERS:
-            cells = hw.plan.cells(name, 0)[0]
-            xbar.read_stress(cells, cfg.disturb_reads)
-        out["disturb"] = {"reads": cfg.disturb_reads, "acc_before": before,
-                          "acc_g1_after": accuracy(hw, hw.features(x, 0, cancel=cancel), y),
-                          "acc_after": score()}
-        writer.set_attrs("after/disturb", **out["disturb"])
-    if xbar.has("advance"):
-        t_start = xbar.now()
-        times, accs = [], []
-        bar = bars("accuracy against time", "point")
-        from hil.progress import Progress
-        for k, t in enumerate(cfg.after_times_s):
-            xbar.advance(max(0.0, t_start + t - xbar.now()))
-            times.append(float(t))
-            accs.append(score())
-            writer.append("after/time_series", t_s=np.array([t]), acc=np.array([accs[-1]]))
-            bar(Progress(k + 1, len(cfg.after_times_s), f"{t / 3600:.3g} h", "point"))
-        out["time_s"], out["acc"] = times, accs
-    return out

@@ -90,9 +90,9 @@ def _hybrid_curves(res: dict, path: Path) -> Path:
     hb = res["hybrid_parallel_history"]
     a1.plot([r["epoch"] for r in ha], [100 * r["acc_test"] for r in ha], "o-", label="G1 test")
     a1.plot([r["epoch"] for r in ha], [100 * r["acc_train"] for r in ha], "s--", label="G1 training subset")
-    keys = sorted(k for k in hb[0] if k.startswith("acc_g")) + ["acc_parallel"]
+    keys = sorted(k for k in hb[0] if k.startswith("acc_g")) + ["acc_test"]
     for k in keys:
-        a2.plot([r["epoch"] for r in hb], [100 * r[k] for r in hb], "o-", label=k[4:])
+        a2.plot([r["epoch"] for r in hb], [100 * r[k] for r in hb], "o-", label="parallel" if k == "acc_test" else k[4:])
     for ax, t in ((a1, "single convolver"), (a2, "parallel convolvers (test)")):
         ax.axhline(100 * res["software_acc"], color="k", ls=":", lw=1, label="software")
         ax.set_xlabel("hybrid-training epoch (0 = after transfer)")

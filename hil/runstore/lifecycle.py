@@ -1,0 +1,71 @@
+"""The one run-record lifecycle every stage uses, and the one station snapshot.
+
+``run_record`` creates (or resumes, kind checked) a record, yields its writer and ends it:
+``done`` (default "complete") on success, "stopped" when the work was cancelled or interrupted
+(Ctrl+C), "failed" on any other error. A stopped or failed record keeps its journal, so the run
+can be resumed. Validation belongs before the ``with``: a record is created only when the
+work starts, and an error raised while opening it leaves an existing record as it was.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from hil import __version__
+from hil.errors import Cancelled
+from hil.runstore.hdf5 import write_hdf5
+from hil.runstore.writer import RunWriter
+
+log = logging.getLogger(__name__)
+
+CLIENTS = ("cli", "gui", "api", "sweep")
+
+
+def station_snapshot(xbar, *, client: str, spec: Optional[str] = None, seed: Optional[int] = None,
+                     argv: Optional[list] = None, label: Optional[str] = None) -> dict:
+    """What a record keeps about the station and who ran it: identity (`describe()`), chip,
+    software version, the front end (`client` cli/gui/api/sweep), its argv or label, and seed."""
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
+    describe = xbar.describe() if xbar is not None else {}
+    chip = describe.get("chip") or getattr(xbar, "chip_identity", None)
+    return {"spec": spec, "seed": seed, "software_version": __version__, "describe": describe,
+            "chip": chip, "client": client, "argv": list(sys.argv[1:] if argv is None else argv),
+            "label": label or spec}
+
+
+@contextmanager
+def run_record(path: str | os.PathLike, kind: str, *, station: Optional[dict] = None,
+               meta: Optional[dict] = None, resume: bool = False, done: str = "complete",
+               **writer_opts) -> Iterator[RunWriter]:
+    """Create (or with `resume` continue) the record at `path` and end it by the outcome."""
+    if resume:
+        writer = RunWriter.resume(path, kind, station, meta, **writer_opts)
+    else:
+        writer = RunWriter.create(path, kind, station or {}, meta, **writer_opts)
+    try:
+        yield writer
+    except (Cancelled, KeyboardInterrupt) as e:
+        end(writer, "stopped", reason=str(e) or type(e).__name__)
+        raise
+    except BaseException as e:
+        end(writer, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+    if not writer.closed:
+        writer.finalize(done)
+
+
+def end(writer: RunWriter, status: str, **info) -> None:
+    """Mark why the run ended, write the record with `status` and keep the journal (resumable)."""
+    if writer.closed:
+        return
+    try:
+        writer.mark(status, **info)
+        writer.flush(sync=True)
+        write_hdf5(writer.path, writer.content, status)
+    finally:
+        writer._release()
+    log.info("run record %s ended: %s", writer.path, status)
