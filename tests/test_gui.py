@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPointF, QSettings, Qt
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtCore import QPointF, Qt
 
 from hil.errors import BackendError, ConfigError, SafetyViolation
 from hil.geometry import Cells, Geometry
 from hil.limits import Op
 from hil.runstore import RunRecord
 
-from gui import theme
 from hil.ops.iv import iv_sweep, sweep_voltages
 from gui.mainwindow import MainWindow
 from gui.panels.experiments import drift_times
@@ -29,32 +27,8 @@ US_PER_S = 1e6
 
 
 @pytest.fixture
-def errors(monkeypatch):
-    """Every error dialog is captured instead of shown."""
-    seen = []
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a: seen.append((title, text))))
-    return seen
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return QSettings(str(tmp_path / "gui.ini"), QSettings.IniFormat)
-
-
-@pytest.fixture
-def win(qtbot, qapp, settings, errors, tmp_path):
-    theme.apply(qapp)
-    w = MainWindow(settings=settings)
-    qtbot.addWidget(w)
-    w.show()
-    w.panels["programming"].folder.setText(str(tmp_path / "runs"))
-    w.panels["experiments"].folder.setText(str(tmp_path / "runs"))
-    w.panels["cellops"].runs_dir = tmp_path / "runs"
-    st = w.panels["station"]
-    st.set_choice("sim", 3, "small")
-    assert st.connect_station()
-    qtbot.waitUntil(lambda: w.s.connected and not w.s.busy, timeout=5000)
-    return w
+def win(make_window):
+    return make_window(seed=3, geometry="small", timeout_ms=5000)
 
 
 def wait_idle(qtbot, w, timeout=10_000):

@@ -11,45 +11,22 @@ import threading
 import numpy as np
 import pyqtgraph as pg
 import pytest
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtCore import Qt
 
 import hil.yao2020.hybrid
 from hil.runstore import RunRecord
 
-from gui import theme
-from gui.mainwindow import MainWindow
 from gui.panels.network import FC_COLOR, GAP, tag_color
 
-US_PER_S = 1e6
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    seen = []
-    monkeypatch.setattr(QMessageBox, "critical", staticmethod(lambda parent, title, text, *a: seen.append((title, text))))
-    return seen
-
-
-def make_window(qtbot, qapp, tmp_path, geometry="yao"):
-    theme.apply(qapp)
-    w = MainWindow(settings=QSettings(str(tmp_path / "gui.ini"), QSettings.IniFormat))
-    qtbot.addWidget(w)
-    w.show()
-    for key in ("network", "hybrid"):
-        w.panels[key].folder.setText(str(tmp_path / "runs"))
-    w.panels["cellops"].runs_dir = tmp_path / "runs"
+def cnn_window(make_window, geometry="yao"):
+    w = make_window(seed=5, geometry=geometry)
     w.panels["convolver"].auto.setChecked(False)
-    st = w.panels["station"]
-    st.set_choice("sim", 5, geometry)
-    assert st.connect_station()
-    qtbot.waitUntil(lambda: w.s.connected and not w.s.busy, timeout=10_000)
     return w
 
 
 @pytest.fixture
-def win(qtbot, qapp, tmp_path, errors):
-    return make_window(qtbot, qapp, tmp_path)
+def win(make_window):
+    return cnn_window(make_window)
 
 
 def wait_idle(qtbot, w, timeout=30_000):
@@ -146,8 +123,8 @@ def test_network_train_plan_and_transfer(win, qtbot, errors):
     assert errors == []
 
 
-def test_small_chip_shows_that_the_network_does_not_fit(qtbot, qapp, tmp_path, errors):
-    w = make_window(qtbot, qapp, tmp_path, geometry="small")
+def test_small_chip_shows_that_the_network_does_not_fit(qtbot, make_window, errors):
+    w = cnn_window(make_window, geometry="small")
     net = train(qtbot, w)
     assert net.preview is None and not net.plan_error.isHidden()
     assert "does not fit" in net.plan_error.text() and "2 PEs of 16x8" in net.plan_error.text()
