@@ -8,7 +8,7 @@ from hil.nn.datasets import load_embedded
 from hil.yao2020.demo import DemoConfig, load_model, run_demo
 from hil.errors import ConfigError, DataError
 from hil.geometry import Geometry
-from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer, weight_matrix
+from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer
 from hil.yao2020.hybrid import HybridConfig, accuracy, hybrid_train
 from hil.yao2020.mcnn import MCNN, train_mcnn
 from hil.yao2020.report import write_report
@@ -47,7 +47,7 @@ def test_transfer_and_hardware_inference_follow_the_software_network(small, tmp_
     assert agree > 0.9
     assert abs(accuracy(hw, codes, y) - model.accuracy(x, y)) < 0.06
     # read-back weights are the programmed levels within the tolerance band
-    assert np.mean(np.abs(hw.read_levels("c1") - weight_matrix(model, "c1"))) < 0.4
+    assert np.mean(np.abs(hw.read_levels("c1") - model.weight_matrix("c1"))) < 0.4
 
 
 def test_hybrid_training_repairs_a_damaged_fc_layer(small, tmp_path):

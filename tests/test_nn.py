@@ -239,25 +239,30 @@ def test_features_and_hardware_helpers_reproduce_forward(trained):
     f3 = model.features(x, upto="c3")
     assert f1.shape == (40, 8, 14, 14) and f3.shape == (40, 192)
     assert f1.min() >= 0 and f1.max() <= 255 and f3.max() <= 255 and f3.max() > 50
-    # hardware path: patches x real weights -> postprocess -> next layer -> FC
-    p1 = M.conv_patches(x[:, None], pad=1)
+    # the same layers by hand: patches x real weights -> ReLU, pool, requantize -> next layer -> FC
+    p1 = nn.im2col(x[:, None].astype(np.int64), 3, 3, 1)
     assert p1.shape == (40 * 784, 9) and p1.dtype == np.int64
-    real1 = (p1 @ model.quantized_weights("c1").reshape(8, -1).T) * model.input_scale("c1")
-    c1 = model.postprocess_conv(M.maps_from_patch_outputs(real1, 40, "c1"), "c1")
+    real1 = (p1 @ model.quantized_weights("c1").reshape(8, -1).T) * M.INPUT_CODE_SCALE
+    maps1 = real1.reshape(40, 28, 28, 8).transpose(0, 3, 1, 2)
+    c1 = nn.quantize_act(nn.maxpool2d_forward(np.maximum(maps1, 0), 2)[0], model.act_scale["c1"])
     np.testing.assert_array_equal(c1, f1)
-    p3 = model.conv_patches(c1, pad=0)
+    p3 = nn.im2col(c1, 3, 3, 0)
     assert p3.shape == (40 * 144, 72)
-    real3 = (p3 @ model.quantized_weights("c3").reshape(12, -1).T) * model.input_scale("c3")
-    c3 = model.postprocess_conv(M.maps_from_patch_outputs(real3, 40, "c3"), "c3")
-    np.testing.assert_array_equal(c3, f3)
-    logits = model.fc_logits_from(c3, model.quantized_weights("fc"))
+    real3 = (p3 @ model.quantized_weights("c3").reshape(12, -1).T) * model.act_scale["c1"]
+    maps3 = real3.reshape(40, 12, 12, 12).transpose(0, 3, 1, 2)
+    c3 = nn.quantize_act(nn.maxpool2d_forward(np.maximum(maps3, 0), 3)[0], model.act_scale["c3"])
+    np.testing.assert_array_equal(c3.reshape(40, -1), f3)
+    logits = (c3.reshape(40, -1) * model.act_scale["c3"]) @ model.quantized_weights("fc").T
     np.testing.assert_allclose(logits, model.forward(x), rtol=1e-12)
+    # the network's stages compose to the whole
+    net = model.network()
+    np.testing.assert_array_equal(net.forward(f3, start="fc"), model.forward(x))
     # the QAT training forward computes the same function as the integer path
     qat_logits, _ = M._forward_train(model.params, x, model.act_scale)
     agree = np.mean(qat_logits.argmax(1) == logits.argmax(1))
     assert agree >= 0.95
-    with pytest.raises(DataError, match="postprocess_conv"):
-        model.postprocess_conv(np.zeros((1, 8, 14, 14)), "c1")
+    with pytest.raises(DataError, match="convolution 'c3' takes"):
+        net.forward(np.zeros((1, 8, 13, 14), np.int64), start="c3")
 
 
 def test_quantized_differs_from_float_but_agrees_mostly(trained):

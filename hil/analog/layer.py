@@ -21,7 +21,8 @@ from hil.crossbar import Crossbar
 from hil.errors import ConfigError, DataError
 from hil.geometry import Cells
 from hil.analog.energy import EnergyModel, VmmLedger
-from hil.analog.mapping import AllocationPlan, Tile
+from hil.analog.mapping import AllocationPlan, Tile, tile_cells
+from hil.ops.vmm import bit_planes
 
 VMM_CHUNK = 65536             # input vectors per vmm call (bounds memory)
 
@@ -101,18 +102,7 @@ class MappedLayer:
     # ---- cells and weights --------------------------------------------------------------------
     def cells(self):
         """(Cells, input index, output index, sign ±1) of every cell of this replica."""
-        pe, row, col, i_in, i_out, sign = [], [], [], [], [], []
-        for t in self.tiles:
-            ii, oo = np.meshgrid(np.arange(t.n_in), np.arange(t.n_out), indexing="ij")
-            for s, off in ((1, 0), (-1, 1)):
-                pe.append(np.full(ii.size, t.pe))
-                row.append((t.row0 + ii).ravel())
-                col.append((t.col0 + 2 * oo + off).ravel())
-                i_in.append((t.in0 + ii).ravel())
-                i_out.append((t.out0 + oo).ravel())
-                sign.append(np.full(ii.size, s))
-        cat = np.concatenate
-        return Cells(cat(pe), cat(row), cat(col)), cat(i_in), cat(i_out), cat(sign)
+        return tile_cells(self.tiles)
 
     def pair_grids(self) -> tuple[Cells, Cells]:
         """Cells of the positive and of the negative member of every weight, each in
@@ -135,14 +125,6 @@ class MappedLayer:
         np.add.at(out, (i_in, i_out), sign * g / self.step_s)
         return out
 
-    def targets(self, g_pos: np.ndarray, g_neg: np.ndarray) -> tuple[Cells, np.ndarray]:
-        """(Cells, target conductances) for pair conductance matrices g_pos, g_neg (n_in, n_out)."""
-        for what, g in (("g_pos", g_pos), ("g_neg", g_neg)):
-            if np.shape(g) != self.shape:
-                raise DataError(f"layer {self.name!r}: {what} has shape {np.shape(g)}, expected {self.shape}")
-        cells, i_in, i_out, sign = self.cells()
-        return cells, np.where(sign > 0, np.asarray(g_pos)[i_in, i_out], np.asarray(g_neg)[i_in, i_out])
-
     # ---- ADC calibration ------------------------------------------------------------------------
     def calibrate_adc(self, x_sample: np.ndarray, g_pos: np.ndarray, g_neg: np.ndarray, *,
                       bits: int = 8, percentile: float = 99.9, headroom: float = 1.1,
@@ -150,7 +132,6 @@ class MappedLayer:
         """Per-slot ADC full scale (A) from the ideal slot currents of sample inputs through the
         target conductances (referenced to the layer's largest currents, as in XPEsim); sets and
         returns `adc_full_scale_a`."""
-        from hil.ops.vmm import bit_planes
         planes = bit_planes(np.asarray(x_sample)[:max_vectors], bits)
         v = self.xbar.v_read_default
         top = 0.0

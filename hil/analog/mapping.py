@@ -110,6 +110,23 @@ class Tile:
         return np.arange(1, 2 * self.n_out, 2)
 
 
+def tile_cells(tiles: Sequence[Tile]):
+    """(Cells, input index, output index, sign +1/-1) of every cell of `tiles`, tile by tile,
+    positive then negative member, (input, output) row-major within each."""
+    pe, row, col, i_in, i_out, sign = [], [], [], [], [], []
+    for t in tiles:
+        ii, oo = np.meshgrid(np.arange(t.n_in), np.arange(t.n_out), indexing="ij")
+        for s, off in ((1, 0), (-1, 1)):
+            pe.append(np.full(ii.size, t.pe))
+            row.append((t.row0 + ii).ravel())
+            col.append((t.col0 + 2 * oo + off).ravel())
+            i_in.append((t.in0 + ii).ravel())
+            i_out.append((t.out0 + oo).ravel())
+            sign.append(np.full(ii.size, s))
+    cat = np.concatenate
+    return Cells(cat(pe), cat(row), cat(col)), cat(i_in), cat(i_out), cat(sign)
+
+
 @dataclass
 class AllocationPlan:
     """Which PE, rows and columns hold which layer and which replica group."""
@@ -128,23 +145,20 @@ class AllocationPlan:
             raise ConfigError(f"plan holds no tiles for layer {layer!r} group {group}")
         return out
 
+    def groups_of(self, layer: str, groups: Optional[Iterable[int]] = None) -> list[int]:
+        """Replica groups of `layer`: [SHARED] for FC layers, else `groups` (default all)."""
+        if layer not in self.layers:
+            raise ConfigError(f"the allocation plan has no layer {layer!r}")
+        if layer in self.fc_layers:
+            return [SHARED]
+        return list(range(self.groups)) if groups is None else [int(g) for g in groups]
+
     def pes_of(self, group: int) -> list[int]:
         return sorted({t.pe for t in self.tiles if t.group == group})
 
     def cells(self, layer: str, group: int = 0):
         """(Cells, input index, output index, sign +1/-1) of every cell of a layer replica."""
-        pe, row, col, i_in, i_out, sign = [], [], [], [], [], []
-        for t in self.tiles_for(layer, group):
-            ii, oo = np.meshgrid(np.arange(t.n_in), np.arange(t.n_out), indexing="ij")
-            for s, off in ((1, 0), (-1, 1)):
-                pe.append(np.full(ii.size, t.pe))
-                row.append((t.row0 + ii).ravel())
-                col.append((t.col0 + 2 * oo + off).ravel())
-                i_in.append((t.in0 + ii).ravel())
-                i_out.append((t.out0 + oo).ravel())
-                sign.append(np.full(ii.size, s))
-        cat = np.concatenate
-        return Cells(cat(pe), cat(row), cat(col)), cat(i_in), cat(i_out), cat(sign)
+        return tile_cells(self.tiles_for(layer, group))
 
     def targets(self, layer: str, group: int, levels: np.ndarray, enc: PairEncoding):
         """(Cells, target conductances) for a layer replica with integer weight `levels` (n_in, n_out)."""

@@ -25,6 +25,7 @@ from hil.limits import Op
 from hil.programming import WriteVerifyPolicy
 from hil.progress import CancelToken
 from hil.analog.layer import MappedLayer
+from hil.ops.write_verify import write_verify
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,12 @@ Policy = Union[ClosedLoop, OpenLoopGate]
 
 
 class UpdateEngine:
-    """Applies weight updates to the pairs of `layer` under `policy`; counts pulses and updates."""
+    """Applies weight updates to the pairs of `layer` under `policy`; counts pulses and updates.
 
-    def __init__(self, layer: MappedLayer, policy: Policy) -> None:
+    The pairs are read once at construction, unless `state` (from `state()`, e.g. a checkpoint)
+    restores what a previous engine knew, without touching the chip."""
+
+    def __init__(self, layer: MappedLayer, policy: Policy, state: Optional[dict] = None) -> None:
         if not isinstance(policy, (ClosedLoop, OpenLoopGate)):
             raise ConfigError(f"unknown update policy {type(policy).__name__}")
         self.layer = layer
@@ -85,8 +89,10 @@ class UpdateEngine:
         self.updates = 0
         self.v_gate_pos = np.full(layer.shape, getattr(policy, "gate_init", np.nan))
         self.v_gate_neg = self.v_gate_pos.copy()
-        self.g_pos = self._read(self.pos)
-        self.g_neg = self._read(self.neg)
+        if state is None:
+            self.read_back()
+        else:
+            self.load_state(state)
 
     @property
     def xbar(self):
@@ -122,7 +128,6 @@ class UpdateEngine:
 
     # ---- closed loop -----------------------------------------------------------------------
     def _closed_loop(self, delta: np.ndarray, cancel) -> np.ndarray:
-        from hil.ops.write_verify import write_verify
         p: ClosedLoop = self.policy
         step = self.layer.step_s
         i, o = np.nonzero(delta)
@@ -202,13 +207,21 @@ class UpdateEngine:
         return self.read_back() - before
 
     # ---- resume -----------------------------------------------------------------------------------
+    def _state_arrays(self) -> tuple:
+        return ("g_pos", "g_neg") + (("v_gate_pos", "v_gate_neg") if isinstance(self.policy, OpenLoopGate) else ())
+
     def state(self) -> dict:
-        """Arrays and counters that make a resumed engine equal an uninterrupted one."""
-        return {"g_pos": self.g_pos.copy(), "g_neg": self.g_neg.copy(), "v_gate_pos": self.v_gate_pos.copy(),
-                "v_gate_neg": self.v_gate_neg.copy(), "pulses": self.pulses, "updates": self.updates}
+        """Arrays and counters that make a resumed engine equal an uninterrupted one: the host's
+        conductances (S), for the open loop the last gate voltages (V), pulse and update counts."""
+        return {**{k: getattr(self, k).copy() for k in self._state_arrays()},
+                "pulses": self.pulses, "updates": self.updates}
 
     def load_state(self, s: dict) -> None:
-        for k in ("g_pos", "g_neg", "v_gate_pos", "v_gate_neg"):
+        """Restore `state()`; DataError names a missing or misshapen entry."""
+        missing = [k for k in (*self._state_arrays(), "pulses", "updates") if k not in s]
+        if missing:
+            raise DataError(f"update-engine state lacks {', '.join(missing)}")
+        for k in self._state_arrays():
             a = np.asarray(s[k], dtype=float)
             if a.shape != self.layer.shape:
                 raise DataError(f"update-engine state {k} has shape {a.shape}, expected {self.layer.shape}")

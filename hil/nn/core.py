@@ -11,8 +11,6 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-F32 = np.float32
-
 
 def blas_threads(n: Optional[int]):
     """Context limiting BLAS threads to n (None: unchanged). The matrices here are small;
@@ -28,36 +26,48 @@ def blas_threads(n: Optional[int]):
 
 
 # ---------------------------------------------------------------------------- convolution
-def conv_output_size(h: int, w: int, kh: int, kw: int, pad: int) -> tuple[int, int]:
-    """Output height and width of a stride-1 convolution."""
-    return h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
+def conv_padding(pad) -> tuple[int, int, int, int]:
+    """Padding as (top, bottom, left, right): an int pads all four sides alike."""
+    p = (pad,) * 4 if np.ndim(pad) == 0 else tuple(pad)
+    if len(p) != 4 or any(int(v) != v or v < 0 for v in p):
+        raise ValueError(f"padding must be an int >= 0 or (top, bottom, left, right), got {pad!r}")
+    return tuple(int(v) for v in p)
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, pad: int = 0) -> np.ndarray:
+def conv_output_size(h: int, w: int, kh: int, kw: int, pad=0, stride: int = 1) -> tuple[int, int]:
+    """Output height and width of a convolution (padding as in `conv_padding`)."""
+    t, b, l, r = conv_padding(pad)
+    return (h + t + b - kh) // stride + 1, (w + l + r - kw) // stride + 1
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, pad=0, stride: int = 1) -> np.ndarray:
     """(N, C, H, W) -> (N*OH*OW, C*kh*kw) patches; rows in (n, oh, ow) order, columns in
-    (c, i, j) order, matching `w.reshape(K, C*kh*kw)`. Keeps the input dtype."""
+    (c, i, j) order, matching `w.reshape(K, C*kh*kw)`. `pad`: int or (top, bottom, left,
+    right). Keeps the input dtype."""
     n, c, h, w = x.shape
-    if pad:
-        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh, ow = conv_output_size(h, w, kh, kw, pad)
+    t, b, l, r = conv_padding(pad)
+    if t or b or l or r:
+        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+    oh, ow = conv_output_size(h, w, kh, kw, pad, stride)
     xt = x.transpose(0, 2, 3, 1)                       # (N, H, W, C) view
     out = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
     for i in range(kh):                                # kh*kw strided copies, no Python per pixel
         for j in range(kw):
-            out[:, :, :, :, i, j] = xt[:, i:i + oh, j:j + ow, :]
+            out[:, :, :, :, i, j] = xt[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
     return out.reshape(n * oh * ow, c * kh * kw)
 
 
-def col2im(cols: np.ndarray, x_shape: tuple, kh: int, kw: int, pad: int = 0) -> np.ndarray:
+def col2im(cols: np.ndarray, x_shape: tuple, kh: int, kw: int, pad=0, stride: int = 1) -> np.ndarray:
     """Adjoint of `im2col`: scatter-add (N*OH*OW, C*kh*kw) patch gradients back to x_shape."""
     n, c, h, w = x_shape
-    oh, ow = conv_output_size(h, w, kh, kw, pad)
+    t, b, l, r = conv_padding(pad)
+    oh, ow = conv_output_size(h, w, kh, kw, pad, stride)
     d = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, kh, kw, OH, OW)
-    dx = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    dx = np.zeros((n, c, h + t + b, w + l + r), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx[:, :, i:i + oh, j:j + ow] += d[:, :, i, j]
-    return dx[:, :, pad:pad + h, pad:pad + w] if pad else dx
+            dx[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] += d[:, :, i, j]
+    return dx[:, :, t:t + h, l:l + w]
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, pad: int = 0):
@@ -128,6 +138,7 @@ def fc_backward(dout: np.ndarray, cache, need_dx: bool = True):
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, classes) logits."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

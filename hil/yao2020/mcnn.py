@@ -10,10 +10,10 @@ No biases anywhere (every weight sits on the chip): 72 + 864 = 936 convolution w
 1,920 FC weights. Weights are trained ex situ, then fine-tuned with fake-quantized weights
 (15 levels, straight-through estimator) and calibrated 8-bit activations (QAT).
 
-Quantized inference (`forward(quantized=True)`) computes exactly what the hardware path
-computes, in float64: integer codes x integer weight levels, scaled to real values, ReLU,
-pooling and requantization in digital. `conv_patches`, `postprocess_conv` and
-`fc_logits_from` let the hardware path substitute array VMM results in the middle.
+Quantized inference (`forward(quantized=True)`) is the software twin of `network()`, the
+mCNN as a list of core layers (`hil.analog.network`): integer codes x integer weight levels in
+float64, scaled to real values, ReLU, pooling and requantization in digital. The hardware path
+(`hil.yao2020.hwnet`) runs the same list with the weighted layers on the chip.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from hil.analog.network import Conv2d, Dense, Flatten, MaxPool, Network, Quantize, ReLU, Scale
 from hil.nn import core as nn
 from hil.nn.datasets import Dataset
 from hil.errors import DataError
@@ -31,25 +32,20 @@ from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "mcnn-yao2020"
-SHAPES = {"c1": (8, 1, 3, 3), "c3": (12, 8, 3, 3), "fc": (10, 192)}
-PAD = {"c1": 1, "c3": 0}
+CONV = {"c1": Conv2d("c1", (1, 28, 28), 8, (3, 3), pad=1),
+        "c3": Conv2d("c3", (8, 14, 14), 12, (3, 3), pad=0)}
 POOL = {"c1": 2, "c3": 3}
-CONV_OUT = {"c1": (28, 28), "c3": (12, 12)}        # conv output (OH, OW) before pooling
+_K3, _H3, _W3 = CONV["c3"].out_shape
+FEATURES = _K3 * (_H3 // POOL["c3"]) * (_W3 // POOL["c3"])     # 8-bit C3 codes per image: 192
+FC = Dense("fc", FEATURES, 10)
+CONV_LAYERS = tuple(CONV)
+FC_LAYERS = (FC.name,)
+SHAPES = {**{k: c.weight_shape for k, c in CONV.items()}, FC.name: FC.weight_shape}
+# first and last layer of each stage of the network() list
+STAGES = {"c1": ("c1", "c1.quant"), "c3": ("c3", "flatten"), "fc": ("fc", "fc.scale")}
 INPUT_CODE_SCALE = 1.0 / 255.0                     # real value of one input pixel code
 ACT_PERCENTILE = 99.99                             # activation calibration percentile
 CHUNK = 1000                                       # images per inference chunk (memory)
-
-
-def conv_patches(codes: np.ndarray, pad: int) -> np.ndarray:
-    """(N, C, H, W) integer codes -> (N*OH*OW, C*9) int64 3x3 patches; rows in (n, oh, ow)
-    order, columns in (c, i, j) order matching `weights.reshape(K, -1)`."""
-    return nn.im2col(np.asarray(codes).astype(np.int64, copy=False), 3, 3, pad)
-
-
-def maps_from_patch_outputs(y: np.ndarray, n: int, layer: str) -> np.ndarray:
-    """(N*OH*OW, K) per-patch outputs (rows as from `conv_patches`) -> (N, K, OH, OW) maps."""
-    oh, ow = CONV_OUT[layer]
-    return np.ascontiguousarray(y.reshape(n, oh, ow, -1).transpose(0, 3, 1, 2))
 
 
 def _check_array(name: str, a, shape: tuple) -> np.ndarray:
@@ -92,6 +88,10 @@ class MCNN:
         """The layer's weights as integer levels -7..7 (int64, same shape as the weights)."""
         return nn.quantize_weights(self.params[name])[0]
 
+    def weight_matrix(self, name: str) -> np.ndarray:
+        """Integer weight levels of layer `name` as its (inputs, outputs) matrix."""
+        return (CONV.get(name) or FC).matrix(self.weight_levels(name))
+
     def quantized_weights(self, name: str) -> np.ndarray:
         """levels * scale (float64): the real weights the 15-level hardware represents."""
         q, s = nn.quantize_weights(self.params[name])
@@ -104,66 +104,43 @@ class MCNN:
         self._need_scales()
         return self.act_scale["c1" if name == "c3" else "c3"]
 
-    # ---- hardware-path helpers -----------------------------------------------------------
-    conv_patches = staticmethod(conv_patches)
-    maps_from_patch_outputs = staticmethod(maps_from_patch_outputs)
+    def unit_scale(self, name: str) -> float:
+        """Real value of one (input code x weight level) product of layer `name`."""
+        return self.input_scale(name) * self.weight_scale(name)
 
-    def postprocess_conv(self, out_real: np.ndarray, layer: str) -> np.ndarray:
-        """Real pre-activation conv output (N, K, OH, OW) -> 8-bit codes after ReLU, pooling and
-        requantization: (N, 8, 14, 14) for "c1", flattened (N, 192) for "c3" (int64).
-        out_real = (patches @ weights_real.T) * input_scale(layer), reshaped."""
+    def network(self) -> Network:
+        """The quantized mCNN as core layers with its integer weight levels; input (N, 1, 28, 28)
+        integer pixel codes, output (N, 10) logits. Stages: see STAGES."""
         self._need_scales()
-        out_real = np.asarray(out_real, dtype=np.float64)
-        k = SHAPES[layer][0]
-        if out_real.ndim != 4 or out_real.shape[1:] != (k, *CONV_OUT[layer]):
-            raise DataError(f"postprocess_conv({layer!r}) needs (N, {k}, "
-                            f"{CONV_OUT[layer][0]}, {CONV_OUT[layer][1]}), got {out_real.shape}")
-        pooled, _ = nn.maxpool2d_forward(np.maximum(out_real, 0.0), POOL[layer])
-        codes = nn.quantize_act(pooled, self.act_scale[layer])
-        return codes.reshape(codes.shape[0], -1) if layer == "c3" else codes
-
-    def fc_logits_from(self, codes192: np.ndarray, fc_weights_real: np.ndarray) -> np.ndarray:
-        """Logits (N, 10) from 8-bit C3 codes (N, 192) and real FC weights (10, 192)."""
-        self._need_scales()
-        x = np.asarray(codes192, dtype=np.float64) * self.act_scale["c3"]
-        return x @ np.asarray(fc_weights_real, dtype=np.float64).T
+        layers: list = []
+        for name, conv in CONV.items():
+            layers += [conv, Scale(f"{name}.scale", self.unit_scale(name)), ReLU(f"{name}.relu"),
+                       MaxPool(f"{name}.pool", POOL[name]), Quantize(f"{name}.quant", self.act_scale[name])]
+        layers += [Flatten("flatten"), FC, Scale("fc.scale", self.unit_scale(FC.name))]
+        return Network(layers, {name: self.weight_matrix(name) for name in SHAPES})
 
     # ---- inference -----------------------------------------------------------------------
     def forward(self, x_uint8: np.ndarray, *, quantized: bool = True) -> np.ndarray:
         """Logits (N, 10) of images (N, 28, 28) uint8. quantized=True: 15-level weights and
         8-bit activations exactly as the hardware path computes them; False: float network."""
-        x = _as_images(x_uint8)
+        x = check_images(x_uint8)
         if not quantized:
             return np.concatenate([forward_float(self.params, x[i:i + CHUNK])
-                                   for i in range(0, len(x), CHUNK)] or [np.zeros((0, 10))])
-        codes = self.features(x, upto="c3")
-        return self.fc_logits_from(codes, self.quantized_weights("fc"))
+                                   for i in range(0, len(x), CHUNK)] or [np.zeros((0, FC.n_out))])
+        return self._run(x, "fc")
 
     def features(self, x_uint8: np.ndarray, upto: str = "c3") -> np.ndarray:
         """8-bit activation codes (int64) after stage `upto`: "c1" -> (N, 8, 14, 14),
         "c3" -> (N, 192), on the quantized path."""
-        if upto not in ("c1", "c3"):
-            raise ValueError(f"upto must be 'c1' or 'c3', got {upto!r}")
-        self._need_scales()
-        x = _as_images(x_uint8)
-        outs = []
-        for i in range(0, len(x), CHUNK):
-            codes = x[i:i + CHUNK, None].astype(np.int64)
-            for layer in ("c1", "c3") if upto == "c3" else ("c1",):
-                codes = self._conv_stage(codes, layer)
-            outs.append(codes)
-        if not outs:
-            return np.zeros((0, 8, 14, 14) if upto == "c1" else (0, 192), dtype=np.int64)
-        return np.concatenate(outs)
+        if upto not in CONV:
+            raise ValueError(f"upto must be one of {list(CONV)}, got {upto!r}")
+        return self._run(check_images(x_uint8), upto)
 
-    def _conv_stage(self, codes: np.ndarray, layer: str) -> np.ndarray:
-        n = codes.shape[0]
-        # integer codes x integer levels, in float64 (exact below 2**53, and BLAS-fast)
-        patches = nn.im2col(codes.astype(np.float64, copy=False), 3, 3, PAD[layer])
-        sums = patches @ self.weight_levels(layer).reshape(SHAPES[layer][0], -1).T.astype(
-            np.float64)
-        real = sums * (self.weight_scale(layer) * self.input_scale(layer))
-        return self.postprocess_conv(maps_from_patch_outputs(real, n, layer), layer)
+    def _run(self, x: np.ndarray, upto: str) -> np.ndarray:
+        net = self.network()
+        stop = STAGES[upto][1]
+        outs = [net.forward(x[i:i + CHUNK, None].astype(np.int64), stop=stop) for i in range(0, len(x), CHUNK)]
+        return np.concatenate(outs) if outs else net.forward(np.zeros((0, 1, 28, 28), np.int64), stop=stop)
 
     def predict(self, x_uint8: np.ndarray, *, quantized: bool = True) -> np.ndarray:
         return self.forward(x_uint8, quantized=quantized).argmax(axis=1)
@@ -175,7 +152,7 @@ class MCNN:
     def calibrate(self, x_uint8: np.ndarray, percentile: float = ACT_PERCENTILE) -> dict:
         """Set act_scale from `percentile` of the activations after each ReLU+pool on images
         x, layer by layer through the quantized path. Returns the new scales."""
-        x = _as_images(x_uint8)
+        x = check_images(x_uint8)
         if len(x) == 0:
             raise DataError("cannot calibrate activation scales on zero images")
         self.act_scale = calibrate_scales(self.params, x, percentile)
@@ -218,15 +195,19 @@ class MCNN:
 
 
 # ---------------------------------------------------------------------------- functional core
-def _as_images(x) -> np.ndarray:
+def check_images(x) -> np.ndarray:
+    """Images (N, 28, 28) as uint8 pixel codes; DataError names a wrong shape, NaN or range."""
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[1:] != (28, 28):
         raise DataError(f"mCNN input must be (N, 28, 28) 8-bit images, got {x.shape}")
     if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.integer) and not np.all(np.isfinite(x)):
+            raise DataError("mCNN input images contain NaN or infinite values")
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DataError("mCNN input codes must be 0..255")
         x = x.astype(np.uint8)
     return x
+
 
 
 def init_params(seed: int) -> dict:
@@ -254,7 +235,7 @@ def _forward_train(params: dict, x_uint8: np.ndarray, act_scale: Optional[dict])
     h = x
     for layer in ("c1", "c3"):
         w = nn.fake_quant_weights(params[layer]) if qat else params[layer]
-        z, c[layer + "conv"] = nn.conv2d_forward(h, w, PAD[layer])
+        z, c[layer + "conv"] = nn.conv2d_forward(h, w, CONV[layer].pad)
         r, c[layer + "relu"] = nn.relu_forward(z)
         p, c[layer + "pool"] = nn.maxpool2d_forward(r, POOL[layer])
         if qat:
@@ -288,7 +269,7 @@ def calibrate_scales(params: dict, x_uint8: np.ndarray,
     h = x_uint8[:, None].astype(np.float64) * INPUT_CODE_SCALE
     for layer in ("c1", "c3"):
         q, s = nn.quantize_weights(params[layer])
-        z, _ = nn.conv2d_forward(h, q * s, PAD[layer])
+        z, _ = nn.conv2d_forward(h, q * s, CONV[layer].pad)
         p, _ = nn.maxpool2d_forward(np.maximum(z, 0.0), POOL[layer])
         top = float(np.percentile(p, percentile))
         if not np.isfinite(top) or top <= 0:
