@@ -9,7 +9,7 @@ A script needs only these names (units are SI everywhere: S, V, s, A):
         cells = hil.Cells.block(pe=0, rows=range(4), cols=range(4))   # 16 cells, row-major
         report = s.write_verify(cells, np.linspace(4e-6, 19e-6, 16), tolerance_s=0.5e-6)
         g_s = s.read(cells)                                 # conductances, S
-        r = s.vmm(0, np.ones((1, xbar.geometry.rows), int))  # bit-serial VMM; r.currents in A
+        r = s.vmm(0, np.full((1, 4), 255), rows=range(4), cols=range(4))   # VMM; r.currents in A
 
 open_station(station, seed=, params=, geometry=)   "sim" or a station TOML file -> a Crossbar
 Crossbar        read(cells) -> S; pulse(cells, op, v, v_gate, width) in V, V, s; vmm(...) -> VmmResult;
