@@ -270,3 +270,17 @@ def test_emulated_wang_station_through_the_drivers():
     assert good.sum() >= len(cells) - 2
     assert np.all(np.abs(high[good] - K_US * 1.6) < 45.0)
     assert np.median(low) < 10.0
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"params": "p.toml"}, r"emulation\.preset: give emulation\.preset or emulation\.params, not both"),
+    ({"preset": "wang19"}, r"emulation\.preset 'wang19' is not a known device preset \(did you mean 'wang2019'\?\)"),
+])
+def test_emulation_table_preset_errors(change, match):
+    import tomllib
+    from sim_backend.visa_backend import check_emulation
+    path = STATIONS / "sim-wang-instruments.toml"
+    cfg = {**tomllib.loads(path.read_text()), "_path": str(path)}
+    with pytest.raises(ConfigError, match=match) as e:
+        check_emulation({**cfg["emulation"], **change}, cfg)
+    assert "\n" not in str(e.value) and "sim-wang-instruments.toml" in str(e.value)
