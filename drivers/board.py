@@ -1,9 +1,13 @@
-"""Driver of the array board over pyserial, written from docs/board-protocol.md (protocol 1).
+"""Driver of the array board over pyserial, written from docs/board-protocol.md (protocol 2).
 
     with ArrayBoard("hilsim://lab/board", expected_geometry=YAO) as board:
         board.pulse(cells, "SET", 1.6, gate_v, 50e-9)
         g = board.read_cells(cells)
         res = board.vmm(0, x, rows, cols)
+        amp = board.vmm_amplitude(0, volts, rows, cols)      # protocol 2: signed row voltages
+
+The driver talks version 1 (every board understands it) until a version-2 command is needed;
+then it asks the board for version 2 (§1.4) and refuses the command on a protocol-1 board.
 
 Every method maps to one protocol command (large operations are split into chunks that fit
 `max_payload`). NAKs raise `BoardNak` (a BackendError naming the command and the error code).
@@ -23,8 +27,8 @@ import numpy as np
 import serial
 from serial import SerialException
 
-from hil.crossbar import (INPUT_BITS, VmmResult, check_level, check_policy, check_read, per_cell,
-                          validate_inputs)
+from hil.crossbar import (INPUT_BITS, AmplitudeResult, VmmResult, bipolar_adc_lsb, check_amplitudes,
+                          check_level, check_policy, check_read, per_cell, validate_inputs, validate_volts)
 from hil.errors import AddressError, BackendError, ConfigError, HilError, InstrumentTimeout, SafetyViolation
 from hil.geometry import Cells, Geometry
 from hil.limits import SafetyLimits
@@ -56,8 +60,8 @@ class _Garbled(Exception):
 
 _OPS = {"SET": 1, "RESET": 2, "FORM": 3}
 
-#: fixed choices of protocol 1 (docs/board-protocol.md): the word-line level of READ_CELLS and
-#: VMM reads, and the read voltage of PROGRAM_JOB's verify reads (neither is in the protocol)
+#: fixed choices of the protocol (docs/board-protocol.md): the word-line level of READ_CELLS,
+#: VMM and VMM_AMP reads, and the read voltage of PROGRAM_JOB's verify reads (neither is in the protocol)
 BOARD_READ_GATE_V = 3.3
 FIRMWARE_V_READ = 0.2
 
@@ -68,12 +72,19 @@ class ArrayBoard:
     Connecting identifies the board (ConfigError if its geometry differs from
     `expected_geometry`), sets the watchdog to `watchdog_s` and clears latched events.
     `limits` (the station's SafetyLimits): every pulse, read, VMM, gate level and programming
-    policy is checked against them (SafetyViolation) before any byte is written."""
+    policy is checked against them (SafetyViolation) before any byte is written.
+    `protocol`: the newest protocol version the driver may speak (1 makes it a protocol-1 host)."""
 
     def __init__(self, port, *, name: str = "board", expected_geometry: Optional[Geometry] = None,
                  baudrate: int = 921600, timeout_s: float = 1.0, job_timeout_s: float = 600.0,
-                 retries: int = 2, watchdog_s: float = 5.0, limits: Optional[SafetyLimits] = None) -> None:
+                 retries: int = 2, watchdog_s: float = 5.0, limits: Optional[SafetyLimits] = None,
+                 protocol: int = bf.VERSION) -> None:
+        if protocol not in bf.VERSIONS:
+            raise ValueError(f"protocol must be one of {bf.VERSIONS}, got {protocol!r}")
         self.name = name
+        self.max_protocol = int(protocol)
+        self.version = 1                           # version of the conversation (frames sent)
+        self._board_protocol: Optional[int] = None  # newest version the board speaks, once asked
         self.limits = limits
         self.timeout_s = float(timeout_s)
         self.job_timeout_s = float(job_timeout_s)
@@ -108,9 +119,10 @@ class ArrayBoard:
     # ---- connection -------------------------------------------------------------------
     def _connect(self) -> None:
         info = self.identify()
-        if info.protocol != bf.VERSION:
-            raise BackendError(f"board '{self.name}' on {self.port_name} speaks protocol {info.protocol}; "
-                               f"this driver speaks protocol {bf.VERSION}; update the firmware or the driver")
+        if info.protocol != self.version:
+            raise BackendError(f"board '{self.name}' on {self.port_name} answers a protocol-{self.version} "
+                               f"IDENTIFY with protocol {info.protocol}; this driver speaks protocols "
+                               f"{', '.join(map(str, bf.VERSIONS))}; update the firmware or the driver")
         g = self.expected_geometry
         if g is not None and (info.n_pe, info.rows, info.cols) != (g.n_pe, g.rows, g.cols):
             raise ConfigError(
@@ -249,40 +261,25 @@ class ArrayBoard:
         """Parallel bit-serial read of `inputs` (batch x len(rows), 0..255) on PE `pe`;
         the batch is split into chunks that fit a frame."""
         info = self._info()
-        if not 0 <= int(pe) < info.n_pe:
-            raise AddressError(f"vmm: PE {pe} out of range 0..{info.n_pe - 1}")
-        rows = np.arange(info.rows) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
-        cols = np.arange(info.cols) if cols is None else np.asarray(cols, dtype=np.int64).ravel()
-        for what, a, n in (("row", rows, info.rows), ("column", cols, info.cols)):
-            if a.size == 0 or a.min() < 0 or a.max() >= n or np.unique(a).size != a.size:
-                raise AddressError(f"vmm: {what} indices must be non-empty, unique and within 0..{n - 1}")
+        rows, cols = self._lines("vmm", pe, rows, cols)
         x = validate_inputs(inputs, rows.size, info.input_bits)
         if self.limits is not None:
             check_read(self.limits, v_read, BOARD_READ_GATE_V, f"board '{self.name}': vmm: ")
         if not 0 < float(v_read) <= info.v_read_max * (1 + 1e-6):
             raise SafetyViolation(f"vmm read voltage {v_read} V outside the board range 0..{info.v_read_max:.3g} V")
-        fs = 0.0 if adc_full_scale_a is None else float(adc_full_scale_a)
-        if adc_full_scale_a is not None and not info.adc_fs_min_a * (1 - 1e-6) <= fs <= info.adc_fs_max_a * (1 + 1e-6):
-            raise ValueError(f"ADC full scale {fs} A outside the board range "
-                             f"{info.adc_fs_min_a:.3g}..{info.adc_fs_max_a:.3g} A")
-        fixed = 16 + 2 * (rows.size + cols.size)
-        per = min((info.max_payload - fixed) // rows.size, (info.max_payload - 10) // (5 * cols.size), 0xFFFF)
-        if per < 1:
-            raise ValueError(f"vmm: {rows.size} rows x {cols.size} columns do not fit one frame "
-                             f"({info.max_payload} bytes)")
-        head = struct.pack("<HHHH", int(pe), rows.size, cols.size, 0)
+        fs = self._adc_fs(adc_full_scale_a)
+        per = self._per_frame("vmm", 16 + 2 * (rows.size + cols.size), rows.size, 5 * cols.size)
         codes = np.empty((x.shape[0], cols.size), np.int64)
         sat = np.empty((x.shape[0], cols.size), bool)
         lsb = bits = nbits = None
         for a in range(0, x.shape[0], per):
             xc = x[a:a + per]
-            payload = (head[:6] + struct.pack("<H", xc.shape[0]) + struct.pack("<ff", float(v_read), fs)
+            payload = (struct.pack("<HHHHff", int(pe), rows.size, cols.size, xc.shape[0], float(v_read), fs)
                        + bf.u16s(rows) + bf.u16s(cols) + xc.astype(np.uint8).tobytes())
             r = bf.Reader(self._command(bf.VMM, payload), "VMM")
             b, nc, bits, nbits = r.take("HHBB")
             (lsb,) = r.take("f")
-            if (b, nc) != (xc.shape[0], cols.size):
-                raise BackendError(f"board '{self.name}': VMM reply is {b}x{nc}, expected {xc.shape[0]}x{cols.size}")
+            self._check_size("VMM", b, nc, xc.shape[0], cols.size)
             codes[a:a + b] = r.array("<u4", b * nc).reshape(b, nc)
             sat[a:a + b] = r.array("u1", b * nc).reshape(b, nc) != 0
             r.end()
@@ -291,6 +288,42 @@ class ArrayBoard:
             return VmmResult(codes, float(lsb), float(v_read), sat, info.adc_bits, INPUT_BITS)
         return VmmResult(codes=codes, lsb_a=float(lsb), v_read=float(v_read), saturated=sat,
                          adc_bits=int(bits), input_bits=int(nbits))
+
+    def vmm_amplitude(self, pe: int, volts, rows=None, cols=None, *,
+                      adc_full_scale_a: Optional[float] = None) -> AmplitudeResult:
+        """Parallel amplitude read (VMM_AMP, protocol 2): row rows[i] driven at the signed voltage
+        volts[b, i] (batch x len(rows), V), each column digitized once by the bipolar ADC; the
+        batch is split into chunks that fit a frame. On a protocol-1 board: BackendError, the
+        read not sent."""
+        info = self._info()
+        rows, cols = self._lines("vmm_amplitude", pe, rows, cols)
+        v = validate_volts(volts, rows.size)
+        if self.limits is not None:
+            check_amplitudes(self.limits, v, BOARD_READ_GATE_V, rows, f"board '{self.name}': vmm_amplitude: ")
+        if v.size and np.abs(v).max() > info.v_read_max * (1 + 1e-6):
+            raise SafetyViolation(f"vmm_amplitude row voltage {v.flat[np.abs(v).argmax()]:.4g} V outside the "
+                                  f"board range -{info.v_read_max:.3g}..{info.v_read_max:.3g} V; nothing was sent")
+        fs = self._adc_fs(adc_full_scale_a)
+        self._require_version(bf.VMM_AMP, "the amplitude VMM")
+        per = self._per_frame("vmm_amplitude", 12 + 2 * (rows.size + cols.size), 4 * rows.size, 3 * cols.size)
+        codes = np.empty((v.shape[0], cols.size), np.int64)
+        sat = np.empty((v.shape[0], cols.size), bool)
+        lsb = bits = None
+        for a in range(0, v.shape[0], per):
+            vc = v[a:a + per]
+            payload = (struct.pack("<HHHHf", int(pe), rows.size, cols.size, vc.shape[0], fs)
+                       + bf.u16s(rows) + bf.u16s(cols) + bf.f32s(vc))
+            r = bf.Reader(self._command(bf.VMM_AMP, payload), "VMM_AMP")
+            b, nc, bits, _ = r.take("HHBB")
+            (lsb,) = r.take("f")
+            self._check_size("VMM_AMP", b, nc, vc.shape[0], cols.size)
+            codes[a:a + b] = r.array("<i2", b * nc).reshape(b, nc)
+            sat[a:a + b] = r.array("u1", b * nc).reshape(b, nc) != 0
+            r.end()
+        if lsb is None:                                   # empty batch: nothing was sent
+            bits = info.adc_bits
+            lsb = bipolar_adc_lsb(fs or info.adc_fs_default_a, bits)
+        return AmplitudeResult(codes=codes, lsb_a=float(lsb), saturated=sat, adc_bits=int(bits))
 
     def program_job(self, cells: Cells, targets_s, lo_s, hi_s, policy=None, *,
                     progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
@@ -371,7 +404,8 @@ class ArrayBoard:
     # ---- lifecycle --------------------------------------------------------------------------
     def describe(self) -> dict:
         """Identity and counters for the run record."""
-        return {"name": self.name, "port": self.port_name, "info": self.info.to_dict() if self.info else None,
+        return {"name": self.name, "port": self.port_name, "protocol": self.version,
+                "info": self.info.to_dict() if self.info else None,
                 "watchdog_s": self.watchdog_s, "stats": dict(self.stats)}
 
     @property
@@ -416,8 +450,10 @@ class ArrayBoard:
         return self._seq
 
     def _command(self, cmd: int, payload: bytes = b"", *, timeout_s: Optional[float] = None,
-                 retries: Optional[int] = None) -> bytes:
-        """Send one command and return its ACK payload (see the module docstring for recovery)."""
+                 retries: Optional[int] = None, version: Optional[int] = None) -> bytes:
+        """Send one command in the conversation's version (or `version`) and return its ACK
+        payload (see the module docstring for recovery). A version-2 frame to a board that
+        may speak only version 1 gets a SEQ without a stray start byte (§1.4)."""
         if self._closed:
             raise BackendError(f"board '{self.name}' on {self.port_name} is closed; open the station again")
         name = bf.command_name(cmd)
@@ -425,9 +461,12 @@ class ArrayBoard:
         attempts = 1 + ((self.retries if retries is None else retries) if idem else 0)
         failures, crc_resends = 0, 0
         self.stats["commands"] += 1
+        version = self.version if version is None else version
         while True:
             seq = self._next_seq()
-            self._write(bf.encode_frame(seq, cmd, payload), name)
+            if version > 1 and self._board_protocol is None:
+                seq = self._seq = bf.clean_seq(seq, cmd, payload, version)
+            self._write(bf.encode_frame(seq, cmd, payload, version=version), name)
             try:
                 frame = self._read_reply(seq, name, timeout_s)
             except (_NoReply, _Garbled) as e:
@@ -500,7 +539,7 @@ class ArrayBoard:
         if len(head) < bf.HEADER_SIZE - 1:
             raise _Garbled("truncated reply header")
         ver, length = head[0], int.from_bytes(head[1:3], "little")
-        if ver != bf.VERSION or length > limit:
+        if ver not in bf.VERSIONS or length > limit:
             raise _Garbled(f"reply header is corrupt (version {ver}, length {length})")
         rest = self._read(length + bf.CRC_SIZE, name)
         if len(rest) < length + bf.CRC_SIZE:
@@ -538,7 +577,7 @@ class ArrayBoard:
         self._flush()
         for _ in range(3):
             seq = self._next_seq()
-            self._write(bf.encode_frame(seq, bf.IDENTIFY), "IDENTIFY")
+            self._write(bf.encode_frame(seq, bf.IDENTIFY, version=self.version), "IDENTIFY")
             try:
                 f = self._read_reply(seq, "IDENTIFY", None)
             except (_NoReply, _Garbled):
@@ -599,6 +638,70 @@ class ArrayBoard:
                 self.route(cells, bl=bl, sl=sl, wl=wl, gate_v=gate)
         finally:
             self._in_event = False
+
+    def _require_version(self, cmd: int, what: str) -> None:
+        """Speak the protocol version command `cmd` needs, asking the board first (IDENTIFY in a
+        version-2 frame, §1.4); BackendError naming the board's protocol when it cannot."""
+        need = bf.SINCE_VERSION.get(cmd, 1)
+        if self.version >= need:
+            return
+        name = bf.command_name(cmd)
+        if self.max_protocol < need:
+            raise BackendError(f"board '{self.name}': {what} ({name}) needs protocol {need}; this driver "
+                               f"was opened with protocol={self.max_protocol}; nothing was sent")
+        if self._board_protocol is None:
+            try:
+                info = bf.parse_identify(self._command(bf.IDENTIFY, version=need))
+            except BoardNak as e:
+                if e.error != "BAD_VERSION":
+                    raise
+                self._flush()
+                self._board_protocol = 1
+            else:
+                if info.protocol < need:
+                    raise BackendError(f"board '{self.name}' on {self.port_name} answers a protocol-{need} "
+                                       f"IDENTIFY with protocol {info.protocol}; check the board firmware")
+                self.info, self.version, self._board_protocol = info, need, info.protocol
+                log.info("board %s on %s: protocol %d", self.name, self.port_name, need)
+                return
+        info = self._info()
+        raise BackendError(f"board '{self.name}' on {self.port_name} ({info.model} firmware {info.firmware}) "
+                           f"speaks protocol {self._board_protocol}: {what} ({name}) needs protocol {need}; "
+                           f"update the board firmware ({name} was not sent)")
+
+    def _lines(self, what: str, pe, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        """Checked rows and columns of a parallel read on PE `pe` (default: all)."""
+        info = self._info()
+        if not 0 <= int(pe) < info.n_pe:
+            raise AddressError(f"{what}: PE {pe} out of range 0..{info.n_pe - 1}")
+        rows = np.arange(info.rows) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
+        cols = np.arange(info.cols) if cols is None else np.asarray(cols, dtype=np.int64).ravel()
+        for name, a, n in (("row", rows, info.rows), ("column", cols, info.cols)):
+            if a.size == 0 or a.min() < 0 or a.max() >= n or np.unique(a).size != a.size:
+                raise AddressError(f"{what}: {name} indices must be non-empty, unique and within 0..{n - 1}")
+        return rows, cols
+
+    def _adc_fs(self, adc_full_scale_a: Optional[float]) -> float:
+        """ADC full scale of a parallel read as sent (0.0: the board's default), range-checked."""
+        if adc_full_scale_a is None:
+            return 0.0
+        info, fs = self._info(), float(adc_full_scale_a)
+        if not info.adc_fs_min_a * (1 - 1e-6) <= fs <= info.adc_fs_max_a * (1 + 1e-6):
+            raise ValueError(f"ADC full scale {fs} A outside the board range "
+                             f"{info.adc_fs_min_a:.3g}..{info.adc_fs_max_a:.3g} A")
+        return fs
+
+    def _per_frame(self, what: str, fixed: int, per_vector_in: int, per_vector_out: int) -> int:
+        """Input vectors per chunk of a parallel read: request and reply within `max_payload`."""
+        mp = self._info().max_payload
+        per = min((mp - fixed) // per_vector_in, (mp - 10) // per_vector_out, 0xFFFF)
+        if per < 1:
+            raise ValueError(f"{what}: the rows and columns do not fit one frame ({mp} bytes)")
+        return per
+
+    def _check_size(self, name: str, b: int, nc: int, batch: int, n_cols: int) -> None:
+        if (b, nc) != (batch, n_cols):
+            raise BackendError(f"board '{self.name}': {name} reply is {b}x{nc}, expected {batch}x{n_cols}")
 
     def _addresses(self, cells: Cells):
         if not isinstance(cells, Cells):

@@ -1,4 +1,4 @@
-"""Frame codec and payload layouts of the array-board protocol 1 (docs/board-protocol.md), host side.
+"""Frame codec and payload layouts of the array-board protocol 2 (docs/board-protocol.md), host side.
 
 Pure functions over bytes and numpy arrays: no I/O, no serial port. The emulated firmware has its
 own implementation written from the same document, so each checks the other.
@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 
 SOF = 0xA5
-VERSION = 1
+VERSION = 2                            # the newest protocol version this host speaks
+VERSIONS = (1, 2)                      # frame versions it reads and writes (§1.4)
 HEADER = struct.Struct("<BBHHBB")      # SOF, VER, LEN, SEQ, CODE, FLAGS
 HEADER_SIZE = HEADER.size              # 8
 CRC_SIZE = 4
@@ -30,19 +31,23 @@ SET_GATE = 0x11
 PULSE = 0x20
 READ_CELLS = 0x30
 VMM = 0x31
+VMM_AMP = 0x32
 PROGRAM_JOB = 0x40
 ACK_BIT = 0x80
 NAK = 0xFF
 
 COMMAND_NAMES = {IDENTIFY: "IDENTIFY", STATUS: "STATUS", WATCHDOG: "WATCHDOG", GROUND_ALL: "GROUND_ALL",
                  ROUTE: "ROUTE", SET_GATE: "SET_GATE", PULSE: "PULSE", READ_CELLS: "READ_CELLS",
-                 VMM: "VMM", PROGRAM_JOB: "PROGRAM_JOB"}
-IDEMPOTENT = frozenset({IDENTIFY, STATUS, WATCHDOG, GROUND_ALL, ROUTE, SET_GATE, READ_CELLS, VMM})
+                 VMM: "VMM", VMM_AMP: "VMM_AMP", PROGRAM_JOB: "PROGRAM_JOB"}
+IDEMPOTENT = frozenset({IDENTIFY, STATUS, WATCHDOG, GROUND_ALL, ROUTE, SET_GATE, READ_CELLS, VMM, VMM_AMP})
+#: the first protocol version of commands added after version 1
+SINCE_VERSION = {VMM_AMP: 2}
 
 # NAK error codes
 ERROR_NAMES = {1: "BAD_CRC", 2: "BAD_LENGTH", 3: "BAD_VERSION", 4: "UNKNOWN_COMMAND", 5: "BAD_ARGUMENT",
                6: "OUT_OF_RANGE", 7: "BUSY", 8: "WATCHDOG_FIRED", 9: "NOT_ROUTED", 10: "INTERNAL"}
 ERR_BAD_CRC = 1
+ERR_BAD_VERSION = 3
 ERR_WATCHDOG_FIRED = 8
 
 # reply FLAGS bits
@@ -75,11 +80,14 @@ def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def encode_frame(seq: int, code: int, payload: bytes = b"", flags: int = 0) -> bytes:
-    """One complete frame: header, payload, CRC-32 over VER..payload."""
+def encode_frame(seq: int, code: int, payload: bytes = b"", flags: int = 0, version: int = 1) -> bytes:
+    """One complete frame of protocol `version` (1, which every board reads, unless given):
+    header, payload, CRC-32 over VER..payload."""
     if len(payload) > MAX_LEN_FIELD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the 16-bit length field")
-    head = HEADER.pack(SOF, VERSION, len(payload), seq & 0xFFFF, code, flags)
+    if version not in VERSIONS:
+        raise ValueError(f"protocol version {version} is not one of {VERSIONS}")
+    head = HEADER.pack(SOF, version, len(payload), seq & 0xFFFF, code, flags)
     body = head + bytes(payload)
     return body + struct.pack("<I", crc32(body[1:]))
 
@@ -90,6 +98,7 @@ class Frame:
     code: int
     flags: int
     payload: bytes
+    version: int = 1
 
 
 class FrameError(ValueError):
@@ -103,14 +112,24 @@ def decode_frame(data: bytes) -> Frame:
     sof, ver, length, seq, code, flags = HEADER.unpack_from(data)
     if sof != SOF:
         raise FrameError(f"bad start byte 0x{sof:02X} (expected 0x{SOF:02X})")
-    if ver != VERSION:
-        raise FrameError(f"protocol version {ver}, expected {VERSION}")
+    if ver not in VERSIONS:
+        raise FrameError(f"protocol version {ver}, expected one of {VERSIONS}")
     if len(data) != OVERHEAD + length:
         raise FrameError(f"frame has {len(data)} bytes, its length field says {OVERHEAD + length}")
     (crc,) = struct.unpack_from("<I", data, HEADER_SIZE + length)
     if crc != crc32(data[1:HEADER_SIZE + length]):
         raise FrameError(f"CRC mismatch in frame seq {seq} code 0x{code:02X}")
-    return Frame(seq, code, flags, bytes(data[HEADER_SIZE:HEADER_SIZE + length]))
+    return Frame(seq, code, flags, bytes(data[HEADER_SIZE:HEADER_SIZE + length]), ver)
+
+
+def clean_seq(seq: int, code: int, payload: bytes = b"", version: int = 2) -> int:
+    """The first sequence number from `seq` on (1..65535, wrapping) whose frame has no SOF byte
+    after its own: a protocol-1 board rescans a refused version-2 frame from its second byte."""
+    for k in range(0x10000):
+        s = (seq - 1 + k) % 0xFFFF + 1
+        if SOF not in encode_frame(s, code, payload, version=version)[1:]:
+            return s
+    raise ValueError("no sequence number gives a frame without a stray start byte")
 
 
 # ---- payload helpers ------------------------------------------------------------------------

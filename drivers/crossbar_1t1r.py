@@ -4,7 +4,8 @@ and the SMUs named by the station file's channel map (drivers/station.py).
 Fastest path per operation:
 - `read`: the board's TIA/ADC (READ_CELLS, many cells per frame); with read.path = "smu" (or
   `read_smu`) one precise SMU reading per cell, the board routing each cell to the SMU bus.
-- `pulse`: the board's pulse generator (PULSE, chunked); `vmm`: the board's parallel bit-serial read.
+- `pulse`: the board's pulse generator (PULSE, chunked); `vmm`: the board's parallel bit-serial read;
+  `vmm_amplitude`: the board's amplitude read (VMM_AMP, protocol 2).
 - capability `program`: the board firmware job (program.path = "board-firmware", PROGRAM_JOB in
   chunks) or the on-instrument 2600B script, one bus transaction per cell ("smu-script");
   "host" leaves programming to hil's generic loop over read/pulse.
@@ -21,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hil.crossbar import Crossbar, VmmResult, check_read
+from hil.crossbar import AmplitudeResult, Crossbar, VmmResult, check_read
 from hil.errors import ConfigError, HilError
 from hil.geometry import Cells
 from hil.limits import Op
@@ -135,6 +136,9 @@ class InstrumentCrossbar(Crossbar):
 
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
         return self.board.vmm(pe, inputs, rows, cols, v_read=v_read, adc_full_scale_a=adc_full_scale_a)
+
+    def _vmm_amplitude(self, pe, volts, rows, cols, adc_full_scale_a) -> AmplitudeResult:
+        return self.board.vmm_amplitude(pe, volts, rows, cols, adc_full_scale_a=adc_full_scale_a)
 
     def now(self) -> float:
         """Board clock (STATUS uptime, kept monotonic across board reboots) or the host clock.

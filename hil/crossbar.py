@@ -1,10 +1,11 @@
 """The Crossbar contract: everything above the backends speaks only this.
 
-Every public method that can apply a voltage (`CHECKED_METHODS`: reads, pulses, VMMs and the
-optional capabilities such as `program`, `read_stress`, `read_smu`) is a final method of
-`Crossbar`: it validates addresses, values and the station's safety limits, then calls the
-backend's hook (`_read`, `_pulse`, `_vmm`, `_program`, ...). A subclass that overrides one of
-them is refused when the class is created, so a backend cannot skip the checks by forgetting them.
+Every public method that can apply a voltage (`CHECKED_METHODS`: reads, pulses, the two VMM input
+encodings and the optional capabilities such as `program`, `read_stress`, `read_smu`) is a final
+method of `Crossbar`: it validates addresses, values and the station's safety limits, then calls
+the backend's hook (`_read`, `_pulse`, `_vmm`, `_vmm_amplitude`, `_program`, ...). A subclass
+that overrides one of them is refused when the class is created, so a backend cannot skip the
+checks by forgetting them.
 
 The `check_*` helpers apply the same limits below the contract: drivers that a station hands out
 carry its limits and call them before any byte is sent.
@@ -28,7 +29,7 @@ INPUT_BITS = 8
 DEFAULT_V_READ = 0.2
 
 #: public entries that can apply a voltage: checked here, final, each calls the hook `_<name>`
-CHECKED_METHODS = ("read", "pulse", "vmm", "program", "read_stress", "read_smu")
+CHECKED_METHODS = ("read", "pulse", "vmm", "vmm_amplitude", "program", "read_stress", "read_smu")
 #: methods a backend may not override: the checked entries and the checks of `program`
 FINAL_METHODS = CHECKED_METHODS + ("check_program",)
 
@@ -65,11 +66,51 @@ class VmmResult:
         return 0.5 * self.lsb_a * (2 ** self.input_bits - 1)
 
 
+@dataclass
+class AmplitudeResult:
+    """Result of an amplitude-encoded parallel read (one read, one conversion per input vector).
+
+    Row i is driven at its signed voltage V_i while every column is held at virtual ground, so
+    column j carries I_j = sum_i V_i G_ij, negative when the rows driven below ground dominate.
+    A bipolar ADC digitizes it once: `codes` = round(I / lsb_a) clipped to
+    -(2**(adc_bits-1) - 1) .. 2**(adc_bits-1) - 1, lsb_a = full scale / (2**(adc_bits-1) - 1);
+    `saturated` marks entries whose |code| reached the top.
+    """
+
+    codes: np.ndarray          # (batch, cols) int64, signed ADC codes
+    lsb_a: float               # amperes per ADC code
+    saturated: np.ndarray      # (batch, cols) bool, |code| at full scale
+    adc_bits: int = 8
+
+    @property
+    def currents(self) -> np.ndarray:
+        """Column currents in amperes, sum_i V_i G_ij for an ideal array."""
+        return self.codes * self.lsb_a
+
+    @property
+    def full_scale_a(self) -> float:
+        """Largest |current| the ADC represents."""
+        return self.lsb_a * (2 ** (self.adc_bits - 1) - 1)
+
+    @property
+    def quantization_bound_a(self) -> float:
+        """Largest error of an unsaturated entry of `currents` from ADC rounding alone."""
+        return 0.5 * self.lsb_a
+
+
+def bipolar_adc_lsb(full_scale_a: float, adc_bits: int) -> float:
+    """Current of one code of a bipolar ADC with codes -(2**(b-1)-1) .. 2**(b-1)-1 over +-full scale."""
+    if int(adc_bits) < 2:
+        raise ValueError(f"a bipolar ADC needs at least 2 bits, got {adc_bits}")
+    return float(full_scale_a) / (2 ** (int(adc_bits) - 1) - 1)
+
+
 class Crossbar(abc.ABC):
     """A chip of 1T1R processing elements behind one backend (simulated or physical).
 
     Subclasses set `geometry` and `limits` and implement `_read`, `_pulse`, `_vmm`,
-    `now`, `_describe` and `_close`. Optional capabilities (listed in `capabilities`), each
+    `now`, `_describe` and `_close`, and `_vmm_amplitude` where the hardware drives analog
+    inputs (the default refuses). Optional capabilities (listed in `capabilities`), each
     a checked public method here with a backend hook: `program` -> `_program` (write-verify
     where it runs fastest; without the capability the generic host loop runs), `read_stress`
     -> `_read_stress` (bulk read pulses without returning values), `smu_read` -> `_read_smu`
@@ -127,21 +168,24 @@ class Crossbar(abc.ABC):
             adc_full_scale_a: Optional[float] = None) -> VmmResult:
         """Bit-serial parallel read of `inputs` (batch x len(rows), unsigned 8-bit integers)."""
         self._check_open()
-        g = self.geometry
-        if not 0 <= int(pe) < g.n_pe:
-            raise AddressError(f"PE {pe} out of range 0..{g.n_pe - 1}")
-        rows = np.arange(g.rows) if rows is None else np.asarray(rows, dtype=np.int64)
-        cols = np.arange(g.cols) if cols is None else np.asarray(cols, dtype=np.int64)
-        for name, a, n in (("row", rows, g.rows), ("column", cols, g.cols)):
-            if a.size == 0 or a.min() < 0 or a.max() >= n:
-                raise AddressError(f"vmm {name} indices must be non-empty and within 0..{n - 1}")
-            if np.unique(a).size != a.size:
-                raise AddressError(f"vmm {name} indices must not repeat")
+        pe, rows, cols = self._vmm_lines("vmm", pe, rows, cols)
         x = validate_inputs(inputs, rows.size)
         v = self._read_level(v_read)
-        if adc_full_scale_a is not None and not (np.isfinite(adc_full_scale_a) and adc_full_scale_a > 0):
-            raise ValueError(f"adc_full_scale_a must be a positive number, got {adc_full_scale_a}")
-        return self._vmm(int(pe), x, rows, cols, v, adc_full_scale_a)
+        return self._vmm(pe, x, rows, cols, v, _full_scale(adc_full_scale_a))
+
+    def vmm_amplitude(self, pe: int, volts, rows: Optional[Sequence[int]] = None,
+                      cols: Optional[Sequence[int]] = None, *,
+                      adc_full_scale_a: Optional[float] = None) -> AmplitudeResult:
+        """Amplitude-encoded parallel read (Wang 2019): row rows[i] of PE `pe` driven at the signed
+        voltage volts[b, i] (batch x len(rows), volts; |V| within the READ limit, positive or
+        negative), the gates at the read gate, every column of `cols` held at virtual ground and
+        digitized once by a bipolar ADC: column currents sum_i V_i G_ij as signed codes with their
+        scale (AmplitudeResult)."""
+        self._check_open()
+        pe, rows, cols = self._vmm_lines("vmm_amplitude", pe, rows, cols)
+        v = validate_volts(volts, rows.size)
+        check_amplitudes(self.limits, v, self.read_gate_v, rows)
+        return self._vmm_amplitude(pe, v, rows, cols, _full_scale(adc_full_scale_a))
 
     def program(self, cells: Cells, targets_s, lo_s, hi_s, policy=None, *, on_step=None,
                 progress=None, cancel=None):
@@ -243,6 +287,11 @@ class Crossbar(abc.ABC):
     def _vmm(self, pe: int, inputs: np.ndarray, rows: np.ndarray, cols: np.ndarray,
              v_read: float, adc_full_scale_a: Optional[float]) -> VmmResult: ...
 
+    def _vmm_amplitude(self, pe: int, volts: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                       adc_full_scale_a: Optional[float]) -> AmplitudeResult:
+        """Hook of `vmm_amplitude` (arguments validated); a backend without analog inputs refuses."""
+        raise BackendError(f"{type(self).__name__} has no amplitude-encoded VMM (its inputs are bit-serial only)")
+
     @abc.abstractmethod
     def now(self) -> float:
         """Backend clock in seconds (virtual for the simulator)."""
@@ -292,6 +341,20 @@ class Crossbar(abc.ABC):
             self.limits.check(Op.READ, v, self.read_gate_v, width_s)
         return float(v)
 
+    def _vmm_lines(self, what: str, pe, rows, cols) -> tuple[int, np.ndarray, np.ndarray]:
+        """Checked (pe, rows, cols) of a parallel read (default: every row and column)."""
+        g = self.geometry
+        if not 0 <= int(pe) < g.n_pe:
+            raise AddressError(f"PE {pe} out of range 0..{g.n_pe - 1}")
+        rows = np.arange(g.rows) if rows is None else np.asarray(rows, dtype=np.int64)
+        cols = np.arange(g.cols) if cols is None else np.asarray(cols, dtype=np.int64)
+        for name, a, n in (("row", rows, g.rows), ("column", cols, g.cols)):
+            if a.size == 0 or a.min() < 0 or a.max() >= n:
+                raise AddressError(f"{what} {name} indices must be non-empty and within 0..{n - 1}")
+            if np.unique(a).size != a.size:
+                raise AddressError(f"{what} {name} indices must not repeat")
+        return int(pe), rows, cols
+
     def _cells(self, cells) -> Cells:
         if not isinstance(cells, Cells):
             raise TypeError(f"expected a Cells selection, got {type(cells).__name__}")
@@ -300,6 +363,13 @@ class Crossbar(abc.ABC):
     @staticmethod
     def _per_cell(a: Any, n: int, name: str) -> np.ndarray:
         return per_cell(a, n, name)
+
+
+def _full_scale(adc_full_scale_a: Optional[float]) -> Optional[float]:
+    """A requested ADC full scale: None (the backend's default) or a positive number of amperes."""
+    if adc_full_scale_a is not None and not (np.isfinite(adc_full_scale_a) and adc_full_scale_a > 0):
+        raise ValueError(f"adc_full_scale_a must be a positive number, got {adc_full_scale_a}")
+    return adc_full_scale_a
 
 
 def _count(value, name: str, minimum: int) -> int:
@@ -317,6 +387,18 @@ def check_read(limits: SafetyLimits, v, v_gate=0.0, where: str = "") -> None:
     lim = limits[Op.READ]
     try:
         limits.check(Op.READ, v, v_gate, lim.min_width_s)
+    except SafetyViolation as e:
+        raise SafetyViolation(f"{where}{e}") from None
+
+
+def check_amplitudes(limits: SafetyLimits, volts: np.ndarray, v_gate: float, rows, where: str = "") -> None:
+    """SafetyViolation unless every signed input voltage of an amplitude VMM (batch x len(rows))
+    is within the READ max_v in magnitude, and the read gate `v_gate` within READ max_v_gate."""
+    lim = limits[Op.READ]
+    n = max(1, volts.shape[1])
+    try:
+        limits.check(Op.READ, volts, v_gate, lim.min_width_s,
+                     where=lambda k: f"input vector {k // n}, row {int(rows[k % n])}")
     except SafetyViolation as e:
         raise SafetyViolation(f"{where}{e}") from None
 
@@ -407,6 +489,23 @@ def validate_inputs(inputs, n_rows: int, bits: int = INPUT_BITS) -> np.ndarray:
     if x.size and (x.min() < 0 or x.max() > 2 ** bits - 1):
         raise ValueError(f"vmm inputs must be within 0..{2 ** bits - 1}, got {x.min()}..{x.max()}")
     return x
+
+
+def validate_volts(volts, n_rows: int) -> np.ndarray:
+    """Check and return amplitude-VMM inputs as a float64 (batch, n_rows) array of finite volts."""
+    try:
+        v = np.asarray(volts, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"vmm_amplitude volts must be numbers, got {type(volts).__name__}") from None
+    if v.ndim == 1:
+        v = v[None, :]
+    if v.ndim != 2 or v.shape[1] != n_rows:
+        raise ValueError(f"vmm_amplitude volts must have shape (batch, {n_rows}), got {np.shape(volts)}")
+    bad = ~np.isfinite(v)
+    if bad.any():
+        b, i = np.argwhere(bad)[0]
+        raise ValueError(f"vmm_amplitude volts contain NaN or infinite values (vector {b}, input {i})")
+    return v
 
 
 def _describe_cell(cells: Cells, i: int) -> str:

@@ -1,10 +1,12 @@
-"""Emulated array-board firmware speaking protocol 1 of docs/board-protocol.md.
+"""Emulated array-board firmware speaking protocol 2 of docs/board-protocol.md (or, with
+`protocol=1`, a protocol-1 board: version-2 frames refused, no VMM_AMP).
 
 `EmulatedBoard(world)` turns host bytes into reply bytes (`receive`) and executes every command
-on an `EmulatedWorld`: routing through `world.route/set_drive/dac_gate_v`, pulses, reads, VMM and
-the PROGRAM_JOB on `world.chip`. The job is the firmware's own write-verify (`_write_verify`),
-written from the algorithm in the document's PROGRAM_JOB section, not hil's host loop. It is
-written from the protocol document, not from the driver, so the two check each other.
+on an `EmulatedWorld`: routing through `world.route/set_drive/dac_gate_v`, pulses, reads, VMM,
+VMM_AMP and the PROGRAM_JOB on `world.chip`; every frame is answered in the version it came in.
+The job is the firmware's own write-verify (`_write_verify`), written from the algorithm in the
+document's PROGRAM_JOB section, not hil's host loop. It is written from the protocol document,
+not from the driver, so the two check each other.
 Every pulse and read (direct or inside a job) goes through `_apply_pulse` / `_apply_read`:
 the world's voltage log (`max_applied_v`, `pulse`/`read` events) and STATUS `pulses`.
 
@@ -35,7 +37,7 @@ from .world import BUSES, TERMINALS, EmulatedWorld
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
+PROTOCOL = 2               # newest protocol version of this firmware
 SOF = 0xA5
 HDR = struct.Struct("<BBHHBB")
 NAK_CODE = 0xFF
@@ -100,8 +102,8 @@ class _Payload:
             raise _Nak(E_BAD_LENGTH, f"{self.cmd} payload has {len(self.buf) - self.off} extra bytes")
 
 
-def _frame(seq: int, code: int, flags: int, payload: bytes) -> bytes:
-    body = HDR.pack(SOF, PROTOCOL, len(payload), seq & 0xFFFF, code, flags) + payload
+def _frame(seq: int, code: int, flags: int, payload: bytes, version: int) -> bytes:
+    body = HDR.pack(SOF, version, len(payload), seq & 0xFFFF, code, flags) + payload
     return body + struct.pack("<I", zlib.crc32(body[1:]) & 0xFFFFFFFF)
 
 
@@ -110,7 +112,8 @@ def _f32(a) -> bytes:
 
 
 class EmulatedBoard:
-    """Protocol-1 array-board firmware on an EmulatedWorld (one per world and board name)."""
+    """Array-board firmware on an EmulatedWorld (one per world and board name), speaking the
+    protocol versions 1..`protocol`."""
 
     MODEL = "HILSIM-AB1"
     FIRMWARE = "emu-1.0"
@@ -119,10 +122,14 @@ class EmulatedBoard:
                  boot_watchdog_s: float = 5.0, serial: str = "SIM-0001", v_pulse_max: float = 5.0,
                  v_gate_max: float = 5.5, v_read_max: float = 0.5, width_min_s: float = 10e-9,
                  width_max_s: float = 10e-3, adc_fs_min_a: float = 1e-6, adc_fs_max_a: float = 1e-3,
-                 n_avg_max: int = 1024) -> None:
+                 n_avg_max: int = 1024, protocol: int = PROTOCOL) -> None:
         if not 1024 <= max_payload <= 0xFFFF:
             raise ValueError(f"max_payload must be within 1024..65535, got {max_payload}")
+        if protocol not in (1, 2):
+            raise ValueError(f"protocol must be 1 or 2, got {protocol!r}")
         self.world, self.name = world, name
+        self.protocol = int(protocol)
+        self._ver = 1                  # version of the frame being answered
         self.max_payload = int(max_payload)
         self.boot_watchdog_s = float(boot_watchdog_s)
         self.serial = serial
@@ -208,10 +215,13 @@ class EmulatedBoard:
         if len(rx) < HDR.size:
             return None
         _, ver, length, seq, code, _ = HDR.unpack_from(rx)
-        if ver != PROTOCOL or length > self.max_payload:
+        known = 1 <= ver <= self.protocol
+        self._ver = ver if known else 1
+        if not known or length > self.max_payload:
             raw = bytes(rx[:HDR.size])
             del rx[:1]
-            err, msg = ((E_BAD_VERSION, f"protocol version {ver} not supported (1)") if ver != PROTOCOL else
+            err, msg = ((E_BAD_VERSION, f"protocol version {ver} not supported (1..{self.protocol})")
+                        if not known else
                         (E_BAD_LENGTH, f"payload length {length} exceeds max_payload {self.max_payload}"))
             return raw, self._nak_frame(seq, code, err, msg, framing=True)
         total = HDR.size + length + 4
@@ -263,18 +273,19 @@ class EmulatedBoard:
             self.frames_bad += 1
         self.last_error, self.last_error_cmd = err, cmd & 0xFF
         payload = struct.pack("<BBH", cmd & 0xFF, err, 0xFFFF if detail is None else int(detail) & 0xFFFF)
-        return _frame(seq, NAK_CODE, self._flags(), payload + msg.encode("ascii", "replace")[:200])
+        return _frame(seq, NAK_CODE, self._flags(), payload + msg.encode("ascii", "replace")[:200], self._ver)
 
     # ---- command execution -------------------------------------------------------------------------
-    _BLOCKED_AFTER_WATCHDOG = (0x10, 0x11, 0x20, 0x30, 0x31, 0x40)
+    _BLOCKED_AFTER_WATCHDOG = (0x10, 0x11, 0x20, 0x30, 0x31, 0x32, 0x40)
+    _SINCE_VERSION = {0x32: 2}          # commands added after version 1
 
     def _execute(self, seq: int, code: int, payload: bytes) -> bytes:
         self.frames_ok += 1
         self._since_host = self.world.now() - self.t_host
         self.world.spend(COMMAND_S)
         handler = self._HANDLERS.get(code)
-        if handler is None:
-            return self._nak_frame(seq, code, E_UNKNOWN, f"unknown command 0x{code:02X}")
+        if handler is None or self._ver < self._SINCE_VERSION.get(code, 1):
+            return self._nak_frame(seq, code, E_UNKNOWN, f"unknown command 0x{code:02X} in protocol {self._ver}")
         if self.events & EV_WATCHDOG and code in self._BLOCKED_AFTER_WATCHDOG:
             return self._nak_frame(seq, code, E_WATCHDOG,
                                    "watchdog fired; everything grounded; send STATUS clear=1 first")
@@ -286,7 +297,7 @@ class EmulatedBoard:
             log.exception("emulated board %s: internal error in command 0x%02X", self.name, code)
             self.world.ground_all(self.name)
             return self._nak_frame(seq, code, E_INTERNAL, f"{type(e).__name__}: {e}")
-        return _frame(seq, code | 0x80, self._flags(), out)
+        return _frame(seq, code | 0x80, self._flags(), out, self._ver)
 
     # -- checks
     def _cells(self, pe, row, col) -> Cells:
@@ -319,7 +330,7 @@ class EmulatedBoard:
         p.end()
         g = self.world.geometry
         adc = self.world.chip.params.adc
-        head = struct.pack("<BHHHBBH", PROTOCOL, g.n_pe, g.rows, g.cols, adc.bits, 8, self.max_payload)
+        head = struct.pack("<BHHHBBH", self._ver, g.n_pe, g.rows, g.cols, adc.bits, 8, self.max_payload)
         rng = struct.pack("<ffffffffH", self.v_pulse_max, self.v_gate_max, self.v_read_max, self.width_min_s,
                           self.width_max_s, adc.full_scale_a, self.adc_fs_min_a, self.adc_fs_max_a, self.n_avg_max)
         strs = b"".join(bytes([len(s)]) + s.encode("ascii") for s in (self.MODEL, self.FIRMWARE, self.serial))
@@ -439,13 +450,8 @@ class EmulatedBoard:
         g = self._apply_read(cells, v, n_avg) if pe.size else np.zeros(0)
         return struct.pack("<H", pe.size) + _f32(g)
 
-    def _vmm(self, p: _Payload, seq: int) -> bytes:
-        pe, n_rows, n_cols, batch = p.take("HHHH")
-        v, fs = p.take("ff")
-        rows = p.array("<u2", n_rows).astype(np.int64)
-        cols = p.array("<u2", n_cols).astype(np.int64)
-        x = p.array("u1", batch * n_rows).reshape(batch, n_rows)
-        p.end()
+    def _lines(self, pe: int, rows: np.ndarray, cols: np.ndarray) -> None:
+        """The PE, row and column lists of a parallel read (VMM, VMM_AMP)."""
         g = self.world.geometry
         if pe >= g.n_pe:
             raise _Nak(E_RANGE, f"PE {pe} outside 0..{g.n_pe - 1}")
@@ -454,19 +460,56 @@ class EmulatedBoard:
                 raise _Nak(E_RANGE, f"{what} list empty or outside 0..{n - 1}")
             if np.unique(a).size != a.size:
                 raise _Nak(E_BAD_ARG, f"{what} list repeats an index")
+
+    def _adc_fs(self, fs: float) -> Optional[float]:
+        """The requested ADC full scale (None: the default), range-checked."""
+        if fs == 0.0:
+            return None
+        self._range("ADC full scale", np.array([fs]), self.adc_fs_min_a, self.adc_fs_max_a)
+        return float(fs)
+
+    def _vmm(self, p: _Payload, seq: int) -> bytes:
+        pe, n_rows, n_cols, batch = p.take("HHHH")
+        v, fs = p.take("ff")
+        rows = p.array("<u2", n_rows).astype(np.int64)
+        cols = p.array("<u2", n_cols).astype(np.int64)
+        x = p.array("u1", batch * n_rows).reshape(batch, n_rows)
+        p.end()
+        self._lines(pe, rows, cols)
         self._range("read voltage", np.array([v]), 0.0, self.v_read_max, open_low=True)
-        if fs != 0.0:
-            self._range("ADC full scale", np.array([fs]), self.adc_fs_min_a, self.adc_fs_max_a)
+        fs = self._adc_fs(fs)
         adc = self.world.chip.params.adc
         if batch == 0:
-            from hil.ops.vmm import adc_lsb
-            lsb = adc_lsb(fs or adc.full_scale_a, adc.bits)
+            lsb = (fs or adc.full_scale_a) / (2 ** adc.bits - 1)
             return struct.pack("<HHBBf", 0, n_cols, adc.bits, 8, lsb)
-        res = self.world.chip.vmm(int(pe), x.astype(np.int64), rows, cols, v_read=float(v),
-                                  adc_full_scale_a=None if fs == 0.0 else float(fs))
+        res = self.world.chip.vmm(int(pe), x.astype(np.int64), rows, cols, v_read=float(v), adc_full_scale_a=fs)
         self.world.log(self.name, "vmm", pe=int(pe), batch=int(batch), rows=int(n_rows), cols=int(n_cols))
         return (struct.pack("<HHBBf", batch, n_cols, res.adc_bits, res.input_bits, res.lsb_a)
                 + np.asarray(res.codes, dtype="<u4").tobytes() + np.asarray(res.saturated, dtype="u1").tobytes())
+
+    def _vmm_amp(self, p: _Payload, seq: int) -> bytes:
+        pe, n_rows, n_cols, batch = p.take("HHHH")
+        (fs,) = p.take("f")
+        rows = p.array("<u2", n_rows).astype(np.int64)
+        cols = p.array("<u2", n_cols).astype(np.int64)
+        volts = p.array("<f4", batch * n_rows).astype(float)
+        p.end()
+        self._lines(pe, rows, cols)
+        self._range("row voltage", np.abs(volts), 0.0, self.v_read_max)
+        fs = self._adc_fs(fs)
+        adc = self.world.chip.params.adc
+        if batch == 0:
+            lsb = (fs or adc.full_scale_a) / (2 ** (adc.bits - 1) - 1)
+            return struct.pack("<HHBBf", 0, n_cols, adc.bits, 0, lsb)
+        volts = volts.reshape(batch, n_rows)
+        res = self.world.chip.vmm_amplitude(int(pe), volts, rows, cols, adc_full_scale_a=fs)
+        w = self.world
+        w.max_applied_v["BL"] = max(w.max_applied_v["BL"], float(np.abs(volts).max()))
+        w.max_applied_v["WL"] = max(w.max_applied_v["WL"], READ_GATE_V)
+        w.log(self.name, "vmm_amp", pe=int(pe), batch=int(batch), rows=int(n_rows), cols=int(n_cols),
+              v_max=float(np.abs(volts).max()))
+        return (struct.pack("<HHBBf", batch, n_cols, res.adc_bits, 0, res.lsb_a)
+                + np.asarray(res.codes, dtype="<i2").tobytes() + np.asarray(res.saturated, dtype="u1").tobytes())
 
     def _program_job(self, p: _Payload, seq: int) -> bytes:
         values = p.take(POLICY_STRUCT.format[1:])
@@ -594,7 +637,8 @@ class EmulatedBoard:
         return final, pulses, status, r
 
     _HANDLERS = {0x01: _identify, 0x02: _status, 0x03: _watchdog, 0x04: _ground_all, 0x10: _route,
-                 0x11: _set_gate, 0x20: _pulse, 0x30: _read_cells, 0x31: _vmm, 0x40: _program_job}
+                 0x11: _set_gate, 0x20: _pulse, 0x30: _read_cells, 0x31: _vmm, 0x32: _vmm_amp,
+                 0x40: _program_job}
 
 
 _BOARDS: "weakref.WeakKeyDictionary[EmulatedWorld, dict]" = weakref.WeakKeyDictionary()

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from hil.crossbar import INPUT_BITS, Crossbar, VmmResult
+from hil.crossbar import INPUT_BITS, AmplitudeResult, Crossbar, VmmResult, bipolar_adc_lsb
 from hil.errors import ConfigError, DataError
 from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, SafetyLimits
@@ -88,20 +88,26 @@ class SimulatedCrossbar(Crossbar):
             self._pool_seed = self.seed
         return pool
 
-    def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
+    def _selected_conductance(self, pe, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+        """(flat cell indices, conductance (len(rows), len(cols)) seen by a parallel read): the
+        cells' conductance now, in series with the optional line resistance to the drivers."""
         g = self.geometry
-        adc = self.params.adc
-        tp = self.params.timing
-        fs = adc.full_scale_a if adc_full_scale_a is None else adc_full_scale_a
-        lsb = adc_lsb(fs, adc.bits)
-        top = float(2 ** adc.bits - 1)
-        nb = INPUT_BITS
         rr, cc = np.meshgrid(rows, cols, indexing="ij")
         idx = ((pe * g.rows + rr) * g.cols + cc).ravel()
         G = self.device.conductance(idx, self._t).reshape(rr.shape)
         r_seg = self.params.lines.r_segment_ohm
         if r_seg > 0:
             G = G / (1.0 + G * r_seg * (rr + cc + 2))
+        return idx, G
+
+    def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
+        adc = self.params.adc
+        tp = self.params.timing
+        fs = adc.full_scale_a if adc_full_scale_a is None else adc_full_scale_a
+        lsb = adc_lsb(fs, adc.bits)
+        top = float(2 ** adc.bits - 1)
+        nb = INPUT_BITS
+        idx, G = self._selected_conductance(pe, rows, cols)
         nrow, ncol = G.shape
         batch = inputs.shape[0]
 
@@ -169,6 +175,37 @@ class SimulatedCrossbar(Crossbar):
         self.counters["vmm_slots"] += nb * batch
         return VmmResult(codes=codes.astype(np.int64), lsb_a=lsb, v_read=v_read,
                          saturated=sat, adc_bits=adc.bits, input_bits=nb)
+
+    def _vmm_amplitude(self, pe, volts, rows, cols, adc_full_scale_a) -> AmplitudeResult:
+        """One read with signed row voltages and one bipolar conversion per vector; the read
+        noise, line resistance and disturb models of the bit-serial read."""
+        adc, tp, rn = self.params.adc, self.params.timing, self.params.read_noise
+        fs = adc.full_scale_a if adc_full_scale_a is None else adc_full_scale_a
+        try:
+            lsb = bipolar_adc_lsb(fs, adc.bits)
+        except ValueError as e:
+            raise ConfigError(f"amplitude VMM: {e} (params adc.bits)") from None
+        top = float(2 ** (adc.bits - 1) - 1)
+        idx, G = self._selected_conductance(pe, rows, cols)
+        q = (volts @ G) / lsb                                       # mean codes: sum_i V_i G_ij / lsb
+        if rn.rel > 0 or rn.abs_us > 0:
+            # each driven cell adds current noise of sigma = |V_i| sqrt((rel G)^2 + abs^2)
+            var = (volts * volts) @ ((rn.rel * G) ** 2 + (rn.abs_us * 1e-6) ** 2)
+            q += np.sqrt(var) / lsb * self._noise_pool().take(q.size).reshape(q.shape)
+        np.rint(q, out=q)
+        sat = np.abs(q) >= top
+        np.clip(q, -top, top, out=q)
+        # disturb: each driven row's cells see |V| for one conversion, expressed in reference reads
+        d = self.params.disturb
+        a = np.abs(volts)
+        dose = np.where(a > 0, np.exp((a - d.v_ref) / d.v_slope), 0.0).sum(axis=0)
+        self.device.add_dose(idx, np.repeat(dose, len(cols)), d.v_ref, tp.slot_s)
+        batch = volts.shape[0]
+        self._t += tp.call_overhead_s + batch * (tp.slot_s + tp.slot_overhead_s)
+        self.counters["vmm_calls"] += 1
+        self.counters["vmm_slots"] += batch
+        self._dirty = True
+        return AmplitudeResult(codes=q.astype(np.int64), lsb_a=lsb, saturated=sat, adc_bits=adc.bits)
 
     def _read_stress(self, cells: Cells, n_reads: int, v_read: float, width_s: float) -> None:
         """`n_reads` read pulses on every cell of the selection in parallel (no readout)."""

@@ -5,7 +5,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from hil.crossbar import Crossbar, VmmResult
+from hil.crossbar import AmplitudeResult, Crossbar, VmmResult, bipolar_adc_lsb
 from hil.geometry import Cells, Geometry
 from hil.limits import Op, SafetyLimits
 
@@ -19,6 +19,7 @@ class ToyCrossbar(Crossbar):
     - FORM: an unformed cell becomes ~`formed_g_s` when v > `form_v`; SET/RESET do nothing
       to unformed cells.
     - cells listed in `stuck` (flat indices) never change.
+    - amplitude VMM: ideal sum_i V_i G_ij through an 8-bit bipolar ADC (default full scale 100 µA).
     Every public-API call is recorded in `calls`; `n_read` / `n_pulse` count backend calls.
     `now()` advances by the pulse widths (cells pulsed one after another) and 1 µs per read.
     """
@@ -83,6 +84,14 @@ class ToyCrossbar(Crossbar):
 
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
         raise NotImplementedError("ToyCrossbar has no VMM")
+
+    def _vmm_amplitude(self, pe, volts, rows, cols, adc_full_scale_a) -> AmplitudeResult:
+        flat = Cells.block(pe, rows, cols, self.geometry).flat(self.geometry)
+        self.calls.append(("vmm_amplitude", flat.copy(), volts.copy(), adc_full_scale_a))
+        lsb = bipolar_adc_lsb(100e-6 if adc_full_scale_a is None else adc_full_scale_a, 8)
+        q = np.rint(volts @ self.g[flat].reshape(len(rows), len(cols)) / lsb)
+        return AmplitudeResult(codes=np.clip(q, -127, 127).astype(np.int64), lsb_a=lsb,
+                               saturated=np.abs(q) >= 127, adc_bits=8)
 
     def now(self) -> float:
         return self.t

@@ -9,7 +9,6 @@ a new public method without a case here fails `test_every_public_*_method_has_a_
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 import os
 from pathlib import Path
@@ -38,7 +37,7 @@ SIM_INSTRUMENTS = Path(__file__).resolve().parents[1] / "stations" / "sim-instru
 _ids = itertools.count()
 
 #: the public entries of the Crossbar contract that can apply a voltage (DESIGN.md §4)
-CHECKED = ("read", "pulse", "vmm", "program", "read_stress", "read_smu")
+CHECKED = ("read", "pulse", "vmm", "vmm_amplitude", "program", "read_stress", "read_smu")
 #: public backend methods that apply no voltage (clock, identity, state files, oracle access)
 BACKEND_NO_VOLTAGE = {"now", "advance", "describe", "has", "close", "safe", "true_conductance",
                       "stuck_mask", "save_state", "load_state", "report", "identity",
@@ -181,6 +180,13 @@ BACKEND_CASES = {
     "vmm": [("default 0.2 V", lambda x: x.vmm(0, np.ones((1, 128), int)), SafetyViolation, "READ rejected"),
             ("0.45 V", lambda x: x.vmm(0, np.ones((1, 4), int), rows=range(4), v_read=0.45),
              SafetyViolation, "READ rejected")],
+    "vmm_amplitude": [("+0.15 V above READ 0.1 V", lambda x: x.vmm_amplitude(0, np.full((1, 4), 0.15), rows=range(4)),
+                       SafetyViolation, r"READ rejected: \|V\| 0.15 V"),
+                      ("-0.15 V: the limit is on |V|", lambda x: x.vmm_amplitude(0, [[0.05, 0.0, -0.15, 0.0]],
+                                                                               rows=range(4)),
+                       SafetyViolation, "row 2"),
+                      ("NaN", lambda x: x.vmm_amplitude(0, [[0.05, np.nan, 0.0, 0.0]], rows=range(4)),
+                       ValueError, "NaN")],
     "program": [("finding 2 policy", lambda x: x.program(CELLS, T, LO, HI, F2_POLICY), SafetyViolation,
                  "set_v_bl = 4.5"),
                 ("verify reads above READ 0.1 V", lambda x: x.program(CELLS, T, LO, HI, WriteVerifyPolicy()),
@@ -344,6 +350,8 @@ BOARD_CASES = {
               ("SET 5 ms", lambda b: b.pulse(CELLS, "SET", 1.5, 1.0, 5e-3))],
     "read_cells": [("0.2 V", lambda b: b.read_cells(CELLS))],
     "vmm": [("0.2 V", lambda b: b.vmm(0, np.ones((1, 4), int), rows=range(4), cols=range(4)))],
+    "vmm_amplitude": [("+0.15 V", lambda b: b.vmm_amplitude(0, np.full((1, 4), 0.15), rows=range(4), cols=range(4))),
+                      ("-0.15 V", lambda b: b.vmm_amplitude(0, [[0.0, -0.15, 0.0, 0.0]], rows=range(4)))],
     "route": [("gate 5 V", lambda b: b.route(CELLS[:1], bl="bus", sl="ground", wl="dac", gate_v=5.0))],
     "set_gate": [("5 V", lambda b: b.set_gate(5.0))],
     "program_job": [(name, (lambda p: lambda b: b.program_job(CELLS, T, LO, HI, p))(p))

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from hil.crossbar import Crossbar, VmmResult
+from hil.crossbar import AmplitudeResult, Crossbar, VmmResult
 from hil.geometry import Cells, Geometry
 from hil.limits import Op, SafetyLimits
 
@@ -42,6 +42,9 @@ class DryRunCrossbar(Crossbar):
 
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
         return self.shadow._vmm(pe, inputs, rows, cols, v_read, adc_full_scale_a)
+
+    def _vmm_amplitude(self, pe, volts, rows, cols, adc_full_scale_a) -> AmplitudeResult:
+        return self.shadow._vmm_amplitude(pe, volts, rows, cols, adc_full_scale_a)
 
     def now(self) -> float:
         return self.shadow.now()
