@@ -90,3 +90,23 @@ def test_locate_names_what_a_cell_holds():
     hit = p.locate(t.pe, t.row0 + 5, t.col0 + 3)
     assert hit == {"layer": "c3", "group": 1, "input": t.in0 + 5, "output": t.out0 + 1, "sign": -1}
     assert p.locate(0, 127, 15) is None
+
+
+def test_replica_groups_and_cells_of_a_plan_are_those_of_its_mapped_layers():
+    from hil.analog.network import MappedNetwork
+    from tests.fakes import ToyCrossbar
+    p = _plan(3)
+    assert p.groups_of("fc") == [SHARED] and p.groups_of("fc", [1]) == [SHARED]
+    assert p.groups_of("c3") == [0, 1, 2] and p.groups_of("c3", [2]) == [2]
+    with pytest.raises(ConfigError, match="no layer 'c5'"):
+        p.groups_of("c5")
+    mapped = MappedNetwork(ToyCrossbar(YAO), p)
+    for name in MCNN_LAYERS:
+        for rep, g in zip(mapped.replicas(name), p.groups_of(name)):
+            a, b = rep.cells(), p.cells(name, g)
+            assert rep.group == g and rep.shape == MCNN_LAYERS[name]
+            assert all(np.array_equal(u, v) for u, v in zip((a[0].pe, a[0].row, a[0].col, *a[1:]),
+                                                               (b[0].pe, b[0].row, b[0].col, *b[1:])))
+    assert mapped.layer("fc", 2) is mapped.layer("fc", 0) and mapped.layer("c1", 1) is not mapped.layer("c1", 0)
+    with pytest.raises(ConfigError, match="plan is for"):
+        MappedNetwork(ToyCrossbar(Geometry(1, 4, 4, "toy")), p)

@@ -52,6 +52,22 @@ def test_im2col_order_and_conv_match_naive(pad):
     np.testing.assert_allclose(out, _naive_conv(x, w, pad), atol=1e-12)
 
 
+@pytest.mark.parametrize("pad,stride", [((1, 0, 2, 1), 1), ((0, 2, 1, 0), 2), (1, 3)])
+def test_im2col_with_stride_and_asymmetric_padding_and_its_adjoint(pad, stride):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = nn.im2col(x, 3, 2, pad, stride)
+    t, b, l, r = nn.conv_padding(pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+    oh, ow = nn.conv_output_size(7, 6, 3, 2, pad, stride)
+    assert cols.shape == (2 * oh * ow, 3 * 6)
+    np.testing.assert_array_equal(cols[oh * ow + ow + 1], xp[1, :, stride:stride + 3, stride:stride + 2].ravel())
+    c = rng.standard_normal(cols.shape)
+    np.testing.assert_allclose(np.sum(cols * c), np.sum(x * nn.col2im(c, x.shape, 3, 2, pad, stride)))
+    with pytest.raises(ValueError, match="padding"):
+        nn.im2col(x, 3, 3, (1, 1))
+
+
 def test_col2im_is_adjoint_of_im2col():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 2, 5, 5))

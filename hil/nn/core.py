@@ -1,7 +1,8 @@
 """A small numpy neural-network core: im2col convolution, max pooling, ReLU, softmax
 cross-entropy, Adam, seeded mini-batches and fake quantization for quantization-aware training.
 
-Layouts: activations (N, C, H, W); convolution weights (K, C, kh, kw); stride 1, no bias.
+Layouts: activations (N, C, H, W); convolution weights (K, C, kh, kw); no bias. im2col/col2im
+take any stride and padding (also asymmetric); the training convolution uses stride 1.
 Everything is float32 and vectorized; nothing here draws random numbers without a seed.
 """
 from __future__ import annotations
