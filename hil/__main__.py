@@ -1,5 +1,5 @@
 import sys
 
-from hil.cli.common import main
+from hil.cli import main
 
 sys.exit(main())

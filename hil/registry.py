@@ -3,7 +3,11 @@ without hil importing any backend at module level.
 
 Each backend has a factory (opens the station) and a checker that validates a whole station
 file and the factory's options without any I/O; `open_station` and the dry run both call
-`check_station` first, so a dry run validates a file exactly as a real run does."""
+`check_station` first, so a dry run validates a file exactly as a real run does.
+
+Beside the backends, named entries reach what lives outside `hil` (the GUI, the emulator's TCP
+servers, the simulator's parameter set): `resolve("gui")` imports `gui.app:main` only when called,
+so `hil` never imports a front end or a backend, not even lazily."""
 from __future__ import annotations
 
 import importlib
@@ -31,6 +35,13 @@ _TABLE_CHECKS: dict[str, str] = {
     "emulation": "sim_backend.visa_backend:check_emulation",
 }
 
+# name -> "module:callable": entry points outside hil that the command line starts by name.
+_ENTRIES: dict[str, str] = {
+    "gui": "gui.app:main",                                    # (args) -> exit code
+    "sim-station-server": "sim_backend.serve:serve_station",  # (station_file, *, host, port_base, faults)
+    "sim-params": "sim_backend.params:DeviceParams",          # the simulated device's parameter set
+}
+
 
 def register_backend(name: str, target: str, check: Optional[str] = None) -> None:
     """Register a backend factory (and optionally its checker) as 'module:callable'."""
@@ -40,6 +51,12 @@ def register_backend(name: str, target: str, check: Optional[str] = None) -> Non
     _BACKENDS[name] = target
     if check is not None:
         _CHECKS[name] = check
+
+
+def resolve(name: str) -> Callable:
+    """The callable registered as entry `name`, imported now; ConfigError naming the entry
+    when it is unknown or its module cannot be imported here."""
+    return _resolve(_ENTRIES, name, "entry")
 
 
 def available_backends() -> dict[str, bool]:

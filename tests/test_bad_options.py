@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.cli.common import main
+from hil.cli import main
 from hil.runstore import RunWriter
 from hil.runstore.journal import journal_path
 
@@ -198,7 +198,7 @@ def test_demo_hybrid_fraction_is_validated_by_the_stage_config_too(monkeypatch):
 
 
 def test_every_option_has_help():
-    from hil.cli.common import build_parser
+    from hil.cli import build_parser
 
     def walk(parser, path):
         for action in parser._actions:

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hil.cli import common as cli
+from hil import cli
 from hil.runstore import RunWriter, journal_path
 from hil.runstore.journal import FILE_HEADER, REC_HEADER
 from test_kill_campaign import SMALL_SIM, _model, hil_fork

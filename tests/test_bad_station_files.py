@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from hil.cli.common import main
+from hil.cli import main
 from sim_backend import world as world_mod
 from sim_backend.params import DeviceParams
 

@@ -1,15 +1,22 @@
-"""End-to-end tests of the `hil` command line on the simulated station (subprocesses)."""
+"""End-to-end tests of the `hil` command line on the simulated station (subprocesses), its entry
+points, every command's help, and the registry entries that start the GUI and the emulators."""
+import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hil import registry
+from hil.cli import build_parser, main
+from hil.errors import ConfigError
+from hil.registry import resolve
 from hil.runstore import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +111,64 @@ def test_read_json():
     d = json.loads(hil("read", "--pe", "1", "--json").stdout)
     assert d["cells"] == 2048 and d["pes"][0]["pe"] == 1
     assert 1.0 < d["pes"][0]["mean_us"] < 40.0
+
+
+# ---- the package: entry points, every command's help, the registry entries ----------------------
+COMMANDS = {"hil", "hil program", "hil read", "hil experiment", "hil experiment read-disturb",
+            "hil experiment drift", "hil demo", "hil train", "hil transfer", "hil hybrid", "hil station",
+            "hil station check", "hil sim-station", "hil sim-station serve", "hil gui", "hil info", "hil runs",
+            "hil runs show", "hil runs recover"}
+
+
+def _commands(parser, path=("hil",)):
+    yield " ".join(path)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, path + (name,))
+
+
+def test_console_script_and_python_m_hil_run_the_same_main():
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"] == {"hil": "hil.cli:main"}
+    script = Path(sys.executable).with_name("hil")
+    r = subprocess.run([str(script), "--help"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == hil("--help").stdout
+    assert r.stdout.startswith("usage: hil ") and "{program,read,experiment,demo,train,transfer,hybrid," \
+                                                  "station,sim-station,gui,info,runs}" in r.stdout
+
+
+def test_every_command_has_its_help(capsys):
+    commands = set(_commands(build_parser()))
+    assert commands == COMMANDS
+    for command in sorted(commands):
+        with pytest.raises(SystemExit) as e:
+            main([*command.split()[1:], "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and out.startswith(f"usage: {command} "), command
+
+
+def test_registry_entries_name_the_gui_and_the_emulator():
+    import gui.app
+    import sim_backend.params
+    import sim_backend.serve
+    assert resolve("gui") is gui.app.main
+    assert resolve("sim-station-server") is sim_backend.serve.serve_station
+    assert resolve("sim-params") is sim_backend.params.DeviceParams
+    with pytest.raises(ConfigError, match=r"unknown entry 'nope'; known: \['gui', 'sim-params', 'sim-station-server'\]"):
+        resolve("nope")
+
+
+def test_hil_gui_starts_the_registered_entry(monkeypatch):
+    seen = []
+    monkeypatch.setattr("gui.app.main", lambda args: seen.append(args) or 7)
+    assert main(["gui", "--seed", "3", "--geometry", "small"]) == 7
+    assert len(seen) == 1 and seen[0].seed == 3 and seen[0].geometry == "small"
+
+
+def test_hil_gui_without_the_gui_package_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(registry._ENTRIES, "gui", "no_such_gui_package.app:main")
+    assert main(["gui"]) == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("hil: error: entry 'gui' is not available in this installation") \
+        and "no_such_gui_package" in line

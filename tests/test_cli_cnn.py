@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hil.cli.common import main
+from hil.cli import main
 from hil.nn.datasets import load_embedded, write_idx
 from hil.runstore import RunRecord
 

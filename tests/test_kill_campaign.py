@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import hil.runstore.writer as wmod
-from hil.cli import common as cli
+from hil import cli
 from hil.geometry import YAO
 from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer
 from hil.yao2020.hybrid import HybridConfig, hybrid_train

@@ -13,7 +13,7 @@ import pytest
 import serial
 
 from drivers.board_frames import IDENTIFY, encode_frame
-from hil.cli.common import main
+from hil.cli import main
 from hil.errors import ConfigError
 from hil.cli.station import serve_station
 from sim_backend.visa_backend import build_bench, load_emulation
@@ -224,7 +224,7 @@ def test_help_says_loopback_and_no_authentication(capsys):
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "NO AUTHENTICATION" in out and "127.0.0.1" in out and "local tools only" in out
-    from hil.cli.common import build_parser
+    from hil.cli import build_parser
     args = build_parser().parse_args(["sim-station", "serve"])
     assert args.host == "127.0.0.1"
 
@@ -245,7 +245,7 @@ def test_fault_option_arms_faults_on_the_served_station(make):
 
 
 def test_fault_option_through_the_cli(make, capsys):
-    from hil.cli.common import build_parser
+    from hil.cli import build_parser
     from hil.cli.station import cmd_sim_station_serve
     path = make()
     args = build_parser().parse_args(["sim-station", "serve", "--station", path, "--port-base", "0",

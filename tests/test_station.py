@@ -13,7 +13,8 @@ import pytest
 from drivers.station import load_station_spec, open_instrument_station
 from hil.errors import BackendError, ConfigError
 from hil.registry import load_station_file, open_station
-from hil.cli.station import register, serve_station, station_check
+from hil.cli.station import DEFAULT_SIM_STATION, add_parsers, cmd_sim_station_serve, serve_station
+from hil.ops.station_check import station_check
 from sim_backend.world import drop_world
 
 _ids = itertools.count()
@@ -257,7 +258,7 @@ def test_station_check_dry_run_refuses_a_policy_above_the_limits(tmp_path):
 def _parser():
     p = argparse.ArgumentParser(prog="hil")
     sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub)
+    add_parsers(sub)
     return p
 
 
@@ -311,16 +312,30 @@ def test_cli_sim_station_serve_prints_the_addresses(station, capsys):
     args = _parser().parse_args(["sim-station", "serve", "--station", station, "--port-base", "0"])
     stop = threading.Event()
     stop.set()                                               # serve, print, stop at once
-    from hil.cli.station import cmd_sim_station_serve
     assert cmd_sim_station_serve(args, wait=stop) == 0
     out = capsys.readouterr().out
     assert re.search(r"smu1: TCPIP0::127\.0\.0\.1::\d+::SOCKET", out)
     assert re.search(r"board: socket://127\.0\.0\.1:\d+", out)
 
 
+def test_cli_sim_station_serve_without_station_serves_the_repository_file(capsys):
+    """No --station: stations/sim-instruments.toml of the repository (not a path inside the package)."""
+    import threading
+    args = _parser().parse_args(["sim-station", "serve", "--port-base", "0"])
+    stop = threading.Event()
+    stop.set()
+    try:
+        assert cmd_sim_station_serve(args, wait=stop) == 0
+    finally:
+        drop_world("sim-instruments")
+    out = capsys.readouterr().out
+    assert f"emulated station {DEFAULT_SIM_STATION} (world 'sim-instruments') serving:" in out
+    assert re.search(r"smu1: TCPIP0::127\.0\.0\.1::\d+::SOCKET", out)
+
+
 def test_hil_program_and_read_through_the_drivers(tmp_path, capsys):
     """`hil program --station FILE` and `hil read --station FILE` on an emulated instrument station."""
-    from hil.cli.common import main
+    from hil.cli import main
     path, world = make_station(tmp_path, geometry="n_pe = 1\nrows = 16\ncols = 16",
                                em_geometry="{ n_pe = 1, rows = 16, cols = 16 }")
     try:

@@ -14,7 +14,7 @@ import tomli_w
 
 import drivers.station as dstation
 from drivers.station import load_station_spec
-from hil.cli.common import main
+from hil.cli import main
 from hil.ops.dryrun import open_dry_run
 from hil.errors import ConfigError
 from hil.geometry import Geometry

@@ -1,66 +1,25 @@
 """`hil station check FILE` and `hil sim-station serve`.
 
-`station_check(spec)` connects to a station (through the registry, so any backend works), collects
-identities, firmware, channel map and limits from `describe()`, and dry-runs a small write-verify
-job through `hil.ops.dryrun` (every pulse checked against the station's limits on a shadow chip;
-nothing is applied to the hardware).
-
-`serve_station(file)` puts the emulated instruments of a station file's [emulation] table on TCP
+The check itself is `hil.ops.station_check`; `serve_station` puts the emulated instruments of a
+station file's [emulation] table on TCP through the registry's "sim-station-server" entry
 (`sim_backend.serve`), so other processes and tools can reach the same emulated station.
 """
 from __future__ import annotations
 
 import json
-import logging
+import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
+from hil import options as opt
+from hil.cli.common import jsonable
+from hil.errors import HilError
+from hil.ops.station_check import station_check
+from hil.registry import resolve
 
-from hil.cli.common import _jsonable
-from hil.errors import ConfigError, HilError
-
-log = logging.getLogger(__name__)
-
-DEFAULT_SIM_STATION = Path(__file__).resolve().parents[1] / "stations" / "sim-instruments.toml"
-
-
-# ---- station check -----------------------------------------------------------------------------
-def station_check(spec: str, *, cells: int = 16, pe: int = 0, seed: int = 0, connect: bool = True) -> dict:
-    """Connect to station `spec` ('sim' or a station file), describe it and dry-run a small job.
-
-    Returns a JSON-able dict: `ok`, `station`, `describe` (identities, firmware, channel map,
-    limits ...), `dry_run` (hil.ops.dryrun report of write-verifying `cells` cells of PE `pe` to the
-    32-level table). Raises HilError (ConfigError, BackendError ...) when the station is broken."""
-    from hil.ops.dryrun import open_dry_run
-    from hil.geometry import Cells
-    from hil.levels import LevelTable, make_pattern
-    from hil.ops.write_verify import write_verify
-    from hil.registry import open_station
-
-    out: dict = {"station": spec, "ok": False}
-    if connect:
-        with open_station(spec) as xbar:
-            out["describe"] = xbar.describe()
-            out["capabilities"] = sorted(xbar.capabilities)
-    with open_dry_run(spec, seed) as dry:
-        g = dry.geometry
-        if not 0 <= pe < g.n_pe:
-            raise ConfigError(f"station check --pe {pe}: out of range, this station has PEs 0..{g.n_pe - 1}")
-        if not 1 <= int(cells) <= g.rows * g.cols:
-            raise ConfigError(f"station check --cells {cells}: must be 1..{g.rows * g.cols} (the cells of one PE)")
-        n = int(cells)
-        sel = Cells.from_flat(pe * g.rows * g.cols + np.arange(n), g)
-        table = LevelTable.linear()
-        _, targets = make_pattern("levels32", n, table)
-        rep = write_verify(dry, sel, targets, table.tolerance_s)
-        out["dry_run"] = {**dry.report(), "cells": n, "pe": pe, "summary": rep.summary()}
-    if not connect:
-        out["describe"] = {"geometry": dry.geometry.to_dict(), "limits": dry.limits.to_dict()}
-    out["ok"] = True
-    return out
+DEFAULT_SIM_STATION = Path(__file__).resolve().parents[2] / "stations" / "sim-instruments.toml"
 
 
 def format_check(res: dict) -> str:
@@ -101,13 +60,11 @@ def format_check(res: dict) -> str:
 
 def serve_station(station_file=None, *, host: str = "127.0.0.1", port_base: int = 5025, faults=()):
     """The emulated instruments of `station_file` (default stations/sim-instruments.toml) on TCP,
-    with `faults` ("[SOURCE:]KIND@N") armed; see `sim_backend.serve` (imported here only:
-    emulators are the point of this command)."""
-    from sim_backend.serve import serve_station as serve
-    return serve(station_file or DEFAULT_SIM_STATION, host=host, port_base=port_base, faults=faults)
+    with `faults` ("[SOURCE:]KIND@N") armed; see `sim_backend.serve.serve_station`."""
+    return resolve("sim-station-server")(station_file or DEFAULT_SIM_STATION, host=host, port_base=port_base,
+                                         faults=faults)
 
 
-# ---- CLI -------------------------------------------------------------------------------------------
 def cmd_station_check(args) -> int:
     try:
         res = station_check(args.file, cells=args.cells, pe=args.pe)
@@ -117,14 +74,13 @@ def cmd_station_check(args) -> int:
             return 2
         raise
     if args.json:
-        print(json.dumps(res, default=_jsonable))
+        print(json.dumps(res, default=jsonable))
     else:
         print(format_check(res))
     return 0
 
 
 def cmd_sim_station_serve(args, *, wait: Optional[threading.Event] = None) -> int:
-    import signal
     server = serve_station(args.station, host=args.host, port_base=args.port_base, faults=args.fault or ())
     stop = wait or threading.Event()
     old_term = None
@@ -149,12 +105,11 @@ def cmd_sim_station_serve(args, *, wait: Optional[threading.Event] = None) -> in
     return 0
 
 
-def register(sub) -> None:
-    """Add `hil station check` and `hil sim-station serve` to the `hil` parser."""
+def add_parsers(sub) -> None:
+    """Add `hil station check` and `hil sim-station serve`."""
     sp = sub.add_parser("station", help="station files: check connections, identities and limits")
     ssub = sp.add_subparsers(dest="station_cmd", required=True)
     c = ssub.add_parser("check", help="connect, print identities, firmware and limits, dry-run a small job")
-    from hil import options as opt
     c.add_argument("file", type=opt.station_spec, help="station TOML file (or 'sim')")
     c.add_argument("--cells", type=opt.positive_int(opt.MAX_CHECK_CELLS), default=16,
                    help="cells in the dry-run job, at most one PE's (default 16)")

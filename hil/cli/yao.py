@@ -1,20 +1,16 @@
 """`hil demo`, `hil train`, `hil transfer`, `hil hybrid`: the Yao 2020 reproduction from the shell."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from hil import options as opt
-from hil.cli.common import _cancel_on_sigint, _check_same_chip, _chip_identity, _chip_state_path, _emit, _jsonable, _open, _show, _station_snapshot
-from hil.yao2020.demo import STAGE_DONE
+from hil.cli.common import add_station_options, cancel_on_sigint, chip_state_path, emit, open_from_args, show_progress
 from hil.errors import DataError, HilError
 from hil.yao2020.hybrid import HybridConfig
 from hil.progress import Progress
-from hil.runstore import RunRecord, RunWriter, read_content
+from hil.runstore import RunRecord, read_content
+from hil.runstore.lifecycle import run_record, station_snapshot
 
 KIND = "mcnn"
 
@@ -36,7 +32,7 @@ class Bars:
                 from tqdm import tqdm
                 state["bar"] = tqdm(desc=desc, unit=unit, total=p.total, file=sys.stderr, dynamic_ncols=True)
                 self.open.append(state["bar"])
-            _show(state["bar"], p)
+            show_progress(state["bar"], p)
             if p.done >= p.total:
                 state["bar"].close()
         return cb
@@ -59,13 +55,19 @@ def _free_name(path: Path) -> Path:
     return p
 
 
-def _dataset(args):
-    from hil.nn.datasets import load_dataset
-    return load_dataset(args.data, seed=args.seed or 0, download=getattr(args, "download", False))
+def _data(args):
+    from hil.yao2020.stages import DataConfig
+    return DataConfig(source=None if args.data is None else str(args.data), seed=args.seed or 0,
+                      download=getattr(args, "download", False))
+
+
+def _snapshot(args, xbar) -> dict:
+    return station_snapshot(xbar, client="cli", spec=getattr(args, "station", None), seed=args.seed)
 
 
 # ---- hil demo -----------------------------------------------------------------------------
 def cmd_demo(args) -> int:
+    from hil.nn.datasets import load_dataset
     from hil.yao2020.demo import DemoConfig, run_demo
     from hil.yao2020.hwnet import plan_mcnn
     from hil.yao2020.mcnn import MCNN
@@ -73,27 +75,23 @@ def cmd_demo(args) -> int:
     seed = 0 if args.seed is None else args.seed
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
     hybrid = {"seed": seed} if args.hybrid_fraction is None else {"seed": seed, "fraction": args.hybrid_fraction}
-    cfg.hybrid = dataclasses.replace(cfg.hybrid, **hybrid)     # validated again by HybridConfig, before any work
+    cfg = cfg.replace(hybrid=cfg.hybrid.replace(**hybrid))     # validated again, before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     say = _say(args)
-    ds = _dataset(args)
+    data = _data(args)
+    ds = load_dataset(data.source, seed=data.seed, download=data.download)
     say(f"data: {ds.source} ({len(ds.x_train)} training / {len(ds.x_test)} test digits)")
     run_path = _free_name(out / "demo.h5")
     args.seed = seed
     bars = Bars(not args.json)
-    with _open(args) as xbar, _cancel_on_sigint() as cancel:
+    with open_from_args(args) as xbar, cancel_on_sigint() as cancel:
         plan_mcnn(xbar.geometry, MCNN(seed=seed), cfg.groups)     # refuse before creating a record
-        writer = RunWriter.create(run_path, KIND, _station_snapshot(args, xbar), {"seed": seed, "demo": True})
         try:
-            res = run_demo(xbar, ds, writer, cfg, bars=bars, cancel=cancel, say=say)
-        except BaseException:
+            with run_record(run_path, KIND, station=_snapshot(args, xbar), meta={"seed": seed, "demo": True}) as w:
+                res = run_demo(xbar, ds, w, cfg, bars=bars, cancel=cancel, say=say)
+        finally:
             bars.close()
-            writer.mark("stopped")
-            writer.finalize("incomplete")
-            raise
-        writer.finalize()
-    bars.close()
     with RunRecord.open(run_path) as rec:
         content = rec.content()
     md = write_report(res, out, content)
@@ -104,35 +102,29 @@ def cmd_demo(args) -> int:
     keys = ("software_acc", "software_float_acc", "transfer_acc", "hybrid_acc", "group_acc_transfer",
             "group_acc_hybrid", "parallel_acc", "conv_throughput_ratio", "gops_per_w", "seconds",
             "run_record", "report", "after", "seed")
-    _emit(args, {k: res[k] for k in keys}, human)
+    emit(args, {k: res[k] for k in keys}, human)
     return 0
 
 
 # ---- hil train / transfer / hybrid ----------------------------------------------------------
 def cmd_train(args) -> int:
-    from hil.yao2020.demo import train_stage
+    from hil.yao2020 import stages
     seed = 0 if args.seed is None else args.seed
-    ds = _dataset(args)
+    cfg = stages.TrainConfig(data=_data(args), epochs=args.epochs, seed=seed)
+    ds = stages._load(cfg.data.source, cfg.data.seed, cfg.data.download)    # a bad --data fails before the record
     out = Path(args.out)
     bars = Bars(not args.json)
-    with _cancel_on_sigint() as cancel:
-        writer = RunWriter.create(out, KIND, {"spec": None, "note": "ex-situ training only"}, {"seed": seed})
+    with cancel_on_sigint() as cancel:
         try:
-            model, hist = train_stage(ds, writer, epochs=args.epochs, seed=seed, progress=bars("train", "batch"),
-                                      cancel=cancel)
+            with run_record(out, KIND, station=_snapshot(args, None), meta={"seed": seed},
+                            done=stages.STAGE_DONE["train"]) as w:
+                r = stages.train(None, w, cfg, bars("train", "batch"), cancel, ds)
         finally:
-            _finish(writer, bars, STAGE_DONE["train"])
-    res = {"run_record": str(out), "dataset": ds.describe(), "history": hist,
-           "software_acc": model.accuracy(ds.x_test, ds.y_test, quantized=True)}
-    _emit(args, res, f"software accuracy {res['software_acc']:.2%} on {len(ds.x_test)} test digits "
-                     f"({ds.source}); model stored in {out}\nnext: hil transfer --run {out}")
+            bars.close()
+    res = {"run_record": str(out), "dataset": r.dataset, "history": r.history, "software_acc": r.software_acc}
+    emit(args, res, f"software accuracy {r.software_acc:.2%} on {len(ds.x_test)} test digits "
+                    f"({ds.source}); model stored in {out}\nnext: hil transfer --run {out}")
     return 0
-
-
-def _finish(writer: RunWriter, bars: Bars, status: str) -> None:
-    """Close the bars and the record: `status` after success, "incomplete" while an error propagates."""
-    bars.close()
-    writer.finalize(status if sys.exc_info()[0] is None else "incomplete")
 
 
 def _stage_content(args):
@@ -151,126 +143,97 @@ def _stage_content(args):
     return content
 
 
-def _same_chip(run, content, xbar) -> None:
-    """HilError when the weights of `run` were transferred to another chip than `xbar`."""
-    made_on = content.attrs.get("/transfer", {}).get("chip")
-    if made_on and made_on != _chip_identity(xbar):
-        _check_same_chip(Path(run), {"chip": made_on}, xbar)
-
-
-def cmd_transfer(args) -> int:
-    from hil.yao2020.demo import load_model, load_plan, transfer_stage
-    from hil.yao2020.hwnet import plan_mcnn
+def _stage_run(args, check, stage, cfg, done: str, desc: str, unit: str):
+    """Open the station (the chip beside the record), check `cfg` against the record before it
+    changes (a fresh chip file is removed when that fails), then run `stage` on the record."""
     content = _stage_content(args)
-    resume = "transfer/targets" in content.datasets
-    model = load_model(content)
-    if args.groups < 1:
-        raise HilError(f"--groups must be at least 1, got {args.groups}")
     bars = Bars(not args.json)
-    chip_file = _chip_state_path(Path(args.run), args.station)
+    chip_file = chip_state_path(Path(args.run), args.station)
     fresh = chip_file is not None and not chip_file.exists()
-    with _open(args, chip_file) as xbar, _cancel_on_sigint() as cancel:
+    with open_from_args(args, chip_file) as xbar, cancel_on_sigint() as cancel:
         try:
-            plan_mcnn(xbar.geometry, model, args.groups)   # --groups must fit this chip before the record changes
-            if resume and load_plan(content).groups != args.groups:
-                raise HilError(f"--groups {args.groups}: the interrupted transfer in {args.run} programs "
-                               f"{load_plan(content).groups} group(s); resume it with --groups {load_plan(content).groups}")
-            _same_chip(args.run, content, xbar)
+            check(xbar, content, cfg)
         except HilError:
             if fresh:                                  # nothing touched it: no chip file is left behind
                 chip_file.unlink(missing_ok=True)
             raise
-        writer = RunWriter.resume(args.run, KIND)
-        if not resume:
-            writer.set_attrs("transfer", chip=_chip_identity(xbar))
         try:
-            plan, rep = transfer_stage(xbar, model, writer, groups=args.groups, resume=resume,
-                                       progress=bars("transfer", "cell"), cancel=cancel)
+            with run_record(args.run, KIND, station=_snapshot(args, xbar), resume=True, done=done) as w:
+                return stage(xbar, w, cfg, bars(desc, unit), cancel)
         finally:
-            _finish(writer, bars, STAGE_DONE["transfer"])
-    s = rep.summary()
-    _emit(args, {"run_record": args.run, "resumed": resume, "transfer": s, "plan": plan.to_dict()},
-          f"{plan.table()}\n\n{'resumed; ' if resume else ''}{s['program']['cells']} cells, "
-          f"{100 * s['program']['in_band_fraction']:.2f}% in band; RMS weight error (levels) "
-          + ", ".join(f"{k} {v:.3f}" for k, v in s["weight_rms_error_levels"].items())
-          + f"\nnext: hil hybrid --run {args.run}")
+            bars.close()
+
+
+def cmd_transfer(args) -> int:
+    from hil.yao2020 import stages
+    content = _stage_content(args)
+    stored = stages.stored_config(content, "transfer", stages.TransferConfig)
+    if stored is not None and args.groups is not None and args.groups != stored.groups:
+        raise HilError(f"--groups {args.groups}: the interrupted transfer in {args.run} programs {stored.groups} "
+                       f"group(s); resume it with --groups {stored.groups}")
+    cfg = stored or stages.TransferConfig(groups=3 if args.groups is None else args.groups)
+    r = _stage_run(args, stages.check_transfer, stages.transfer, cfg, stages.STAGE_DONE["transfer"], "transfer", "cell")
+    s = r.report.summary()
+    emit(args, {"run_record": args.run, "resumed": r.resumed, "transfer": s, "plan": r.plan.to_dict()},
+         f"{r.plan.table()}\n\n{'resumed; ' if r.resumed else ''}{s['program']['cells']} cells, "
+         f"{100 * s['program']['in_band_fraction']:.2f}% in band; RMS weight error (levels) "
+         + ", ".join(f"{k} {v:.3f}" for k, v in s["weight_rms_error_levels"].items())
+         + f"\nnext: hil hybrid --run {args.run}")
     return 0
 
 
-def _groups_arg(spec, n: int) -> list[int]:
-    """`--group all` or 1..n (text or the int of options.group_spec) -> zero-based group indices."""
+def _groups_arg(spec, n: int) -> tuple[int, ...]:
+    """`--group all` or 1..n (text or the int of options.group_spec) -> 1-based groups (() = all)."""
     if spec == "all":
-        return list(range(n))
+        return ()
     try:
         g = int(spec)
     except (TypeError, ValueError):
         g = 0
     if not 1 <= g <= n:
         raise HilError(f"--group must be 'all' or a convolver group 1..{n} of this run's plan, got {spec!r}")
-    return [g - 1]
+    return (g,)
 
 
 def cmd_hybrid(args) -> int:
-    from hil.yao2020.demo import load_model, load_plan
-    from hil.yao2020.hwnet import HardwareMCNN
-    from hil.yao2020.hybrid import hybrid_train
+    from hil.yao2020 import stages
     content = _stage_content(args)
-    model, plan = load_model(content), load_plan(content)
-    groups = _groups_arg(args.group, plan.groups)
-    seed = 0 if args.seed is None else args.seed
-    cfg = HybridConfig(fraction=args.fraction, epochs=args.epochs, lr_levels=args.lr, seed=seed)
-    ds = _dataset(args)
-    ckpt = content.datasets.get("hybrid/checkpoint")
-    start = int(ckpt[1]["epoch"]) if ckpt is not None else 0
-    sub = ds.subset(cfg.fraction, seed)
-    if "hybrid/codes" in content.datasets and len(content.datasets["hybrid/codes"][0]) != len(sub.x_train):
-        raise HilError(f"--fraction {args.fraction}: the hybrid training in {args.run} was started on "
-                       f"{len(content.datasets['hybrid/codes'][0])} digits; resume it with the same --fraction")
-    bars = Bars(not args.json)
-    chip_file = _chip_state_path(Path(args.run), args.station)
-    fresh = chip_file is not None and not chip_file.exists()
-    with _open(args, chip_file) as xbar, _cancel_on_sigint() as cancel:
-        try:
-            hw = HardwareMCNN(xbar, model, plan)
-            _same_chip(args.run, content, xbar)
-        except HilError:
-            if fresh:                                  # nothing touched it: no chip file is left behind
-                chip_file.unlink(missing_ok=True)
-            raise
-        writer = RunWriter.resume(args.run, KIND)
-        try:
-            hw.calibrate_adc(ds.x_train[:64])
-            if "hybrid/codes" in content.datasets:      # measured once, kept in the record for a resume
-                codes, test = content.datasets["hybrid/codes"][0], content.datasets["hybrid/test_codes"][0]
-            else:
-                which = hw.dispatch(len(sub.x_train), groups)
-                codes = np.zeros((len(sub.x_train), 192), np.int64)
-                for g in groups:
-                    sel = which == g
-                    codes[sel] = hw.features(sub.x_train[sel], g, progress=bars(f"training subset G{g + 1}", "img"),
-                                             cancel=cancel)
-                test = hw.parallel_features(ds.x_test, groups, progress=bars("test images", "img"), cancel=cancel)
-                writer.put("hybrid/test_codes", test)
-                writer.put("hybrid/codes", codes)
-            hist = hybrid_train(hw, codes, sub.y_train, cfg, evals={"test": (test, ds.y_test)}, writer=writer,
-                                progress=bars("hybrid", "batch"), cancel=cancel)
-        finally:
-            _finish(writer, bars, STAGE_DONE["hybrid"])
-    res = {"run_record": args.run, "resumed_from_epoch": start, "history": hist,
-           "hybrid_acc": hist[-1]["acc_test"] if hist else float("nan")}
-    _emit(args, res, "\n".join(f"epoch {r['epoch']}: test {r['acc_test']:.2%}, {r['pulses']} pulses" for r in hist))
+    plan = stages.load_plan(content)
+    stored = stages.stored_config(content, "hybrid", stages.HybridStageConfig)
+    given = {k: v for k, v in (("fraction", args.fraction), ("epochs", args.epochs), ("lr", args.lr),
+                               ("seed", args.seed)) if v is not None}
+    groups = None if args.group is None else _groups_arg(args.group, plan.groups)
+    if stored is None:
+        h = stages.HybridConfig(seed=args.seed or 0, **{"lr_levels" if k == "lr" else k: v for k, v in given.items()
+                                                         if k != "seed"})
+        cfg = stages.HybridStageConfig(hybrid=h, data=_data(args), groups=groups or ())
+    else:                                      # a started stage continues with its recorded config
+        h = stored.hybrid
+        old = {"fraction": h.fraction, "lr": h.lr_levels, "seed": h.seed}
+        bad = [f"--{k} {v} (recorded {old[k]})" for k, v in given.items() if k in old and v != old[k]]
+        if groups is not None and groups != stored.groups:
+            bad.append(f"--group {args.group} (recorded {'all' if not stored.groups else stored.groups[0]})")
+        if bad:
+            raise HilError(f"{args.run}: the hybrid training there was started with other settings: "
+                           f"{', '.join(bad)}; resume it with the recorded ones or leave them out")
+        cfg = stored.replace(hybrid=h.replace(epochs=given.get("epochs", h.epochs)))
+    r = _stage_run(args, stages.check_hybrid, stages.hybrid, cfg, stages.STAGE_DONE["hybrid"], "hybrid", "batch")
+    hist = r.history
+    res = {"run_record": args.run, "resumed_from_epoch": r.resumed_from_epoch, "history": hist,
+           "transfer_acc": r.transfer_acc, "hybrid_acc": hist[-1]["acc_test"] if hist else float("nan")}
+    emit(args, res, "\n".join(f"epoch {e['epoch']}: test {e['acc_test']:.2%}, {e['pulses']} pulses" for e in hist))
     return 0
 
 
-def register(sub, station_opts) -> None:
-    """Add the CNN commands to the `hil` parser."""
+def add_parsers(sub) -> None:
+    """Add `hil demo`, `hil train`, `hil transfer` and `hil hybrid`."""
     def data_opts(sp):
         sp.add_argument("--data", metavar="DIR", type=opt.existing_dir, help="directory of MNIST IDX files (default: $HIL_MNIST_DIR, "
                         "else the embedded 5,000 digits)")
         sp.add_argument("--download", action="store_true", help="download full MNIST into the cache (checksummed)")
 
     sp = sub.add_parser("demo", help="the main job: Yao 2020 mCNN on the simulated chip, with a report folder")
-    station_opts(sp)
+    add_station_options(sp)
     data_opts(sp)
     sp.add_argument("--out", default="runs/demo", type=opt.out_dir, help="report folder (default runs/demo)")
     sp.add_argument("--quick", action="store_true", help="shorter run (under 2 minutes)")
@@ -289,24 +252,26 @@ def register(sub, station_opts) -> None:
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("transfer", help="program the trained weights onto the chip (resumable)")
-    station_opts(sp)
+    add_station_options(sp)
     sp.add_argument("--run", required=True, type=opt.cnn_record, help="run record made by `hil train`")
-    sp.add_argument("--groups", type=opt.positive_int(opt.MAX_GROUPS), default=3,
-                    help="convolver groups, as many as the chip holds (default 3)")
+    sp.add_argument("--groups", type=opt.positive_int(opt.MAX_GROUPS), default=None,
+                    help="convolver groups, as many as the chip holds (default 3; a resumed transfer: as recorded)")
     sp.set_defaults(func=cmd_transfer)
 
     sp = sub.add_parser("hybrid", help="hybrid training of the FC layer in situ (resumable)")
-    station_opts(sp)
+    add_station_options(sp)
     data_opts(sp)
     sp.add_argument("--run", required=True, type=opt.cnn_record, help="run record after `hil transfer`")
-    sp.add_argument("--fraction", type=opt.fraction, default=HybridConfig.fraction,
-                    help=f"fraction of the training set run through the chip, (0, 1] (default {HybridConfig.fraction})")
-    sp.add_argument("--epochs", type=opt.positive_int(opt.MAX_HYBRID_EPOCHS), default=HybridConfig.epochs,
-                    help=f"hybrid-training epochs, 1..{opt.MAX_HYBRID_EPOCHS} (default {HybridConfig.epochs})")
+    sp.add_argument("--fraction", type=opt.fraction, default=None,
+                    help=f"fraction of the training set run through the chip, (0, 1] (default {HybridConfig.fraction}; "
+                         f"a started training: as recorded)")
+    sp.add_argument("--epochs", type=opt.positive_int(opt.MAX_HYBRID_EPOCHS), default=None,
+                    help=f"hybrid-training epochs, 1..{opt.MAX_HYBRID_EPOCHS} (default {HybridConfig.epochs}; "
+                         f"more than recorded continues a training)")
     sp.add_argument("--lr", type=opt.finite_float(0.0, opt.MAX_LR_LEVELS, lo_open=True, why="weight levels"),
-                    default=HybridConfig.lr_levels,
+                    default=None,
                     help=f"step per mini-batch in weight levels, (0, {opt.MAX_LR_LEVELS:g}] "
-                         f"(default {HybridConfig.lr_levels})")
-    sp.add_argument("--group", default="all", type=opt.group_spec,
-                    help="convolver group 1..N or 'all' (default; inputs dispatched)")
+                         f"(default {HybridConfig.lr_levels}; a started training: as recorded)")
+    sp.add_argument("--group", default=None, type=opt.group_spec,
+                    help="convolver group 1..N or 'all' (default all, inputs dispatched; a started training: as recorded)")
     sp.set_defaults(func=cmd_hybrid)
