@@ -59,7 +59,9 @@ class Config:
         kw = {}
         for k, v in d.items():
             t = hints[k]
-            if isinstance(t, type) and issubclass(t, Config):
+            if typing.get_origin(t) is typing.Union:      # Optional[...]
+                t = next(a for a in typing.get_args(t) if a is not type(None))
+            if isinstance(t, type) and issubclass(t, Config) and v is not None:
                 v = t.from_dict(v, f"{where}.{k}")
             kw[k] = v
         try:

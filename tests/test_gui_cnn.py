@@ -213,9 +213,11 @@ def test_hybrid_training_live_curves_bars_and_paper_table(win, qtbot, errors):
     assert rows["G2 test: transfer → hybrid"][1] == "train 93.57 % → 95.78 %"
     assert "finished 2 epoch(s)" in hyb.phase.text()
     assert hyb.message.text() == f"record {hyb.out}"
+    assert hyb.out == win.panels["network"].out                 # continues the transfer's record
     with RunRecord.open(hyb.out) as rec:
-        assert rec.status == "complete"
+        assert rec.status == "hybrid-trained"
         assert list(rec.table("hybrid/epochs")["epoch"]) == [0, 1, 2]
+        assert rec.group_attrs("hybrid")["stage_config"]["hybrid"]["epochs"] == 2
     assert errors == []
 
 
@@ -243,7 +245,7 @@ def test_hybrid_training_stops_mid_run(win, qtbot, errors, monkeypatch):
     assert "stopped after 2 epoch(s)" in hyb.phase.text() and "stopped" in hyb.message.text()
     assert hyb.start_btn.isEnabled() and not hyb.stop_btn.isEnabled()
     with RunRecord.open(hyb.out) as rec:
-        assert rec.status == "interrupted"
+        assert rec.status == "stopped" and rec.marks[-1]["event"] == "stopped"
         assert list(rec.table("hybrid/epochs")["epoch"]) == [0, 1, 2]
     assert errors == []
 

@@ -18,8 +18,9 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
+from hil.runstore.lifecycle import run_record
 from hil.yao2020.hybrid import HybridConfig
-from hil.progress import Progress
+from hil.yao2020.stages import train_accuracy
 
 from .. import theme
 from ..session import Session, describe_error
@@ -34,23 +35,6 @@ BAR_AFTER = theme.ACCENT
 
 def _pct(x) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{100 * x:.2f} %"
-
-
-class _Stages:
-    """Maps the progress of several measurement stages onto one overall bar."""
-
-    def __init__(self, ctx, total: int) -> None:
-        self.ctx, self.total, self.done = ctx, max(1, total), 0
-
-    def stage(self, what: str):
-        base = self.done
-
-        def cb(p: Progress) -> None:
-            self.ctx.progress(Progress(base + p.done, self.total, f"measuring {what}", "img"))
-        return cb
-
-    def finish(self, n: int) -> None:
-        self.done += n
 
 
 class HybridPanel(QWidget):
@@ -161,6 +145,7 @@ class HybridPanel(QWidget):
         self.history: list[dict] = []
         self.software_acc: Optional[float] = None
         self.groups_used: list[int] = []
+        self.train_sizes: dict = {}          # group (1-based) -> training digits it measured
         self.n_groups = 0
         self.out: Optional[Path] = None
         self._t0 = 0.0
@@ -198,73 +183,53 @@ class HybridPanel(QWidget):
 
     # ---- job --------------------------------------------------------------------------------
     def start(self) -> bool:
-        """Measure the convolver outputs once, then run the epochs; live plots per epoch."""
-        from hil.yao2020.demo import save_model
-        from hil.yao2020.hwnet import transfer
-        from hil.yao2020.hybrid import HybridConfig, hybrid_train
-        from hil.runstore import RunWriter
+        """The hybrid stage in a worker: into the transfer's record while it holds no hybrid
+        training yet (as `hil hybrid --run`), else into a new record of the same network."""
+        from hil.yao2020 import stages
+        from hil.runstore import read_content
         c = self.cnn
         if c.hw is None or c.dataset is None:
             self.s.error.emit("No network on the chip", "Train or load a model and transfer it on the Network "
                                                         "tab first.")
             return False
+        hw, ds, plan, xbar = c.hw, c.dataset, c.plan, self.s.xbar
+        groups = self.selected_groups()
         try:
-            cfg = HybridConfig(fraction=self.fraction.value(), epochs=self.epochs.value(),
-                               lr_levels=self.lr.value(), seed=self.seed.value())
-            out = unique_path(Path(self.folder.text().strip() or "runs"), "hybrid")
+            cfg = stages.HybridStageConfig(
+                hybrid=HybridConfig(fraction=self.fraction.value(), epochs=self.epochs.value(),
+                                    lr_levels=self.lr.value(), seed=self.seed.value()),
+                data=c.data_config, groups=() if len(groups) == plan.groups else tuple(g + 1 for g in groups),
+                test_images=min(self.test_images.value(), ds.n_test), reset_fc=self.reset_fc.isChecked())
+            content = read_content(c.record)
+            cont = "stage_config" not in stages.group_attrs(content, "hybrid") and \
+                content.attrs.get("/", {}).get("status") != "complete"
+            if cont:
+                stages.check_hybrid(xbar, content, cfg)
+            out = c.record if cont else unique_path(Path(self.folder.text().strip() or "runs"), "hybrid")
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        hw, model, ds, plan = c.hw, c.model, c.dataset, c.plan
-        groups, all_groups = self.selected_groups(), list(range(plan.groups))
-        n_test, reset = min(self.test_images.value(), ds.n_test), self.reset_fc.isChecked()
         snapshot = station_snapshot(self.s)
+        n_sub = len(ds.subset(cfg.hybrid.fraction, cfg.hybrid.seed).x_train)
+        which = hw.dispatch(n_sub, groups)
+        self.train_sizes = {g + 1: int(np.sum(which == g)) for g in groups}
 
         def job(ctx):
-            writer = RunWriter.create(out, "mcnn", snapshot, {"seed": cfg.seed, "client": "hil gui",
-                                                              "groups": [g + 1 for g in groups]})
-            try:
-                save_model(writer, model)
-                writer.set_attrs("plan", plan=plan.to_dict(), table=plan.table())
-                if reset:
-                    ctx.progress(Progress(0, 1, "resetting the FC layer", "step"))
-                    transfer(hw.xbar, model, plan, writer, layers=["fc"], prefix="transfer_fc",
-                             progress=ctx.progress, cancel=ctx.cancel)
-                sub = ds.subset(cfg.fraction, cfg.seed)
-                xt, yt = ds.x_test[:n_test], ds.y_test[:n_test]
-                st = _Stages(ctx, len(sub.x_train) + n_test * len(all_groups))
-                which = hw.dispatch(len(sub.x_train), groups)
-                codes = np.zeros((len(sub.x_train), 192), np.int64)
-                for g in groups:
-                    sel = which == g
-                    codes[sel] = hw.features(sub.x_train[sel], g, progress=st.stage(f"training subset on G{g + 1}"),
-                                             cancel=ctx.cancel)
-                    st.finish(int(sel.sum()))
-                test = {}
-                for g in all_groups:
-                    test[g] = hw.features(xt, g, progress=st.stage(f"test images on G{g + 1}"), cancel=ctx.cancel)
-                    st.finish(n_test)
-                disp = hw.dispatch(n_test, groups)
-                par = np.stack([test[g] for g in all_groups])[disp, np.arange(n_test)]
-                evals = {"test": (par, yt), "train": (codes, sub.y_train)}
-                evals.update({f"g{g + 1}": (test[g], yt) for g in all_groups})
-                ctx.partial(("measured", len(sub.x_train), n_test, model.accuracy(xt, yt, quantized=True)))
-                hist = hybrid_train(hw, codes, sub.y_train, cfg, evals=evals, writer=writer,
-                                    progress=ctx.progress, cancel=ctx.cancel,
-                                    on_epoch=lambda row: ctx.partial(("epoch", dict(row))))
-                writer.finalize()
-            except BaseException:
-                writer.close()
-                raise
-            return hist
+            with run_record(out, stages.KIND, station=snapshot, resume=cont,
+                            meta=None if cont else {"seed": cfg.hybrid.seed}, done=stages.STAGE_DONE["hybrid"]) as w:
+                if not cont:
+                    stages.carry_network(w, content)
+                return stages.hybrid(xbar, w, cfg, ctx.progress, ctx.cancel, ds,
+                                     on_epoch=lambda row: ctx.partial(dict(row))).history
 
         self.history, self.groups_used, self.n_groups = [], groups, plan.groups
-        self.software_acc = None
+        self.software_acc = c.software_acc
         self.out = out
         self._t0 = time.monotonic()
         self.bar.setValue(0)
         self.phase.setText("measuring the convolver outputs…")
-        self.message.setText(f"recording to {out}")
+        self.message.setText(f"convolver outputs measured once: {n_sub:,} training digits, {cfg.test_images:,} test "
+                             f"digits × {plan.groups} group(s); recording to {out}")
         for curve in (self.curve_test, self.curve_train, self.curve_loss):
             curve.setData([], [])
         self._draw_bars()
@@ -277,20 +242,15 @@ class HybridPanel(QWidget):
         el = time.monotonic() - self._t0
         self.phase.setText(f"{p.message or ''} · {int(p.done):,}/{int(p.total):,} {p.unit} · {_fmt_s(el)}")
 
-    def _partial(self, data) -> None:
-        if data[0] == "measured":
-            self.software_acc = data[3]
-            self.message.setText(f"convolver outputs measured once: {data[1]:,} training digits, "
-                                 f"{data[2]:,} test digits × {self.n_groups} group(s); recording to {self.out}")
-            return
-        self.history.append(data[1])
+    def _partial(self, row) -> None:
+        self.history.append(row)
         self._draw()
 
     def _draw(self) -> None:
         h = self.history
         ep = np.array([r["epoch"] for r in h], float)
         self.curve_test.setData(ep, [100 * r["acc_test"] for r in h])
-        self.curve_train.setData(ep, [100 * r["acc_train"] for r in h])
+        self.curve_train.setData(ep, [100 * train_accuracy(r, self.train_sizes) for r in h])
         for plot in (self.acc_plot, self.loss_plot):
             int_ticks(plot, len(h))
         trained = [r for r in h if np.isfinite(r["loss"])]

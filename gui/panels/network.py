@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QGridLayout, QGroupB
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from hil.errors import ConfigError, DataError
-from hil.progress import Progress
+from hil.runstore.lifecycle import run_record
 
 from .. import theme
 from ..session import Session, describe_error
@@ -29,7 +29,6 @@ from .programming import _fmt_s, station_snapshot, unique_path
 log = logging.getLogger(__name__)
 GAP = 3                      # blank columns between PEs in the plan mosaic
 MAX_GROUPS = 3
-ADC_CALIB_IMAGES = 64
 #: (light, full) colour of each convolver group: c1 light, c3 full
 GROUP_COLORS = (("#9ccfff", "#2f86e6"), ("#93ecc4", "#23a86c"), ("#f9dc8c", "#d6940f"))
 FC_COLOR = "#b48cff"
@@ -53,13 +52,16 @@ class CnnState(QObject):
         self.plan = None             # hil.analog.mapping.AllocationPlan (transferred, with hw)
         self.hw = None               # hil.yao2020.hwnet.HardwareMCNN on the connected station
         self.transfer = None         # hil.yao2020.hwnet.TransferReport
-        self.record: Optional[Path] = None
+        self.data_config = None      # hil.yao2020.stages.DataConfig of `dataset`
+        self.record: Optional[Path] = None   # run record holding the model (and, after transfer, the network)
         session.connection_changed.connect(self._station_changed)
         session.plan_changed.connect(self._cells_reprogrammed)
 
-    def set_model(self, model, dataset, info: str, software_acc: Optional[float], history=()) -> None:
+    def set_model(self, model, dataset, info: str, software_acc: Optional[float], history=(),
+                  data_config=None, record: Optional[Path] = None) -> None:
         self.model, self.dataset, self.model_info = model, dataset, info
         self.software_acc, self.train_history = software_acc, list(history)
+        self.data_config, self.record = data_config, record
         self.plan = self.hw = self.transfer = None          # weights on the chip are the old model's
         self.changed.emit()
 
@@ -84,6 +86,19 @@ class CnnState(QObject):
             log.warning("programming overwrote weight cells: transfer the network again")
             self.plan = self.hw = self.transfer = None
             self.changed.emit()
+
+
+def _open_content(record: Optional[Path]):
+    """The content of `record` when a transfer may continue it (an mCNN run holding no transfer
+    yet, not complete), else None (a new record is made)."""
+    from hil.runstore import read_content
+    if record is None or not (record.exists() or Path(str(record) + ".journal").exists()):
+        return None
+    content = read_content(record)
+    root = content.attrs.get("/", {})
+    if root.get("kind") != "mcnn" or root.get("status") == "complete" or "transfer/targets" in content.datasets:
+        return None
+    return content
 
 
 def cnn_state(session: Session) -> CnnState:
@@ -466,30 +481,34 @@ class NetworkPanel(QWidget):
 
     # ---- training / loading ---------------------------------------------------------------------
     def train(self) -> bool:
-        """Train the mCNN ex situ in a worker (dataset loaded there too)."""
-        from hil.nn.datasets import load_dataset
-        from hil.yao2020.mcnn import train_mcnn
-        data = self.data_edit.text().strip() or None
-        frac, epochs, seed = self.fraction.value(), self.epochs.value(), self.seed.value()
+        """Train the mCNN ex situ in a worker (the train stage, recorded like `hil train`)."""
+        from hil.yao2020 import stages
+        try:
+            cfg = stages.TrainConfig(data=stages.DataConfig(source=self.data_edit.text().strip() or None,
+                                                            seed=self.seed.value()),
+                                     epochs=self.epochs.value(), fraction=self.fraction.value(), seed=self.seed.value())
+            out = unique_path(Path(self.folder.text().strip() or "runs"), "mcnn")
+        except Exception as e:
+            self.s.error.emit(*describe_error(e))
+            return False
+        snapshot = station_snapshot(self.s)
 
         def job(ctx):
-            ds = load_dataset(data, seed=seed)
-            sub = ds.subset(frac, seed) if frac < 1 else ds
+            ds = stages._load(cfg.data.source, cfg.data.seed, cfg.data.download)
             hist: list = []
 
             def on_epoch(r):
                 hist.append(r)
                 ctx.partial(list(hist))
-            model, hist = train_mcnn(sub, epochs=epochs, seed=seed, progress=ctx.progress,
-                                     cancel=ctx.cancel, on_epoch=on_epoch)
-            acc = model.accuracy(ds.x_test, ds.y_test, quantized=True)
-            return model, ds, len(sub.x_train), hist, acc
+            with run_record(out, stages.KIND, station=snapshot, meta={"seed": cfg.seed},
+                            done=stages.STAGE_DONE["train"]) as w:
+                return stages.train(None, w, cfg, ctx.progress, ctx.cancel, ds, on_epoch=on_epoch), ds
 
         def done(res):
-            model, ds, n, hist, acc = res
-            info = (f"trained on {n:,} digits of {ds.source.split(' (')[0]}, {epochs} epoch(s), seed {seed} · "
-                    f"software accuracy {100 * acc:.2f} % on {ds.n_test:,} test digits")
-            self.cnn.set_model(model, ds, info, acc, hist)
+            r, ds = res
+            info = (f"trained on {r.train_images:,} digits of {ds.source.split(' (')[0]}, {cfg.epochs} epoch(s), "
+                    f"seed {cfg.seed} · software accuracy {100 * r.software_acc:.2f} % on {ds.n_test:,} test digits")
+            self.cnn.set_model(r.model, ds, info, r.software_acc, r.history, cfg.data, out)
 
         self._t0 = time.monotonic()
         self.bar.setValue(0)
@@ -504,20 +523,19 @@ class NetworkPanel(QWidget):
 
     def load_model(self, path=None) -> bool:
         """Load the trained model stored in a run record (`hil train` / `hil demo`)."""
-        from hil.nn.datasets import load_dataset
-        from hil.yao2020.demo import load_model
+        from hil.yao2020 import stages
         from hil.runstore import RunRecord
         path = Path(path or self.run_edit.text().strip())
         self.run_edit.setText(str(path))
-        data, seed = self.data_edit.text().strip() or None, self.seed.value()
+        data = stages.DataConfig(source=self.data_edit.text().strip() or None, seed=self.seed.value())
 
         def job(ctx):
             if not path.is_file():
                 raise DataError(f"run record {str(path)!r} does not exist; choose the .h5 made by `hil train`")
             with RunRecord.open(path) as rec:
                 content = rec.content()
-            model = load_model(content)
-            ds = load_dataset(data, seed=seed)
+            model = stages.load_model(content)
+            ds = stages._load(data.source, data.seed, data.download)
             acc = model.accuracy(ds.x_test, ds.y_test, quantized=True)
             hist = content.tables.get("training/epochs", {})
             rows = [dict(zip(hist, vals)) for vals in zip(*hist.values())] if hist else []
@@ -528,17 +546,18 @@ class NetworkPanel(QWidget):
             hist = [r for r in rows if {"epoch", "train_acc_quant", "test_acc_quant"} <= set(r)]
             info = (f"loaded from {path.name} · software accuracy {100 * acc:.2f} % on "
                     f"{ds.n_test:,} test digits of {ds.source.split(' (')[0]}")
-            self.cnn.set_model(model, ds, info, acc, hist)
+            self.cnn.set_model(model, ds, info, acc, hist, data, path)
 
         return self.s.start_job("load model", job, on_result=done)
 
     # ---- transfer -------------------------------------------------------------------------------
     def start_transfer(self) -> bool:
-        """Program the model's weights onto the chip by the current plan, then calibrate the ADC."""
-        from hil.yao2020.demo import STAGE_DONE, save_model, transfer_stage
-        from hil.yao2020.hwnet import HardwareMCNN, transfer_plan
+        """Program the model's weights onto the chip by the current plan and calibrate the ADC (the
+        transfer stage): into the model's record while it holds no transfer yet (as `hil transfer
+        --run`), else into a new record holding the model."""
+        from hil.yao2020 import stages
+        from hil.yao2020.hwnet import transfer_plan
         from hil.analog.mapping import PairEncoding
-        from hil.runstore import RunWriter
         if not self.s.connected:
             self.s.error.emit("No station", "Connect a station on the Station tab first.")
             return False
@@ -549,31 +568,27 @@ class NetworkPanel(QWidget):
         if self.preview is None:
             self.s.error.emit("Invalid settings", f"{self.plan_error.text()}\n\nUse fewer groups or a larger chip.")
             return False
+        xbar, model, ds, c = self.s.xbar, self.cnn.model, self.cnn.dataset, self.cnn
         try:
-            out = unique_path(Path(self.folder.text().strip() or "runs"), "mcnn")
+            cfg = stages.TransferConfig(groups=self.groups.value(), data=c.data_config)
+            content = _open_content(c.record)
+            if content is not None:
+                stages.check_transfer(xbar, content, cfg)
+            out = c.record if content is not None else unique_path(Path(self.folder.text().strip() or "runs"), "mcnn")
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        xbar, model, ds, groups = self.s.xbar, self.cnn.model, self.cnn.dataset, self.groups.value()
         snapshot = station_snapshot(self.s)
 
         def job(ctx):
-            writer = RunWriter.create(out, "mcnn", snapshot, {"groups": groups, "client": "hil gui"})
-            try:
-                save_model(writer, model)
-                plan, rep = transfer_stage(xbar, model, writer, groups=groups, progress=ctx.progress,
-                                           cancel=ctx.cancel)
-                ctx.progress(Progress(1, 1, "calibrating the ADC full scale", "step"))
-                hw = HardwareMCNN(xbar, model, plan)
-                if ds is not None:
-                    hw.calibrate_adc(ds.x_train[:ADC_CALIB_IMAGES])
-                    writer.set_attrs("adc", full_scale_a=hw.adc_fs)
-                writer.finalize(STAGE_DONE["transfer"])       # `hil hybrid --run` can continue it
-            except BaseException:
-                writer.close()
-                raise
-            flat = transfer_plan(plan, model, PairEncoding()).flat
-            return plan, rep, hw, flat
+            with run_record(out, stages.KIND, station=snapshot, resume=content is not None,
+                            meta=None if content is not None else {"seed": self.seed.value()},
+                            done=stages.STAGE_DONE["transfer"]) as w:      # `hil hybrid --run` can continue it
+                if content is None:
+                    stages.save_model(w, model)
+                r = stages.transfer(xbar, w, cfg, ctx.progress, ctx.cancel, ds)
+                hw = stages.hardware(xbar, w.content)
+            return r.plan, r.report, hw, transfer_plan(r.plan, model, PairEncoding()).flat
 
         self.out, self.report = out, None
         self._t0 = time.monotonic()

@@ -16,13 +16,12 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
                                QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from hil import __version__
 from hil.errors import ConfigError, DataError
 from hil.geometry import Cells
 from hil.ops.jobs import CELLS, ProgramPlan, level_plan, plan_from_content, program_job
 from hil.levels import LevelTable, validate_targets
 from hil.programming import WriteVerifyPolicy
-from hil.runstore import RunRecord, RunWriter, read_content
+from hil.runstore import RunRecord, RunWriter, lifecycle, read_content
 
 from .. import theme
 from ..history import RunHistory
@@ -66,8 +65,9 @@ def parse_pes(text: str, n_pe: int) -> list[int]:
 
 
 def station_snapshot(session: Session) -> dict:
-    return {"spec": session.station_spec, "label": session.station_label, "describe": session.identity,
-            "software_version": __version__, "client": "hil gui"}
+    """The station snapshot of a record made in the GUI (`hil.runstore.lifecycle.station_snapshot`)."""
+    return lifecycle.station_snapshot(session.xbar, client="gui", spec=session.station_spec,
+                                      label=session.station_label, describe=session.identity)
 
 
 class ProgrammingPanel(QWidget):

@@ -25,12 +25,15 @@ CLIENTS = ("cli", "gui", "api", "sweep")
 
 
 def station_snapshot(xbar, *, client: str, spec: Optional[str] = None, seed: Optional[int] = None,
-                     argv: Optional[list] = None, label: Optional[str] = None) -> dict:
-    """What a record keeps about the station and who ran it: identity (`describe()`), chip,
-    software version, the front end (`client` cli/gui/api/sweep), its argv or label, and seed."""
+                     argv: Optional[list] = None, label: Optional[str] = None,
+                     describe: Optional[dict] = None) -> dict:
+    """What a record keeps about the station and who ran it: identity (`describe()`, or the one
+    given), chip, software version, the front end (`client` cli/gui/api/sweep), its argv or
+    label, and seed. Without a station (`xbar` None, training) the identity is empty."""
     if client not in CLIENTS:
         raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
-    describe = xbar.describe() if xbar is not None else {}
+    if describe is None:
+        describe = xbar.describe() if xbar is not None else {}
     chip = describe.get("chip") or getattr(xbar, "chip_identity", None)
     return {"spec": spec, "seed": seed, "software_version": __version__, "describe": describe,
             "chip": chip, "client": client, "argv": list(sys.argv[1:] if argv is None else argv),

@@ -104,6 +104,7 @@ class TrainResult:
     software_acc: float
     software_float_acc: float
     dataset: dict
+    train_images: int
 
 
 @dataclass
@@ -165,6 +166,17 @@ def stored_config(content, group: str, cls):
     return None if d is None else cls.from_dict(d, f"the record's {group}.stage_config")
 
 
+def carry_network(writer: RunWriter, content) -> None:
+    """Start a record from the network another record transferred to the chip (model, plan, ADC
+    calibration, the chip it is on), for another hybrid training of the same network."""
+    for name, (arr, attrs) in content.datasets.items():
+        if name.startswith("model/"):
+            writer.put(name, arr, **attrs)
+    for group in ("model", "plan", "adc"):
+        writer.set_attrs(group, **group_attrs(content, group))
+    writer.set_attrs("transfer", chip=group_attrs(content, "transfer").get("chip"))
+
+
 def hardware(xbar: Crossbar, content) -> HardwareMCNN:
     """The transferred network on `xbar` with the ADC calibration stored by the transfer stage."""
     adc = group_attrs(content, "adc").get("full_scale_a")
@@ -211,7 +223,7 @@ def train(xbar: Optional[Crossbar], writer: RunWriter, cfg: TrainConfig, progres
     acc_f = model.accuracy(ds.x_test, ds.y_test, quantized=False)
     writer.set_attrs("training", dataset=ds.describe(), epochs=cfg.epochs, seed=cfg.seed, test_images=len(ds.x_test),
                      train_images=len(sub.x_train), software_acc=acc_q, software_float_acc=acc_f)
-    return TrainResult(model, history, acc_q, acc_f, ds.describe())
+    return TrainResult(model, history, acc_q, acc_f, ds.describe(), len(sub.x_train))
 
 
 # ---- transfer ------------------------------------------------------------------------------
