@@ -3,11 +3,12 @@ convolution against a naive loop, the update engine's closed and open loops."""
 import numpy as np
 import pytest
 
+from hil.analog.energy import VmmLedger
 from hil.analog.layer import MappedLayer
 from hil.analog.mapping import SHARED, PairEncoding, Tile, plan_network
 from hil.analog.network import Conv2d, Dense, MappedNetwork, Network
 from hil.analog.update import ClosedLoop, OpenLoopGate, UpdateEngine
-from hil.errors import DataError
+from hil.errors import ConfigError, DataError
 from hil.geometry import Cells, Geometry
 from hil.limits import Op
 from hil.ops.write_verify import write_verify
@@ -58,6 +59,23 @@ def test_forward_without_noise_is_the_ideal_sum_within_adc_quantization(quiet_la
     # the software twin is exact integer arithmetic
     twin = Network([Dense("d", 200, 12)], {"d": levels}).forward(x)
     np.testing.assert_array_equal(twin, x @ levels)
+
+
+def test_amplitude_forward_without_noise_is_the_ideal_sum_within_adc_quantization(quiet_layer):
+    layer, _, _ = quiet_layer
+    amp = MappedLayer(layer.xbar, "d", SHARED, layer.tiles, ENC.step_s, ledger=VmmLedger(), encoding="amplitude")
+    w = amp.read_weights(n_avg=1)
+    x = np.random.default_rng(6).uniform(-0.2, 0.2, (30, 200))       # signed row voltages, V
+    pos, neg = (np.maximum(w, 0) * ENC.step_s + ENC.g_min_s, np.maximum(-w, 0) * ENC.step_s + ENC.g_min_s)
+    amp.calibrate_adc(x, pos, neg, percentile=100.0, headroom=1.5)
+    y = amp.forward(x)
+    assert amp.saturation.saturated == 0 and amp.saturation.total == 30 * 24 * 2
+    bound = 2 * 2 * 0.5 * (amp.adc_full_scale_a / 127) / ENC.step_s       # 2 row tiles x pair x 1/2 LSB
+    err = np.abs(y - x @ w)
+    assert 0 < err.max() <= bound < 0.1 * np.abs(x @ w).mean()
+    assert not amp.ledger.entries                                   # the energy model is bit-serial
+    with pytest.raises(ConfigError, match="encoding"):
+        MappedLayer(layer.xbar, "d", SHARED, layer.tiles, ENC.step_s, encoding="pwm")
 
 
 def test_read_weights_returns_the_programmed_levels(quiet_layer):

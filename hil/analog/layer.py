@@ -1,10 +1,12 @@
 """A layer's weight matrix on a crossbar: tiles of differential pairs behind one interface.
 
 `MappedLayer` is one replica of one weight matrix W (inputs × outputs), cut into `Tile`s of an
-`AllocationPlan`. Its `forward` sends input vectors through the backend's bit-serial `vmm` on
-every tile, subtracts each pair's negative column from its positive column and adds the partial
-sums of row tiles digitally, so it returns Σ_i x_i W_ij in input units × weight units, where one
-weight unit is `step_s` siemens of pair difference. Every layer kind (convolution through
+`AllocationPlan`. Its `forward` sends input vectors through the backend's parallel read on
+every tile — bit-serial `vmm` (Yao: unsigned 8-bit integer inputs) or `vmm_amplitude` (Wang:
+signed row voltages) — subtracts each pair's negative column from its positive column and adds
+the partial sums of row tiles digitally, so it returns Σ_i x_i W_ij in input units × weight units
+(input units: codes, or volts for the amplitude encoding), where one weight unit is `step_s`
+siemens of pair difference. Every layer kind (convolution through
 im2col, dense) uses it; a network is a list of them and the digital steps between.
 
 It also reads the realized weights back, computes the ADC full scale from ideal currents,
@@ -25,6 +27,7 @@ from hil.analog.mapping import AllocationPlan, Tile, tile_cells
 from hil.ops.vmm import bit_planes
 
 VMM_CHUNK = 65536             # input vectors per vmm call (bounds memory)
+ENCODINGS = ("bit_serial", "amplitude")
 
 
 @dataclass
@@ -43,8 +46,9 @@ class Saturation:
 class MappedLayer:
     """One replica (`group`) of weight matrix `name` on `xbar`, as differential column pairs.
 
-    `step_s`: conductance difference (S) of one weight unit. `adc_full_scale_a`: per-slot ADC
-    full scale (A), None for the backend's default."""
+    `step_s`: conductance difference (S) of one weight unit. `adc_full_scale_a`: ADC full scale
+    (A; per slot for bit-serial), None for the backend's default. `encoding`: "bit_serial" or
+    "amplitude". Bit-serial reads are booked in `ledger` (the energy model is bit-serial)."""
 
     xbar: Crossbar
     name: str
@@ -55,8 +59,11 @@ class MappedLayer:
     energy: Optional[EnergyModel] = None
     ledger: Optional[VmmLedger] = None
     saturation: Saturation = field(default_factory=Saturation)
+    encoding: str = "bit_serial"
 
     def __post_init__(self) -> None:
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"layer {self.name!r}: encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if not self.tiles:
             raise ConfigError(f"layer {self.name!r} has no tiles")
         if not (np.isfinite(self.step_s) and self.step_s > 0):
@@ -78,23 +85,25 @@ class MappedLayer:
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """Σ_i x_i W_ij measured on the chip for unsigned integer inputs x (batch, n_in):
-        (batch, n_out) in input units × weight units."""
+        """Σ_i x_i W_ij measured on the chip for inputs x (batch, n_in) — unsigned integers
+        (bit-serial) or signed volts (amplitude): (batch, n_out) in input units × weight units."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise DataError(f"layer {self.name!r} takes {self.n_in} inputs per vector, got shape {x.shape}")
         out = np.zeros((x.shape[0], self.n_out))
-        scale = 1.0 / (self.xbar.v_read_default * self.step_s)
+        amplitude = self.encoding == "amplitude"
+        scale = 1.0 / (self.step_s if amplitude else self.xbar.v_read_default * self.step_s)
+        read = self.xbar.vmm_amplitude if amplitude else self.xbar.vmm
         for t in self.tiles:
             xt = x[:, t.in0:t.in0 + t.n_in]
             for s in range(0, x.shape[0], VMM_CHUNK):
                 chunk = xt[s:s + VMM_CHUNK]
-                r = self.xbar.vmm(t.pe, chunk, t.rows, t.cols, adc_full_scale_a=self.adc_full_scale_a)
+                r = read(t.pe, chunk, t.rows, t.cols, adc_full_scale_a=self.adc_full_scale_a)
                 c = r.currents
                 out[s:s + len(chunk), t.out0:t.out0 + t.n_out] += (c[:, t.pos_cols] - c[:, t.neg_cols]) * scale
                 self.saturation.saturated += int(r.saturated.sum())
                 self.saturation.total += r.saturated.size
-                if self.ledger is not None:
+                if self.ledger is not None and not amplitude:
                     self.ledger.add(self.name, self.group, t.pe, len(chunk), t.n_in, 2 * t.n_out,
                                     self.energy)
         return out
@@ -129,16 +138,19 @@ class MappedLayer:
     def calibrate_adc(self, x_sample: np.ndarray, g_pos: np.ndarray, g_neg: np.ndarray, *,
                       bits: int = 8, percentile: float = 99.9, headroom: float = 1.1,
                       max_vectors: int = 20000) -> float:
-        """Per-slot ADC full scale (A) from the ideal slot currents of sample inputs through the
-        target conductances (referenced to the layer's largest currents, as in XPEsim); sets and
-        returns `adc_full_scale_a`."""
-        planes = bit_planes(np.asarray(x_sample)[:max_vectors], bits)
-        v = self.xbar.v_read_default
+        """ADC full scale (A) from the ideal currents of sample inputs through the target
+        conductances (per slot for bit-serial; |current| for amplitude), `percentile` of them times
+        `headroom` (referenced to the layer's largest currents, as in XPEsim); sets and returns
+        `adc_full_scale_a`."""
+        x = np.asarray(x_sample)[:max_vectors]
+        amplitude = self.encoding == "amplitude"
+        planes = x.astype(float) if amplitude else bit_planes(x, bits)
+        v = 1.0 if amplitude else self.xbar.v_read_default
         top = 0.0
         for t in self.tiles:
             for g in (g_pos, g_neg):
                 gt = np.asarray(g)[t.in0:t.in0 + t.n_in, t.out0:t.out0 + t.n_out]
-                cur = planes[:, :, t.in0:t.in0 + t.n_in] @ gt * v
-                top = max(top, float(np.percentile(cur, percentile)))
+                cur = planes[..., t.in0:t.in0 + t.n_in] @ gt * v
+                top = max(top, float(np.percentile(np.abs(cur), percentile)))
         self.adc_full_scale_a = max(top * headroom, 1e-9)
         return self.adc_full_scale_a
