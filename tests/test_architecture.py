@@ -28,6 +28,9 @@ def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     me = _module_name(path).split(".")
     package = me if path.name == "__init__.py" else me[:-1]
+    for node in ast.walk(tree):          # annotations-only imports never run: not a dependency
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            node.body = []
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

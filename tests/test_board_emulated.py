@@ -179,7 +179,7 @@ def test_firmware_naks_malformed_frames_and_bad_arguments(world):
         assert r.code == bf.NAK and r.seq == seq
         assert bf.parse_nak(r.payload)[:2] == (code, err), bf.parse_nak(r.payload)
     v2 = bytearray(bf.encode_frame(20, bf.IDENTIFY))
-    v2[1] = 2
+    v2[1] = 3
     assert bf.parse_nak(bf.decode_frame(emu.receive(bytes(v2))).payload)[1] == 3  # BAD_VERSION
     assert emu.frames_bad == 2
     assert np.array_equal(world.chip.device.g0, g_before) and emu.pulses == 0     # nothing was applied
