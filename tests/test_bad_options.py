@@ -14,7 +14,8 @@ from hil.runstore.journal import journal_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-WORK = ("hil.yao2020.demo.run_demo", "hil.yao2020.demo.train_stage", "hil.yao2020.demo.transfer_stage", "hil.yao2020.mcnn.train_mcnn",
+WORK = ("hil.yao2020.demo.run_demo", "hil.yao2020.stages.train", "hil.yao2020.stages.transfer",
+        "hil.yao2020.stages.measure", "hil.yao2020.stages.hybrid", "hil.yao2020.mcnn.train_mcnn",
         "hil.yao2020.hybrid.hybrid_train", "hil.ops.jobs.program_job", "hil.modules.stability.read_disturb", "hil.modules.stability.drift",
         "hil.nn.datasets.load_dataset", "gui.app.screenshot_session")
 OPENING = ("hil.registry.open_station", "hil.cli.common.open_station", "hil.ops.dryrun.open_dry_run", "gui.app.main",
