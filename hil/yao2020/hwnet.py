@@ -82,12 +82,12 @@ class HardwareMCNN:
 
     def conv(self, name: str, group: int, codes: np.ndarray) -> np.ndarray:
         """8-bit activation codes after convolution stage `name` (hardware), ReLU, pooling and
-        requantization: (N, 8, 14, 14) for "c1", (N, 192) for "c3"."""
+        requantization: (N, 8, 14, 14) for "c1", (N, FEATURES) for "c3"."""
         return self.mapped.forward(self.net, codes, group, *STAGES[name])
 
     def features(self, x: np.ndarray, group: int = 0, *, batch: int = 250,
                  progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> np.ndarray:
-        """(N, 192) 8-bit codes out of the convolver group `group` for images x (N, 28, 28) uint8."""
+        """(N, FEATURES) 8-bit codes out of the convolver group `group` for images x (N, 28, 28) uint8."""
         cancel, progress = ensure(cancel, progress)
         x = check_images(x)
         out = []
