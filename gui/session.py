@@ -76,6 +76,7 @@ class Session(QObject):
         self.run_path: Optional[Path] = None
         self.run_history = None                         # gui.history.RunHistory of run_path, if preloaded
         self.plan = None                                # hil.ops.jobs.ProgramPlan of the last programming
+        self.plan_record: Optional[Path] = None         # the run record of that programming
         self._finished_threads: list = []
 
     # ---- station ---------------------------------------------------------------------
@@ -113,7 +114,7 @@ class Session(QObject):
             g = self.xbar.geometry
             self.g_map = np.full(g.shape, np.nan)
             self.selection = np.zeros(g.shape, bool)
-            self.plan = None
+            self.plan, self.plan_record = None, None
             log.info("connected to %s (%s, %d PEs of %d x %d)", self.station_label,
                      self.identity.get("backend", "?"), g.n_pe, g.rows, g.cols)
             self.connection_changed.emit()
@@ -274,8 +275,9 @@ class Session(QObject):
                                         and history.path == self.run_path) else None
         self.run_changed.emit()
 
-    def set_plan(self, plan) -> None:
-        self.plan = plan
+    def set_plan(self, plan, record: Path) -> None:
+        """`plan` was programmed, recorded in `record` (experiments carry its programming)."""
+        self.plan, self.plan_record = plan, Path(record)
         self.plan_changed.emit()
 
 

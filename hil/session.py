@@ -22,8 +22,9 @@ in write-verify groups, by pe/row/col columns elsewhere):
   v_read, lsb_a, saturated).
 - `session/data/<name>`: arrays the script stores with `put`.
 
-The record's status is "complete" after a clean exit, "stopped" after Ctrl+C or a cancel,
-"failed" after an error.
+The record's lifecycle is every record's (`hil.runstore.lifecycle`): status "complete" after a
+clean exit, "stopped" after Ctrl+C or a cancel, "failed" after an error (journal kept); its
+station snapshot names the client "api".
 """
 from __future__ import annotations
 
@@ -32,15 +33,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from hil import __version__
 from hil.crossbar import Crossbar, VmmResult
-from hil.errors import Cancelled
 from hil.geometry import Cells
 from hil.limits import OP_CODES, Op
 from hil.ops.jobs import ProgramPlan, journal_program_steps, start_program_run
 from hil.ops.write_verify import write_verify
 from hil.programming import ProgramReport, ProgramStep, WriteVerifyPolicy
-from hil.runstore import RunWriter
+from hil.runstore.lifecycle import HeldRecord, station_snapshot
 
 KIND = "session"
 OPS = "session/ops"
@@ -55,9 +54,9 @@ class Session:
         if not isinstance(xbar, Crossbar):
             raise TypeError(f"Session needs a Crossbar, got {type(xbar).__name__}")
         self.xbar = xbar
-        station = {**xbar.describe(), "software_version": __version__, "client": "python-api",
-                   "label": str(label)}
-        self.writer = RunWriter.create(Path(path), KIND, station, meta)
+        self._record = HeldRecord(Path(path), KIND, station=station_snapshot(xbar, client="api", label=str(label)),
+                                  meta=meta)
+        self.writer = self._record.writer
         self.writer.set_attrs("session", op_codes={op.value: code for op, code in OP_CODES.items()})
         self._n_write_verify = 0
         self._n_vmm = 0
@@ -128,22 +127,16 @@ class Session:
         self.writer.mark(event, **info)
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def close(self, status: str = "complete") -> Path:
-        """Finalize the record with `status` and return its path. Idempotent."""
-        if not self.writer.closed:
-            self.writer.finalize(status)
+    def close(self) -> Path:
+        """End the record as complete and return its path. Idempotent."""
+        self._record.end()
         return self.path
 
     def __enter__(self) -> "Session":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close("complete")
-        elif issubclass(exc_type, (KeyboardInterrupt, Cancelled)):
-            self.close("stopped")
-        else:
-            self.close("failed")
+        self._record.end(exc)
 
     def _start_write_verify(self, cells: Cells, targets_s, tolerance_s, policy: WriteVerifyPolicy):
         """Record the plan of the next write-verify group; returns (group, on_step journal)."""

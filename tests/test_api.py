@@ -119,7 +119,7 @@ def test_session_records_every_read_pulse_vmm_and_write_verify(small_station, ru
         s.mark("done", step=1)
     root, c = content(runs_dir / "s.h5")
     assert root == {"kind": "session", "status": "complete"}
-    assert c.station["client"] == "python-api" and c.station["label"] == "bench 3"
+    assert c.station["client"] == "api" and c.station["label"] == "bench 3"
     assert c.attrs["/"]["operator"] == "ada"
     ops = c.tables["session/ops"]
     np.testing.assert_array_equal(ops["op"], [OP_CODES[hil.Op.READ]] * 6 + [OP_CODES[hil.Op.SET]] * 2)

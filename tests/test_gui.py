@@ -280,7 +280,7 @@ def test_abort_with_escape_stops_programming_quickly(win, qtbot, monkeypatch, er
     assert outcomes == ["cancelled"]
     assert win.s.last_abort_latency_s < 0.5
     with RunRecord.open(p.out) as rec:
-        assert rec.status == "interrupted"
+        assert rec.status == "stopped"
         done = rec.table_rows("programming/cells") if "programming/cells" in rec.tables() else 0
     assert done < 2 * SMALL.rows * SMALL.cols
     assert "aborted" in p.message.text() and "--resume" in p.message.text()
@@ -381,7 +381,7 @@ def test_experiment_abort_with_button(win, qtbot, monkeypatch):
     assert "aborted" in exp.message.text()
     assert exp.rd_btn.isEnabled()
     with RunRecord.open(exp.out) as rec:
-        assert rec.status == "interrupted"
+        assert rec.status == "stopped"
 
 
 # ---- 9 runs ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Experiments tab: read disturb and retention drift on the programmed cells, with live plots.
-Both run the `hil.modules.stability` functions in a worker (virtual clock on the simulator) and
-write a run record like `hil experiment`."""
+Both run the `hil.modules.stability.experiment` stage in a worker (virtual clock on the simulator)
+and write a run record like `hil experiment`: the programming of the cells (carried over from
+the Programming tab's record), then the experiment."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,9 @@ from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLin
 
 from hil.modules import stability as experiments
 from hil.geometry import Cells
-from hil.runstore import RunWriter
+from hil.ops.jobs import carry_programming
+from hil.runstore import read_content
+from hil.runstore.lifecycle import run_record
 
 from .. import theme
 from ..session import Session
@@ -84,7 +87,7 @@ class ExperimentsPanel(QWidget):
         self.folder = QLineEdit("runs")
 
         self.reads = QSpinBox()
-        self.reads.setRange(10, 2_000_000_000)
+        self.reads.setRange(10, experiments.MAX_DISTURB_READS)
         self.reads.setValue(1_000_000)
         self.rd_points = QSpinBox()
         self.rd_points.setRange(1, 20)
@@ -101,7 +104,7 @@ class ExperimentsPanel(QWidget):
         g.addWidget(self.rd_btn, 2, 0, 1, 2)
 
         self.days = QDoubleSpinBox()
-        self.days.setRange(0.001, 3650)
+        self.days.setRange(0.001, experiments.MAX_DRIFT_DAYS)
         self.days.setDecimals(3)
         self.days.setValue(30.0)
         self.days.setSuffix(" days")
@@ -174,13 +177,12 @@ class ExperimentsPanel(QWidget):
                                      f"{p.tolerance_s * US_PER_S:.2f} µS")
 
     # ---- jobs ----------------------------------------------------------------------------
-    def _start(self, kind: str, run_fn, xs: list, labels: list, view: _ExperimentView, metric) -> bool:
+    def _start(self, kind: str, cfg, xs: list, labels: list, view: _ExperimentView, metric) -> bool:
         why = self._why_not()
         if why:
             self.s.error.emit("Cannot start", why)
             return False
-        plan, geom = self.s.plan, self.s.geometry
-        cells = Cells.from_flat(plan.flat, geom)
+        plan, programmed = self.s.plan, self.s.plan_record
         xbar = self.s.xbar
         out = unique_path(Path(self.folder.text().strip() or "runs"), kind)
         snapshot = station_snapshot(self.s)
@@ -190,21 +192,11 @@ class ExperimentsPanel(QWidget):
         n = len(xs)
 
         def job(ctx):
-            writer = RunWriter.create(out, kind, snapshot, {"cells": int(len(cells))})
-
-            def on_snap(k, label, g):
-                ctx.partial((k, g.copy()))
-            try:
-                res = run_fn(xbar, cells, plan, ctx.progress, ctx.cancel, on_snap)
-                for label, g in res.snapshots.items():
-                    writer.put(f"experiment/snapshots/{label}", np.asarray(g))
-                writer.put("experiment/cells", plan.flat)
-                writer.set_attrs("experiment", summary=res.to_dict())
-                writer.finalize()
-            except BaseException:
-                writer.close()
-                raise
-            return res
+            programming = read_content(programmed)
+            with run_record(out, kind, station=snapshot) as writer:
+                carry_programming(writer, programming)
+                return experiments.experiment(xbar, writer, cfg, plan, progress=ctx.progress, cancel=ctx.cancel,
+                                              on_snapshot=lambda k, label, g: ctx.partial((k, g.copy())))
 
         def partial(data):
             k, g = data
@@ -235,22 +227,14 @@ class ExperimentsPanel(QWidget):
         cps = disturb_checkpoints(reads, self.rd_points.value())
         xs = [0] + cps
         labels = [experiments.format_count(c) for c in xs]
-
-        def run(xbar, cells, plan, progress, cancel, on_snapshot):
-            return experiments.read_disturb(xbar, cells, plan.targets_s, plan.tolerance_s, reads=reads,
-                                            checkpoints=cps, progress=progress, cancel=cancel,
-                                            on_snapshot=on_snapshot)
-        return self._start("read-disturb", run, xs, labels, self.rd_view, _out_of_band)
+        cfg = experiments.ReadDisturbConfig(reads=reads, checkpoints=tuple(cps))
+        return self._start("read-disturb", cfg, xs, labels, self.rd_view, _out_of_band)
 
     def start_drift(self) -> bool:
         ts = drift_times(self.days.value())
         labels = [experiments.format_duration(t) for t in ts]
-
-        def run(xbar, cells, plan, progress, cancel, on_snapshot):
-            return experiments.drift(xbar, cells, plan.targets_s, plan.tolerance_s, times_s=ts,
-                                     level_index=plan.level_index, progress=progress, cancel=cancel,
-                                     on_snapshot=on_snapshot)
-        return self._start("drift", run, ts, labels, self.dr_view, lambda g, p: 1 - _out_of_band(g, p))
+        cfg = experiments.DriftConfig(days=self.days.value(), times_s=tuple(ts))
+        return self._start("drift", cfg, ts, labels, self.dr_view, lambda g, p: 1 - _out_of_band(g, p))
 
 
 def _out_of_band(g: np.ndarray, plan) -> float:

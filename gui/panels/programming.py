@@ -17,11 +17,11 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from hil.errors import ConfigError, DataError
-from hil.geometry import Cells
-from hil.ops.jobs import CELLS, ProgramPlan, level_plan, plan_from_content, program_job
-from hil.levels import LevelTable, validate_targets
+from hil.ops.jobs import (CELLS, ProgramConfig, ProgramPlan, plan_for, plan_from_content, program,
+                          stored_program_config)
 from hil.programming import WriteVerifyPolicy
-from hil.runstore import RunRecord, RunWriter, lifecycle, read_content
+from hil.runstore import lifecycle, read_content
+from hil.runstore.lifecycle import run_record
 
 from .. import theme
 from ..history import RunHistory
@@ -207,37 +207,21 @@ class ProgrammingPanel(QWidget):
                                                  else "A job is running"))
 
     # ---- plan --------------------------------------------------------------------------------
+    def config(self) -> ProgramConfig:
+        """The ProgramConfig of the current settings (ConfigError says what is wrong)."""
+        if self.src_pattern.isChecked():
+            source, target = self.pattern.currentText(), None
+        else:
+            source = "weights" if self.src_weights.isChecked() else "snapshot"
+            target = (self.weights_edit if self.src_weights.isChecked() else self.snapshot_edit).text().strip()
+        return ProgramConfig(source=source, target_file=target, levels=self.n_levels.value(),
+                             g_min_s=self.g_min.value() / US_PER_S, g_max_s=self.g_max.value() / US_PER_S,
+                             pes=tuple(parse_pes(self.pes.text(), self.s.geometry.n_pe)), seed=self.seed.value(),
+                             max_pulses=self.max_pulses.value())
+
     def build_plan(self) -> ProgramPlan:
         """The plan of the current settings (ConfigError / DataError say what is wrong)."""
-        geom = self.s.geometry
-        table = LevelTable.linear(self.g_min.value() / US_PER_S, self.g_max.value() / US_PER_S, self.n_levels.value())
-        pes = parse_pes(self.pes.text(), geom.n_pe)
-        if self.src_pattern.isChecked():
-            return level_plan(geom, pes, table, self.pattern.currentText(), self.seed.value())
-        cells = Cells.all(geom, pes)
-        n = len(cells)
-        if self.src_weights.isChecked():
-            path = Path(self.weights_edit.text().strip())
-            if not path.is_file():
-                raise ConfigError(f"weights file {str(path)!r} does not exist; choose a .npy file of conductances")
-            try:
-                w = np.load(path, allow_pickle=False)
-            except Exception as e:
-                raise DataError(f"{path} is not a readable .npy array ({e})") from None
-            if w.size != n:
-                raise ConfigError(f"{path.name} holds {w.size} values but PEs {pes} have {n} cells; give one "
-                                  f"conductance (siemens) per cell, shaped ({len(pes)}, {geom.rows}, {geom.cols})")
-            targets = validate_targets(w.astype(float).ravel(), table.g_window)
-        else:
-            path = Path(self.snapshot_edit.text().strip())
-            with RunRecord.open(path) as rec:
-                snap, _ = rec.dataset("snapshots/after_programming")
-            if snap.shape != geom.shape:
-                raise ConfigError(f"snapshot in {path.name} has shape {snap.shape}, the station {geom.shape}")
-            lo, hi = table.g_window
-            targets = table.targets(table.nearest_level(np.clip(snap[pes].ravel(), lo, hi)))
-        li = table.nearest_level(targets)
-        return ProgramPlan(cells.flat(geom), li.astype(np.int64), targets, table.tolerance_s)
+        return plan_for(self.config(), self.s.geometry)
 
     # ---- run ---------------------------------------------------------------------------------
     def start(self) -> bool:
@@ -245,16 +229,14 @@ class ProgrammingPanel(QWidget):
             self.s.error.emit("No station", "Connect a station on the Station tab first.")
             return False
         try:
-            plan = self.build_plan()
-            policy = WriteVerifyPolicy(max_pulses=self.max_pulses.value())
-            policy.validate(self.s.xbar.limits)
-            folder = Path(self.folder.text().strip() or "runs")
-            out = unique_path(folder, "program")
+            cfg = self.config()
+            plan = plan_for(cfg, self.s.geometry)
+            cfg.policy().validate(self.s.xbar.limits)
+            out = unique_path(Path(self.folder.text().strip() or "runs"), "program")
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        meta = {"source": self._source_name(), "levels": self.n_levels.value()}
-        return self._run(plan, policy, out, meta, resume=False)
+        return self._run(cfg, plan, out, resume=False)
 
     def _pick_resume(self) -> None:
         start = str(self.out) if self.out is not None else (self.folder.text() or "runs")
@@ -264,7 +246,8 @@ class ProgrammingPanel(QWidget):
             self.resume(Path(path.removesuffix(".journal")))
 
     def resume(self, path) -> bool:
-        """Continue an interrupted programming run: cells it finished are not touched again."""
+        """Continue an interrupted programming run with the config and plan it holds: cells it
+        finished are not touched again."""
         if not self.s.connected:
             self.s.error.emit("No station", "Connect a station on the Station tab first.")
             return False
@@ -276,52 +259,35 @@ class ProgrammingPanel(QWidget):
                 raise DataError(f"{path.name} is a {root.get('kind')} run, not a programming run")
             if root.get("status") == "complete":
                 raise DataError(f"{path.name} is complete; there is nothing to resume")
+            cfg = stored_program_config(content, where=path.name)
             plan = plan_from_content(content, where=path.name)
             if plan.flat.size and plan.flat.max() >= self.s.geometry.n_cells:
                 raise ConfigError(f"{path.name} addresses cells this station does not have")
-            policy = WriteVerifyPolicy.from_dict(content.attrs.get("/programming", {}).get("policy"))
-            policy.validate(self.s.xbar.limits)
+            cfg.policy().validate(self.s.xbar.limits)
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        return self._run(plan, policy, path, None, resume=True)
+        return self._run(cfg, plan, path, resume=True)
 
-    def _run(self, plan: ProgramPlan, policy: WriteVerifyPolicy, out: Path, meta: Optional[dict], *,
-             resume: bool) -> bool:
+    def _run(self, cfg: ProgramConfig, plan: ProgramPlan, out: Path, *, resume: bool) -> bool:
         xbar, snapshot = self.s.xbar, station_snapshot(self.s)
 
         def job(ctx):
-            writer = (RunWriter.resume(out, "programming", snapshot) if resume
-                      else RunWriter.create(out, "programming", snapshot, meta))
-
-            def progress(p):
-                ctx.progress(p)
-                if ctx.want_partial(force=p.done >= p.total):
-                    t = writer.content.tables.get(CELLS)
-                    if t:
-                        ctx.partial((t["cell"].copy(), t["final_g_s"].copy(), t["pulses"].copy()))
-            try:
-                report = program_job(xbar, writer, plan, policy, resume=resume, progress=progress,
-                                     cancel=ctx.cancel)
-                summary = report.summary()
-                summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
-                writer.set_attrs("/", summary=summary)
+            with run_record(out, "programming", station=snapshot, resume=resume) as writer:
+                def progress(p):
+                    ctx.progress(p)
+                    if ctx.want_partial(force=p.done >= p.total):
+                        t = writer.content.tables.get(CELLS)
+                        if t:
+                            ctx.partial((t["cell"].copy(), t["final_g_s"].copy(), t["pulses"].copy()))
+                report = program(xbar, writer, cfg, plan=None if resume else plan, resume=resume,
+                                 progress=progress, cancel=ctx.cancel)
                 after = writer.content.datasets["snapshots/after_programming"][0]
-                writer.finalize()
-                history = RunHistory(out, writer.content)
-            except BaseException:
-                writer.close()
-                raise
-            return report, after, history
+            return report, after, RunHistory(out, writer.content)
 
         self._prepare(plan, out)
         return self.s.start_job("write-verify", job, on_result=self._done, on_progress=self._progress,
                                 on_partial=self._partial, on_end=self._end, needs_station=True)
-
-    def _source_name(self) -> str:
-        if self.src_pattern.isChecked():
-            return f"pattern {self.pattern.currentText()}"
-        return (self.weights_edit if self.src_weights.isChecked() else self.snapshot_edit).text()
 
     def _prepare(self, plan: ProgramPlan, out: Path) -> None:
         self.plan, self.out, self.report, self._history = plan, out, None, None
@@ -397,7 +363,7 @@ class ProgrammingPanel(QWidget):
             return
         if outcome == "done":
             self.message.setText(f"finished — record {self.out}")
-            self.s.set_plan(self.plan)
+            self.s.set_plan(self.plan, self.out)
         elif outcome == "cancelled":
             self.message.setText(f"aborted — finished cells are kept in {self.out}; continue with "
                                  f"'Resume a run…' or `hil program --resume {self.out}`")

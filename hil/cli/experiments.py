@@ -12,44 +12,30 @@ from hil import options as opt
 from hil.cli.common import (add_plot_option, add_station_options, cancel_on_sigint, emit, open_from_args, pes,
                             progress_bar, station_snapshot)
 from hil.errors import Cancelled
-from hil.geometry import Cells
-from hil.levels import LevelTable
 from hil.modules.stability import MAX_DISTURB_READS, MAX_DRIFT_DAYS
-from hil.programming import WriteVerifyPolicy
-from hil.runstore import RunWriter
+from hil.runstore.lifecycle import run_record
 
 
 def cmd_experiment(args) -> int:
     from hil.modules import stability as experiments
-    from hil.ops.jobs import level_plan, program_job
+    from hil.ops.jobs import ProgramConfig, plan_for, program
+    cfg = (experiments.ReadDisturbConfig(reads=args.reads) if args.which == "read-disturb"
+           else experiments.DriftConfig(days=args.days))
     with open_from_args(args) as xbar:
-        plan = level_plan(xbar.geometry, pes(args.pe, xbar.geometry.n_pe), LevelTable.linear())
+        pcfg = ProgramConfig(pes=tuple(pes(args.pe, xbar.geometry.n_pe)), seed=args.seed)
+        plan = plan_for(pcfg, xbar.geometry)
         out = Path(args.out or f"runs/{args.which}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
-        writer = RunWriter.create(out, args.which, station_snapshot(args, xbar), {})
-        cells = Cells.from_flat(plan.flat, xbar.geometry)
         try:
-            with cancel_on_sigint() as token:
+            with cancel_on_sigint() as token, \
+                    run_record(out, args.which, station=station_snapshot(args, xbar)) as writer:
                 with progress_bar(args, "write-verify") as bar:
-                    program_job(xbar, writer, plan, WriteVerifyPolicy(), progress=bar, cancel=token)
+                    program(xbar, writer, pcfg, plan=plan, progress=bar, cancel=token)
                 with progress_bar(args, args.which, unit="step") as bar:
-                    if args.which == "read-disturb":
-                        res = experiments.read_disturb(xbar, cells, plan.targets_s, plan.tolerance_s,
-                                                       reads=args.reads, progress=bar, cancel=token)
-                    else:
-                        res = experiments.drift(xbar, cells, plan.targets_s, plan.tolerance_s, days=args.days,
-                                                level_index=plan.level_index, progress=bar, cancel=token)
+                    res = experiments.experiment(xbar, writer, cfg, plan, progress=bar, cancel=token)
         except Cancelled as e:
-            writer.close()
-            print(f"interrupted ({e}); partial record at {out}", file=sys.stderr)
+            print(f"stopped ({e}); partial record at {out}", file=sys.stderr)
             return 130
-        except BaseException:
-            writer.close()
-            raise
-        for label, g in res.snapshots.items():
-            writer.put(f"experiment/snapshots/{label}", np.asarray(g))
-        summary = res.to_dict()
-        writer.set_attrs("experiment", summary=summary)
-        writer.finalize()
+    summary = res.to_dict()
     summary["out"] = str(out)
     if args.plot:
         from hil.plots import plot_distributions_over_time
@@ -57,7 +43,7 @@ def cmd_experiment(args) -> int:
         d.mkdir(parents=True, exist_ok=True)
         summary["plots"] = [str(plot_distributions_over_time(
             res.snapshots, plan.level_index, d / f"{args.which}.png",
-            title=f"{args.which} on {len(cells)} cells"))]
+            title=f"{args.which} on {plan.flat.size} cells"))]
     if args.which == "read-disturb":
         human = (f"read disturb on {summary['cells']} cells: "
                  + ", ".join(f"{lab}: {100 * f:.2f}% out of band"

@@ -12,14 +12,18 @@ from hil.cli.common import (add_plot_option, add_station_options, cancel_on_sigi
                             chip_state_path, emit, open_from_args, pes, progress_bar, station_snapshot)
 from hil.errors import Cancelled, HilError
 from hil.geometry import Cells
-from hil.levels import LevelTable
 from hil.programming import WriteVerifyPolicy
-from hil.runstore import RunRecord, RunWriter, read_content
+from hil.runstore import RunRecord, read_content
 from hil.runstore.journal import journal_path
+from hil.runstore.lifecycle import run_record
+
+
+#: `hil program` options that are ProgramConfig settings (a resumed run takes them from its record)
+CONFIG_OPTIONS = {"pattern": "source", "levels": "levels", "pe": "pes", "max_pulses": "max_pulses"}
 
 
 def cmd_program(args) -> int:
-    from hil.ops.jobs import level_plan, plan_from_content, program_job
+    from hil.ops.jobs import plan_for, plan_from_run, program, stored_program_config
     if args.dry_run:
         return _program_dry_run(args)
     resume = args.resume is not None
@@ -34,7 +38,7 @@ def cmd_program(args) -> int:
                            f"made by `hil program`")
         if root.get("status") == "complete" and not journal_path(out).exists():
             raise HilError(f"--resume {out}: the run is complete; choose another --out")
-        plan = plan_from_content(content, where=str(out))
+        cfg = stored_program_config(content, where=str(out))
         station = content.station
         args.station = args.station if args.station_given else station.get("spec", "sim")
         if args.seed is None:
@@ -50,30 +54,27 @@ def cmd_program(args) -> int:
             chip_state.unlink()  # left by a deleted record: a new run starts with a new chip
     xbar = open_from_args(args, chip_state)
     with _no_record_no_chip(out, None if resume else chip_state), xbar:
-        table = LevelTable.linear(n=args.levels)
-        policy = WriteVerifyPolicy(max_pulses=args.max_pulses)
+        given = _given(args, xbar.geometry.n_pe)
         if resume:
             check_same_chip(out, station, xbar)
-            writer = RunWriter.resume(out, "programming")
+            differ = [f"--{o.replace('_', '-')} {_show(v)} (recorded {_show(getattr(cfg, CONFIG_OPTIONS[o]))})"
+                      for o, v in given.items() if v != getattr(cfg, CONFIG_OPTIONS[o])]
+            if differ:
+                raise HilError(f"--resume {out}: {', '.join(differ)}; a resumed run keeps its recorded settings")
+            plan = None
         else:
-            plan = level_plan(xbar.geometry, pes(args.pe, xbar.geometry.n_pe), table, args.pattern, args.seed)
-            writer = RunWriter.create(out, "programming", station_snapshot(args, xbar),
-                                      {"pattern": args.pattern, "levels": args.levels})
+            cfg = _new_config(args, xbar.geometry.n_pe)
+            plan = plan_for(cfg, xbar.geometry)
         try:
-            with cancel_on_sigint() as token, progress_bar(args, "write-verify") as bar:
-                report = program_job(xbar, writer, plan, policy, resume=resume, progress=bar, cancel=token)
+            with cancel_on_sigint() as token, progress_bar(args, "write-verify") as bar, \
+                    run_record(out, "programming", station=station_snapshot(args, xbar), resume=resume) as writer:
+                report = program(xbar, writer, cfg, plan=plan, resume=resume, progress=bar, cancel=token)
+                summary = writer.content.attrs["/"]["summary"]
+                plan = plan_from_run(writer)
         except Cancelled as e:
-            writer.close()
-            print(f"interrupted ({e}); the record keeps every finished cell. Continue with:\n"
+            print(f"stopped ({e}); the record keeps every finished cell. Continue with:\n"
                   f"  hil program --resume {out}", file=sys.stderr)
             return 130
-        except BaseException:
-            writer.close()
-            raise
-        summary = report.summary()
-        summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
-        writer.set_attrs("/", summary=summary)
-        writer.finalize()
     if args.plot:
         from hil.plots import plot_level_cdf, plot_pulse_histogram
         d = Path(args.plot)
@@ -92,6 +93,25 @@ def cmd_program(args) -> int:
     return 0
 
 
+def _given(args, n_pe: int) -> dict:
+    """The ProgramConfig options given on the command line (--pe as a tuple of PEs)."""
+    given = {o: getattr(args, o) for o in CONFIG_OPTIONS if getattr(args, o) is not None}
+    if "pe" in given:
+        given["pe"] = tuple(pes(given["pe"], n_pe))
+    return given
+
+
+def _new_config(args, n_pe: int):
+    """The ProgramConfig of a new run: the options given, else the defaults (every PE)."""
+    from hil.ops.jobs import ProgramConfig
+    given = {"pe": tuple(range(n_pe)), **_given(args, n_pe)}
+    return ProgramConfig(**{CONFIG_OPTIONS[o]: v for o, v in given.items()}, seed=args.seed)
+
+
+def _show(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
 @contextmanager
 def _no_record_no_chip(out: Path, chip_state: Optional[Path]):
     """If the command fails before its record exists (a bad --pe, say), the new chip state file
@@ -107,15 +127,15 @@ def _no_record_no_chip(out: Path, chip_state: Optional[Path]):
 def _program_dry_run(args) -> int:
     """Validate every pulse the job would apply against the station's limits, on a shadow chip."""
     from hil.ops.dryrun import open_dry_run
-    from hil.ops.jobs import level_plan
+    from hil.ops.jobs import plan_for
     from hil.ops.write_verify import write_verify
     opts = {"params_path": args.params} if getattr(args, "params", None) else {}
     with open_dry_run(args.station, args.seed, **opts) as xbar:
-        plan = level_plan(xbar.geometry, pes(args.pe, xbar.geometry.n_pe), LevelTable.linear(n=args.levels),
-                          args.pattern, args.seed)
+        cfg = _new_config(args, xbar.geometry.n_pe)
+        plan = plan_for(cfg, xbar.geometry)
         with progress_bar(args, "dry run") as bar:
             report = write_verify(xbar, Cells.from_flat(plan.flat, xbar.geometry), plan.targets_s,
-                                  plan.tolerance_s, WriteVerifyPolicy(max_pulses=args.max_pulses), progress=bar)
+                                  plan.tolerance_s, cfg.policy(), progress=bar)
         data = xbar.report()
     data["shadow_summary"] = report.summary()
     human = (f"dry run of {len(plan.flat)} cells on {args.station}: every pulse is within the limits; "
@@ -151,12 +171,13 @@ def add_parsers(sub) -> None:
     """Add `hil program` and `hil read`."""
     sp = sub.add_parser("program", help="write-verify every cell of the chosen PEs to a level pattern")
     add_station_options(sp)
-    sp.add_argument("--pattern", default="levels32", choices=("levels32", "levels", "checker", "random"),
-                    help="levels32 (default; every level in turn), checker or random (needs --seed)")
+    sp.add_argument("--pattern", choices=("levels32", "levels", "checker", "random"),
+                    help="levels32 (default; every level in turn), checker or random (needs --seed); "
+                         "a resumed run keeps its own")
     sp.add_argument("--levels", type=opt.integer(2, opt.MAX_LEVELS, "levels a write-verify can resolve"),
-                    default=32, help=f"number of levels in 2-20 µS, 2..{opt.MAX_LEVELS} (default 32)")
-    sp.add_argument("--pe", default="all", type=opt.pe_list, help="'all' or comma-separated PE numbers")
-    sp.add_argument("--max-pulses", type=opt.positive_int(opt.MAX_PULSES), default=WriteVerifyPolicy.max_pulses,
+                    help=f"number of levels in 2-20 µS, 2..{opt.MAX_LEVELS} (default 32)")
+    sp.add_argument("--pe", type=opt.pe_list, help="'all' (default) or comma-separated PE numbers")
+    sp.add_argument("--max-pulses", type=opt.positive_int(opt.MAX_PULSES),
                     help=f"write-verify pulses per cell before giving up, 1..{opt.MAX_PULSES} "
                          f"(default {WriteVerifyPolicy.max_pulses})")
     sp.add_argument("--out", type=opt.out_file, help="run record (.h5) to write (default runs/program-DATE.h5)")

@@ -12,26 +12,33 @@ backend has them:
 Each returns a result dataclass holding the raw snapshot arrays (conductance in siemens per
 cell, in selection order) and a JSON-able `to_dict()` summary. Progress is reported after every
 step (unit "steps"); the cancel token is checked between steps and between chunks or sleeps.
+Their settings are `ReadDisturbConfig` / `DriftConfig`, validated on construction.
+
+`experiment` is the stage `hil experiment` and the GUI's Experiments tab both run: it records
+the config (``experiment.stage_config``), the cells, every snapshot and the summary.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from hil.config import Config, param
 from hil.crossbar import Crossbar
 from hil.errors import BackendError, ConfigError
 from hil.geometry import Cells
+from hil.options import MAX_N_AVG
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
+from hil.runstore import RunWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReadDisturbResult", "DriftResult", "read_disturb", "drift", "DEFAULT_DRIFT_TIMES_S",
-           "format_count", "format_duration"]
+__all__ = ["ReadDisturbConfig", "DriftConfig", "ReadDisturbResult", "DriftResult", "read_disturb", "drift",
+           "experiment", "DEFAULT_DRIFT_TIMES_S", "format_count", "format_duration"]
 
 US_PER_S = 1e6  # siemens -> µS multiplier
 DAY = 86400.0
@@ -46,6 +53,39 @@ MAX_SLEEP_S = 0.1
 MAX_DISTURB_READS = 10**9
 #: longest drift run: 10 years, the usual retention specification (the model is calibrated to 30 days)
 MAX_DRIFT_DAYS = 3650.0
+
+
+# ---- configs -------------------------------------------------------------------------------
+@dataclass
+class ReadDisturbConfig(Config):
+    """Read disturb: `reads` read pulses of `v_read` (V; None: the backend's), snapshots at
+    `checkpoints` (read counts; (): 1, reads/10, reads/2, reads), each the mean of `n_avg`
+    reads; without `read_stress` the pulses go in `xbar.read` calls of `chunk_reads`."""
+
+    reads: int = param(1_000_000, lo=1, hi=MAX_DISTURB_READS)
+    checkpoints: tuple[int, ...] = param((), lo=0, hi=MAX_DISTURB_READS)
+    n_avg: int = param(16, lo=1, hi=MAX_N_AVG)
+    v_read: Optional[float] = None
+    chunk_reads: int = param(FALLBACK_CHUNK_READS, lo=1, hi=MAX_DISTURB_READS)
+
+
+@dataclass
+class DriftConfig(Config):
+    """Drift: snapshots (each the mean of `n_avg` reads) at `times_s` after the start (seconds;
+    (): 1 s, 10 min, 1 h, 1 d, 7 d, 30 d up to `days`)."""
+
+    days: float = param(30.0, lo=0.0, hi=MAX_DRIFT_DAYS, lo_open=True)
+    times_s: tuple[float, ...] = param((), lo=0.0, hi=MAX_DRIFT_DAYS * DAY)
+    n_avg: int = param(4, lo=1, hi=MAX_N_AVG)
+
+
+#: the experiments by record kind
+CONFIGS = {"read-disturb": ReadDisturbConfig, "drift": DriftConfig}
+
+
+def _plain(v):
+    """A numpy scalar as the Python number a Config takes."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 # ---- labels --------------------------------------------------------------------------------
@@ -173,12 +213,7 @@ class ReadDisturbResult:
 
 
 def _disturb_checkpoints(reads: int, checkpoints) -> list:
-    if checkpoints is None:
-        cps = [1, reads // 10, reads // 2, reads]
-    else:
-        cps = [int(c) for c in checkpoints]
-    if any(c < 0 for c in cps):
-        raise ConfigError(f"read-disturb checkpoints must be non-negative read counts, got {cps}")
+    cps = [1, reads // 10, reads // 2, reads] if checkpoints is None else list(checkpoints)
     cps = sorted({c for c in cps if c > 0})
     if not cps:
         raise ConfigError("read disturb needs at least one positive checkpoint (number of reads)")
@@ -199,14 +234,11 @@ def read_disturb(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, reads:
     stress pulse amplitude (None: the backend default); measurements use the default amplitude.
     `on_snapshot(k, label, g)` sees every snapshot as it is taken (live plots)."""
     cancel, progress = ensure(cancel, progress)
-    cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, n_avg)
-    reads = int(reads)
-    if not 1 <= reads <= MAX_DISTURB_READS:
-        raise ConfigError(f"reads must be in 1..{MAX_DISTURB_READS:.0e} (read pulses), got {reads}")
-    cps = _disturb_checkpoints(reads, checkpoints)
-    chunk_reads = int(chunk_reads)
-    if chunk_reads < 1:
-        raise ConfigError(f"chunk_reads must be >= 1, got {chunk_reads}")
+    cfg = ReadDisturbConfig(reads=_plain(reads), n_avg=_plain(n_avg), chunk_reads=_plain(chunk_reads),
+                            v_read=_plain(v_read), checkpoints=tuple(_plain(c) for c in checkpoints or ()))
+    cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, cfg.n_avg)
+    reads, chunk_reads = cfg.reads, cfg.chunk_reads
+    cps = _disturb_checkpoints(reads, cfg.checkpoints or None)
     use_stress = xbar.has("read_stress")
     cancel.raise_if_cancelled()
 
@@ -310,22 +342,11 @@ class DriftResult:
         }
 
 
-def _drift_times(days: float, times_s) -> list:
-    if times_s is None:
-        days = float(days)
-        if not np.isfinite(days) or not 0 < days <= MAX_DRIFT_DAYS:
-            raise ConfigError(f"days must be a number in (0, {MAX_DRIFT_DAYS:g}] (10 years), got {days!r}")
-        limit = days * DAY * (1 + 1e-12)
-        ts = [t for t in DEFAULT_DRIFT_TIMES_S if t <= limit]
-        if not ts:
-            ts = [days * DAY]
-    else:
-        ts = [float(t) for t in times_s]
-        if not ts or any(not np.isfinite(t) or not 0 <= t <= MAX_DRIFT_DAYS * DAY for t in ts):
-            raise ConfigError(f"drift times must be seconds in 0..{MAX_DRIFT_DAYS * DAY:g} (10 years), "
-                              f"got {list(times_s)}")
-        ts = sorted(set(ts))
-    return ts
+def _drift_times(cfg: DriftConfig) -> list:
+    if cfg.times_s:
+        return sorted(set(cfg.times_s))
+    ts = [t for t in DEFAULT_DRIFT_TIMES_S if t <= cfg.days * DAY * (1 + 1e-12)]
+    return ts or [cfg.days * DAY]
 
 
 def _levels(targets: np.ndarray, level_index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -374,8 +395,9 @@ def drift(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, days: float =
     by `level_index` (one per cell) or, if None, by identical targets. `on_snapshot(k, label, g)`
     sees every snapshot as it is taken."""
     cancel, progress = ensure(cancel, progress)
-    cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, n_avg)
-    ts = _drift_times(days, times_s)
+    cfg = DriftConfig(days=_plain(days), n_avg=_plain(n_avg), times_s=tuple(_plain(t) for t in times_s or ()))
+    cells, targets, tol, n_avg = _prepare(xbar, cells, targets_s, tolerance_s, cfg.n_avg)
+    ts = _drift_times(cfg)
     inv, ids, level_t = _levels(targets, level_index)
     use_advance = xbar.has("advance")
     cancel.raise_if_cancelled()
@@ -417,4 +439,27 @@ def drift(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, days: float =
         backend_seconds=float(xbar.now() - t_backend))
     log.info("drift: %d cells over %s, in band %.1f%% -> %.1f%%", len(cells), labels[-1],
              100 * inb[0], 100 * inb[-1])
+    return res
+
+
+# ---- the stage -----------------------------------------------------------------------------
+def experiment(xbar: Crossbar, writer: RunWriter, cfg: Union[ReadDisturbConfig, DriftConfig], plan, *,
+               progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+               on_snapshot: Optional[SnapshotCallback] = None) -> Union[ReadDisturbResult, DriftResult]:
+    """Run `cfg`'s experiment on the cells of `plan` (a hil.ops.jobs.ProgramPlan: flat cells,
+    targets, tolerance, level indices) and record it under `experiment/`: the config
+    (`stage_config`), `cells`, `snapshots/<label>` and the summary."""
+    cells = Cells.from_flat(plan.flat, xbar.geometry)
+    writer.set_attrs("experiment", stage_config=cfg.to_dict())
+    writer.put("experiment/cells", plan.flat)
+    run = dict(progress=progress, cancel=cancel, on_snapshot=on_snapshot, n_avg=cfg.n_avg)
+    if isinstance(cfg, ReadDisturbConfig):
+        res = read_disturb(xbar, cells, plan.targets_s, plan.tolerance_s, reads=cfg.reads,
+                           checkpoints=cfg.checkpoints or None, v_read=cfg.v_read, chunk_reads=cfg.chunk_reads, **run)
+    else:
+        res = drift(xbar, cells, plan.targets_s, plan.tolerance_s, days=cfg.days, times_s=cfg.times_s or None,
+                    level_index=plan.level_index, **run)
+    for label, g in res.snapshots.items():
+        writer.put(f"experiment/snapshots/{label}", np.asarray(g))
+    writer.set_attrs("experiment", summary=res.to_dict())
     return res

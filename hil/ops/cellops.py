@@ -2,7 +2,8 @@
 
 Interactive work at the probe station changes the chip as much as a programming job does, so
 every operation goes into a run record of kind "cell-operations" as it happens (journaled: a
-crash loses nothing already applied). Tables: `cellops/ops` (one row per cell and operation)
+crash loses nothing already applied), with the lifecycle of every record
+(`hil.runstore.lifecycle`). Tables: `cellops/ops` (one row per cell and operation)
 and `cellops/iv` (one row per cell and sweep step).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from hil.geometry import Cells
 from hil.runstore import RunWriter
+from hil.runstore.lifecycle import HeldRecord
 
 KIND = "cell-operations"
 OP_CODES = {"READ": 0, "SET": 1, "RESET": 2, "FORM": 3}
@@ -25,12 +27,16 @@ class CellOpsLog:
     def __init__(self, path, station: dict) -> None:
         self.path = Path(path)
         self.station = station
-        self.writer: Optional[RunWriter] = None
+        self._record: Optional[HeldRecord] = None
         self.sweeps = 0
 
+    @property
+    def writer(self) -> Optional[RunWriter]:
+        return None if self._record is None else self._record.writer
+
     def _w(self) -> RunWriter:
-        if self.writer is None:
-            self.writer = RunWriter.create(self.path, KIND, self.station)
+        if self._record is None:
+            self._record = HeldRecord(self.path, KIND, station=self.station)
             self.writer.set_attrs("cellops", op_codes=OP_CODES)
         return self.writer
 
@@ -55,9 +61,9 @@ class CellOpsLog:
         self.writer.flush()
 
     def close(self) -> Optional[Path]:
-        """Finalize the record (None if nothing was done)."""
-        if self.writer is None:
+        """End the record as complete (None if nothing was done)."""
+        if self._record is None:
             return None
-        self.writer.finalize()
-        self.writer = None
+        self._record.end()
+        self._record = None
         return self.path

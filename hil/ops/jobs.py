@@ -1,21 +1,28 @@
 """Long operations as plain functions over (crossbar, run writer, progress, cancel): the CLI
-shows them with a progress bar, the GUI runs the same functions in a worker thread."""
+shows them with a progress bar, the GUI runs the same functions in a worker thread.
+
+`program` is the programming stage `hil program` and the GUI's Programming tab both run: its
+settings are a `ProgramConfig`, stored in the record as ``programming.stage_config``; a resumed
+run reads the config and the plan from there."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from hil.config import Config, param
 from hil.crossbar import Crossbar
-from hil.errors import DataError, HilError
+from hil.errors import ConfigError, DataError, HilError
 from hil.geometry import Cells
-from hil.levels import LevelTable
+from hil.levels import PATTERNS, LevelTable, validate_targets
+from hil.options import MAX_LEVELS, MAX_PE, MAX_PULSES, MAX_SEED
 from hil.programming import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy
 from hil.ops.write_verify import write_verify
 from hil.progress import CancelToken, ProgressCallback
-from hil.runstore import RunWriter
+from hil.runstore import RunRecord, RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +31,46 @@ TARGETS = "programming/targets"
 CELLS = "programming/cells"
 VERIFY = "programming/verify"
 PULSES = "programming/pulses"
+#: where a target can come from: a level pattern, a weights file or a run's snapshot
+SOURCES = tuple(PATTERNS) + ("weights", "snapshot")
+#: conductance window of a level table: up to 500 µS (the GUI's range)
+MAX_G_S = 500e-6
 
 
 def _names(prefix: str) -> tuple[str, str, str, str]:
     """(targets, cells, verify, pulses) dataset/table names of a programming phase."""
     return tuple(f"{prefix}/{n}" for n in ("targets", "cells", "verify", "pulses"))
+
+
+@dataclass
+class ProgramConfig(Config):
+    """A programming job: targets from `source` (a level pattern; "weights": a .npy of one
+    conductance per cell in siemens; "snapshot": a run record's snapshots/after_programming,
+    snapped to the nearest level) in `target_file`, on `pes` (() = all), `levels` levels from
+    `g_min_s` to `g_max_s` (siemens), `seed` (random pattern) and `max_pulses` per cell."""
+
+    source: str = param("levels32", choices=SOURCES)
+    target_file: Optional[str] = None
+    levels: int = param(32, lo=2, hi=MAX_LEVELS)
+    g_min_s: float = param(2e-6, lo=0.0, hi=MAX_G_S)
+    g_max_s: float = param(20e-6, lo=0.0, hi=MAX_G_S)
+    pes: tuple[int, ...] = param((), lo=0, hi=MAX_PE - 1)
+    seed: Optional[int] = param(None, lo=0, hi=MAX_SEED)
+    max_pulses: int = param(WriteVerifyPolicy.max_pulses, lo=1, hi=MAX_PULSES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.g_min_s >= self.g_max_s:
+            raise ConfigError(f"ProgramConfig: g_min_s {self.g_min_s!r} must be below g_max_s {self.g_max_s!r}")
+        if (self.source in ("weights", "snapshot")) != (self.target_file is not None):
+            raise ConfigError(f"ProgramConfig: source {self.source!r} "
+                              + ("needs a target_file" if self.target_file is None else "takes no target_file"))
+
+    def table(self) -> LevelTable:
+        return LevelTable.linear(self.g_min_s, self.g_max_s, self.levels)
+
+    def policy(self) -> WriteVerifyPolicy:
+        return WriteVerifyPolicy(max_pulses=self.max_pulses)
 
 
 @dataclass
@@ -147,6 +189,82 @@ def _snapshot(xbar: Crossbar) -> np.ndarray:
     """Read every cell of the chip (4 averaged reads), shaped (PE, rows, cols), in siemens."""
     g = xbar.geometry
     return xbar.read(Cells.all(g), n_avg=4).reshape(g.shape)
+
+
+def program(xbar: Crossbar, writer: RunWriter, cfg: ProgramConfig, *, plan: Optional[ProgramPlan] = None,
+            resume: bool = False, progress: Optional[ProgressCallback] = None,
+            cancel: Optional[CancelToken] = None) -> ProgramReport:
+    """The programming stage: a new record stores `cfg` and the plan (`plan`, else `plan_for`);
+    a resumed one continues the plan it holds. The report's summary goes to the root attrs."""
+    if resume:
+        plan = plan_from_run(writer)
+    else:
+        plan = plan_for(cfg, xbar.geometry) if plan is None else plan
+        writer.set_attrs(PROGRAMMING, stage_config=cfg.to_dict())
+    report = program_job(xbar, writer, plan, cfg.policy(), resume=resume, progress=progress, cancel=cancel)
+    summary = report.summary()
+    summary.update(out=str(writer.path), virtual_seconds=summary.pop("backend_seconds"))
+    writer.set_attrs("/", summary=summary)
+    return report
+
+
+def stored_program_config(content, where: str = "the run record") -> ProgramConfig:
+    """The ProgramConfig a programming run stored (DataError if it holds none)."""
+    d = content.attrs.get("/" + PROGRAMMING, {}).get("stage_config")
+    if d is None:
+        raise DataError(f"{where} holds no programming/stage_config; it was not made by a programming job")
+    return ProgramConfig.from_dict(d, f"{where}: programming.stage_config")
+
+
+def carry_programming(writer: RunWriter, content) -> None:
+    """Copy the programming of another record (plan, config, every pulse and verify read, the
+    snapshots around it, its summary) into `writer`: an experiment record holds the history of
+    the cells it follows."""
+    for group, attrs in content.attrs.items():
+        if group == "/":
+            if "summary" in attrs:
+                writer.set_attrs("/", summary=attrs["summary"])
+        elif group.lstrip("/").split("/")[0] == PROGRAMMING:
+            writer.set_attrs(group, **attrs)
+    for name in content.tables:
+        if name.startswith(PROGRAMMING + "/"):
+            writer.append(name, **content.tables[name])
+    for name, (arr, attrs) in content.datasets.items():
+        if name.startswith(PROGRAMMING + "/") or (name.startswith("snapshots/") and name.endswith(PROGRAMMING)):
+            writer.put(name, arr, **attrs)
+
+
+def plan_for(cfg: ProgramConfig, geometry) -> ProgramPlan:
+    """The plan of `cfg` on a chip of `geometry` (ConfigError / DataError say what is wrong)."""
+    bad = [p for p in cfg.pes if p >= geometry.n_pe]
+    if bad:
+        raise ConfigError(f"PE {bad[0]} does not exist: this station has PEs 0..{geometry.n_pe - 1}")
+    pes = list(cfg.pes) or list(range(geometry.n_pe))
+    table = cfg.table()
+    if cfg.source in PATTERNS:
+        return level_plan(geometry, pes, table, cfg.source, cfg.seed)
+    cells = Cells.all(geometry, pes)
+    path = Path(cfg.target_file)
+    if cfg.source == "weights":
+        if not path.is_file():
+            raise ConfigError(f"weights file {str(path)!r} does not exist; choose a .npy file of conductances")
+        try:
+            w = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise DataError(f"{path} is not a readable .npy array ({e})") from None
+        if w.size != len(cells):
+            raise ConfigError(f"{path.name} holds {w.size} values but PEs {pes} have {len(cells)} cells; give one "
+                              f"conductance (siemens) per cell, shaped ({len(pes)}, {geometry.rows}, {geometry.cols})")
+        targets = validate_targets(w.astype(float).ravel(), table.g_window)
+    else:
+        with RunRecord.open(path) as rec:
+            snap, _ = rec.dataset("snapshots/after_programming")
+        if snap.shape != geometry.shape:
+            raise ConfigError(f"snapshot in {path.name} has shape {snap.shape}, the station {geometry.shape}")
+        lo, hi = table.g_window
+        targets = table.targets(table.nearest_level(np.clip(snap[pes].ravel(), lo, hi)))
+    return ProgramPlan(cells.flat(geometry), table.nearest_level(targets).astype(np.int64), targets,
+                       table.tolerance_s)
 
 
 def level_plan(geometry, pes, table: LevelTable, pattern: str = "levels32", seed: Optional[int] = None) -> ProgramPlan:

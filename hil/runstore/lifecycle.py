@@ -5,13 +5,15 @@
 (Ctrl+C), "failed" on any other error. A stopped or failed record keeps its journal, so the run
 can be resumed. Validation belongs before the ``with``: a record is created only when the
 work starts, and an error raised while opening it leaves an existing record as it was.
+``HeldRecord`` is the same lifecycle for a record that outlives one block (a scripting session,
+the cell-operations log).
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional
 
 from hil import __version__
@@ -59,6 +61,22 @@ def run_record(path: str | os.PathLike, kind: str, *, station: Optional[dict] = 
         raise
     if not writer.closed:
         writer.finalize(done)
+
+
+class HeldRecord:
+    """A `run_record` held open across calls: `writer` is its writer, `end(exc)` ends it as the
+    with-block would on leaving with `exc` (None: success, "complete" or `done`)."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, **opts) -> None:
+        self._stack = ExitStack()
+        self.writer: RunWriter = self._stack.enter_context(run_record(path, kind, **opts))
+
+    def end(self, exc: Optional[BaseException] = None) -> None:
+        """End the record by the outcome `exc` (idempotent); the exception is not raised here."""
+        if exc is None:
+            self._stack.close()
+        else:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
 
 def end(writer: RunWriter, status: str, **info) -> None:
