@@ -66,6 +66,7 @@ class Session(QObject):
         self.xbar: Optional[Crossbar] = None
         self.station_label = ""
         self.station_spec = ""
+        self.station_seed: Optional[int] = None         # seed the station was opened with (records keep it)
         self.identity: dict = {}
         self.job: Optional[JobThread] = None
         self.cancel_token: Optional[CancelToken] = None
@@ -110,6 +111,7 @@ class Session(QObject):
             self._close_xbar()
             self.xbar, self.identity = result
             self.station_spec = spec
+            self.station_seed = options.get("seed")
             self.station_label = label or spec
             g = self.xbar.geometry
             self.g_map = np.full(g.shape, np.nan)

@@ -144,3 +144,153 @@ def test_configs_round_trip_and_refuse_unknown_keys():
         stages.HybridConfig(fraction=1.5)
     with pytest.raises(ConfigError, match="must be a whole number"):
         stages.TransferConfig(groups=True)
+
+
+# ---- programming and the device experiments: CLI and GUI write one record shape ------------------
+def record_shape(path):
+    """shape() with the experiment's snapshots (one per read count or time) as one name: the two
+    front ends choose different checkpoints (values of their stored configs)."""
+    groups, datasets, tables, station, status = shape(path)
+    datasets = {"experiment/snapshots/<label>" if d.startswith("experiment/snapshots/") else d for d in datasets}
+    return groups, sorted(datasets), tables, station, status
+
+
+def same_shape(cli, gui):
+    g_cli, d_cli, t_cli, st_cli, s_cli = record_shape(cli)
+    g_gui, d_gui, t_gui, st_gui, s_gui = record_shape(gui)
+    assert g_cli == g_gui and d_cli == d_gui and t_cli == t_gui
+    assert s_cli == s_gui == "complete"
+    assert sorted(st_cli) == sorted(st_gui) and (st_cli["client"], st_gui["client"]) == ("cli", "gui")
+    assert (st_cli["spec"], st_cli["seed"]) == (st_gui["spec"], st_gui["seed"]) == ("sim", 3)
+    chip_cli, chip_gui = (dict(st["describe"]["chip"], id=None) for st in (st_cli, st_gui))
+    assert chip_cli == chip_gui and sorted(st_cli["describe"]) == sorted(st_gui["describe"])  # each chip its id
+    return d_cli
+
+
+def test_cli_and_gui_programming_and_experiments_make_the_same_records(tmp_path, make_window, qtbot, capsys,
+                                                                       errors):
+    from hil.modules import stability
+    from hil.ops.jobs import ProgramConfig, stored_program_config
+    cli = {k: tmp_path / f"{k}.h5" for k in ("program", "read-disturb", "drift")}
+    base = ["--pe", "0", "--seed", "3", "--json"]
+    assert main(["program", "--out", str(cli["program"])] + base) == 0
+    assert main(["experiment", "read-disturb", "--reads", "1000", "--out", str(cli["read-disturb"])] + base) == 0
+    assert main(["experiment", "drift", "--days", "2", "--out", str(cli["drift"])] + base) == 0
+    capsys.readouterr()
+
+    w = make_window(3, "yao")
+    p, exp = w.panels["programming"], w.panels["experiments"]
+    p.pes.setText("0")
+    assert p.start()
+    qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+    gui = {"program": p.out}
+    exp.reads.setValue(1000)
+    assert exp.start_read_disturb()
+    qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+    gui["read-disturb"] = exp.out
+    exp.days.setValue(2)
+    assert exp.start_drift()
+    qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+    gui["drift"] = exp.out
+    assert errors == []
+
+    d = same_shape(cli["program"], gui["program"])
+    assert {"programming/targets", "snapshots/before_programming", "snapshots/after_programming"} <= set(d)
+    for kind in ("read-disturb", "drift"):
+        d = same_shape(cli[kind], gui[kind])
+        assert {"experiment/cells", "programming/targets", "snapshots/after_programming"} <= set(d)
+        for path in (cli[kind], gui[kind]):
+            with RunRecord.open(path) as rec:
+                assert rec.kind == kind
+    # the configs are stored, typed: the CLI's defaults and the GUI's settings
+    for path in (cli["program"], gui["program"], cli["drift"], gui["drift"]):
+        c = read_content(path)
+        assert stored_program_config(c).pes == (0,) and stored_program_config(c).levels == 32
+        assert isinstance(stored_program_config(c), ProgramConfig)
+    c_cli, c_gui = read_content(cli["read-disturb"]), read_content(gui["read-disturb"])
+    rd = [stability.ReadDisturbConfig.from_dict(c.attrs["/experiment"]["stage_config"]) for c in (c_cli, c_gui)]
+    assert rd[0].reads == rd[1].reads == 1000 and rd[0].checkpoints == () and rd[1].checkpoints[-1] == 1000
+    snaps = [len([n for n in c.datasets if n.startswith("experiment/snapshots/")]) for c in (c_cli, c_gui)]
+    assert snaps == [4 + 1, len(rd[1].checkpoints) + 1]
+    dr = stability.DriftConfig.from_dict(read_content(gui["drift"]).attrs["/experiment"]["stage_config"])
+    assert dr.days == 2 and dr.times_s[-1] == 2 * 86400
+
+
+def _sigint_in(stage: str):
+    """A progress_bar stand-in that sends this process SIGINT at the first progress report of
+    `stage` (the bar's description): the command's Ctrl+C handler stops the job at its next step."""
+    import signal
+    from contextlib import contextmanager
+
+    @contextmanager
+    def bar(args, desc, unit="cell"):
+        yield lambda p: os.kill(os.getpid(), signal.SIGINT) if desc == stage else None
+    return bar
+
+
+def _fail_reads_after(monkeypatch, n_calls: int):
+    """The simulated chip's reads fail with a BackendError after `n_calls` more calls."""
+    from hil.errors import BackendError
+    from sim_backend.chip import SimulatedCrossbar
+    orig, calls = SimulatedCrossbar._read, []
+
+    def read(self, cells, v, n):
+        calls.append(1)
+        if len(calls) > n_calls:
+            raise BackendError("array board did not answer")
+        return orig(self, cells, v, n)
+    monkeypatch.setattr(SimulatedCrossbar, "_read", read)
+
+
+def ending(path):
+    """(status, last mark, journal kept) of a record."""
+    with RunRecord.open(path) as rec:
+        return rec.status, rec.marks[-1], path.with_name(path.name + ".journal").exists()
+
+
+@pytest.mark.parametrize("cmd", ["program", "drift"])
+def test_stopped_and_failed_runs_end_alike_from_cli_and_gui(cmd, tmp_path, make_window, qtbot, capsys, errors,
+                                                            monkeypatch):
+    import hil.cli.experiments
+    import hil.cli.program
+    argv = (["program"] if cmd == "program" else ["experiment", "drift", "--days", "2"]) + ["--pe", "0", "--seed", "3"]
+    cli_module = hil.cli.program if cmd == "program" else hil.cli.experiments
+    stage = "write-verify" if cmd == "program" else "drift"
+    # CLI: Ctrl+C at the stage's first progress report; then reads that fail
+    cli_stop, cli_bad = tmp_path / "stop.h5", tmp_path / "bad.h5"
+    with monkeypatch.context() as m:
+        m.setattr(cli_module, "progress_bar", _sigint_in(stage))
+        assert main(argv + ["--out", str(cli_stop)]) == 130
+    assert "stopped" in capsys.readouterr().err
+    with monkeypatch.context() as m:
+        _fail_reads_after(m, 2)
+        assert main(argv + ["--out", str(cli_bad)]) == 2
+    assert "array board did not answer" in capsys.readouterr().err
+
+    # GUI: Abort at the stage's first progress report; then reads that fail
+    w = make_window(3, "yao")
+    p, exp = w.panels["programming"], w.panels["experiments"]
+    p.pes.setText("0")
+    exp.days.setValue(2)
+    if cmd == "drift":
+        assert p.start()
+        qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+    panel, start = (p, p.start) if cmd == "program" else (exp, exp.start_drift)
+    panel.bar.setValue(1)
+    assert start()
+    panel.bar.valueChanged.connect(lambda v: w.s.abort("stopped by the test"))
+    qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+    panel.bar.valueChanged.disconnect()
+    gui_stop = panel.out
+    with monkeypatch.context() as m:
+        _fail_reads_after(m, 2)
+        assert start()
+        qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+    gui_bad = panel.out
+    assert [e[0] for e in errors] == ["Station error"]
+
+    for cli, gui, status in ((cli_stop, gui_stop, "stopped"), (cli_bad, gui_bad, "failed")):
+        (s_cli, m_cli, j_cli), (s_gui, m_gui, j_gui) = ending(cli), ending(gui)
+        assert s_cli == s_gui == status and m_cli["event"] == m_gui["event"] == status
+        assert j_cli and j_gui                                    # the journal is kept: resumable
+    assert m_cli["error"] == m_gui["error"] == "BackendError: array board did not answer"

@@ -67,7 +67,8 @@ def parse_pes(text: str, n_pe: int) -> list[int]:
 def station_snapshot(session: Session) -> dict:
     """The station snapshot of a record made in the GUI (`hil.runstore.lifecycle.station_snapshot`)."""
     return lifecycle.station_snapshot(session.xbar, client="gui", spec=session.station_spec,
-                                      label=session.station_label, describe=session.identity)
+                                      seed=session.station_seed, label=session.station_label,
+                                      describe=session.identity)
 
 
 class ProgrammingPanel(QWidget):
