@@ -8,12 +8,12 @@ import sys
 
 from hil import __version__
 from hil import options as opt
-from hil.cli import experiments, gui, program, runs, station, yao
+from hil.cli import experiments, gui, program, runs, station, wang, yao
 from hil.cli.common import one_line
 from hil.errors import Cancelled, HilError
 
 #: command families in the order `hil --help` lists them
-FAMILIES = (program, experiments, yao, station, gui, runs)
+FAMILIES = (program, experiments, yao, wang, station, gui, runs)
 
 
 def build_parser() -> argparse.ArgumentParser:

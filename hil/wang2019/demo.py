@@ -1,0 +1,116 @@
+"""The Wang 2019 reproduction: `run_wang_demo` chains the stages of `hil.wang2019.stages` over
+one run record (the same functions `hil wang yield|train|evaluate` call):
+
+1. yield scan of the 128 x 64 array (good rows and columns);
+2. the CNN trained in software (float64, the same batches and number of updates) -> its test
+   accuracy, and the same weights transferred open loop onto the array (no verify, no in-situ
+   training) -> the ex-situ figure that in-situ training is compared with;
+3. the CNN trained in situ (all layers, 1,200 updates by default) -> test accuracy on the array;
+4. the ConvLSTM trained in situ, and its software twin -> accuracy after each of the 3 frames.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from hil.config import Config, param
+from hil.crossbar import Crossbar
+from hil.nn.core import blas_threads
+from hil.progress import CancelToken, ProgressCallback, no_progress
+from hil.wang2019 import stages
+from hil.wang2019.data import WangData
+from hil.wang2019.insitu import G_PER_V_S, transfer_open_loop
+from hil.wang2019.stages import DataConfig, InsituConfig, YieldScanConfig
+from hil.wang2019.train import train_software
+
+log = logging.getLogger(__name__)
+
+#: Wang et al. 2019 (PAPERS.md §B): in-situ CNN test accuracy and weight updates
+PAPER = {"cnn_acc": 0.9213, "cnn_updates": stages.PAPER_CNN_UPDATES}
+
+Bars = Callable[[str, str], ProgressCallback]
+
+
+def _no_bars(desc: str, unit: str) -> ProgressCallback:
+    return no_progress
+
+
+@dataclass
+class WangDemoConfig(Config):
+    """Everything `hil wang demo` varies (`seed`: data split and software initialization)."""
+
+    seed: int = param(0, lo=0, hi=stages.MAX_SEED)
+    yield_scan: YieldScanConfig = param(factory=YieldScanConfig)
+    cnn: InsituConfig = param(factory=lambda: InsituConfig(net="cnn"))
+    convlstm: InsituConfig = param(factory=lambda: InsituConfig(net="convlstm"))
+    g_per_v_s: float = param(G_PER_V_S, lo=0.0, hi=1.0, lo_open=True)   # slope used by the ex-situ transfer
+
+    @classmethod
+    def default(cls, seed: int = 0, data: Optional[str] = None) -> "WangDemoConfig":
+        d = DataConfig(source=data, seed=seed)
+        return cls(seed=seed, cnn=InsituConfig(net="cnn", data=d), convlstm=InsituConfig(net="convlstm", data=d))
+
+    @classmethod
+    def quick(cls, seed: int = 0, data: Optional[str] = None) -> "WangDemoConfig":
+        """A short run for tests and a first look (seconds): 40 CNN and 24 ConvLSTM updates."""
+        d = DataConfig(source=data, seed=seed, train_sequences=600, test_sequences=300)
+        return cls(seed=seed,
+                   cnn=InsituConfig(net="cnn", data=d, epochs=4, train_samples=1000, test_samples=300, eval_every=20),
+                   convlstm=InsituConfig(net="convlstm", data=d, epochs=2, eval_every=12))
+
+
+def _software(d: WangData, cfg: InsituConfig, seed: int, progress, cancel):
+    """The float twin trained on the same samples, batches and number of updates as in situ
+    (Glorot initialization from `seed`); returns (net, test accuracy)."""
+    net = stages.make_net(cfg.net)
+    x_tr, y_tr, x_te, y_te = stages.subset(d, cfg)
+    sub = WangData(x_tr, y_tr, x_te, y_te, d.n_classes, d.source)
+    train_software(net, sub, epochs=cfg.n_epochs(len(y_tr)), batch=cfg.batch_size(), seed=seed,
+                   progress=progress, cancel=cancel)
+    return net, net.accuracy(x_te, y_te)
+
+
+def run_wang_demo(xbar: Crossbar, writer, cfg: WangDemoConfig, *, bars: Bars = _no_bars,
+                  cancel: Optional[CancelToken] = None, say: Callable[[str], None] = log.info) -> dict:
+    """All Wang 2019 stages on `xbar`; returns the results dict (also stored in the record)."""
+    with blas_threads(1):        # small matrices: one BLAS thread is several times faster here
+        return _run(xbar, writer, cfg, bars, cancel, say)
+
+
+def _run(xbar, writer, cfg: WangDemoConfig, bars, cancel, say) -> dict:
+    t0 = time.perf_counter()
+    for name in stages.NETS:
+        stages.check_fits(xbar.geometry, stages.make_net(name))     # before the chip is touched
+    writer.set_attrs("demo", stage_config=cfg.to_dict())
+    say("yield scan of the array")
+    ymap = stages.yield_scan(xbar, writer, cfg.yield_scan, bars("yield scan", "step"), cancel)
+    res: dict = {"seed": cfg.seed, "wang_yield": ymap.summary(), "wang_paper": PAPER}
+
+    digits = stages.load_data(cfg.cnn.data, "cnn")
+    say(f"CNN in software (float) on {digits.source}")
+    sw, res["wang_cnn_software_acc"] = _software(digits, cfg.cnn, cfg.seed, bars("CNN software", "batch"), cancel)
+    say("CNN transferred ex situ, open loop")
+    ex = transfer_open_loop(xbar, sw, stages.placement_for(xbar, ymap, sw), cfg.g_per_v_s, cfg.cnn.gate_max)
+    res["wang_cnn_exsitu_acc"] = ex.accuracy(*stages.subset(digits, cfg.cnn)[2:])
+    writer.set_attrs("exsitu/cnn", test_acc=res["wang_cnn_exsitu_acc"], software_acc=res["wang_cnn_software_acc"],
+                     g_per_v_s=cfg.g_per_v_s, pulses=ex.engine.pulses)
+    writer.put("exsitu/cnn/g_s", ex.conductances(), unit="S", axes="sign (+, -), weight, copy")
+
+    say("CNN trained in situ")
+    cnn = stages.train_insitu(xbar, writer, cfg.cnn, bars("CNN in situ", "batch"), cancel, digits)
+    res.update(wang_cnn_acc=cnn.test_acc, wang_cnn_updates=cnn.updates, wang_cnn_pulses=cnn.pulses,
+               wang_cnn_cells=cnn.network.placement.n_cells)
+
+    seqs = stages.load_data(cfg.convlstm.data, "convlstm")
+    say(f"ConvLSTM trained in situ on {seqs.source}")
+    lstm = stages.train_insitu(xbar, writer, cfg.convlstm, bars("ConvLSTM in situ", "batch"), cancel, seqs)
+    res.update(wang_convlstm_acc_steps=lstm.test_acc, wang_convlstm_updates=lstm.updates,
+               wang_convlstm_pulses=lstm.pulses, wang_convlstm_cells=lstm.network.placement.n_cells)
+    say("ConvLSTM in software (float)")
+    res["wang_convlstm_software_acc_steps"] = _software(seqs, cfg.convlstm, cfg.seed,
+                                                        bars("ConvLSTM software", "batch"), cancel)[1]
+    res["wang_seconds"] = time.perf_counter() - t0
+    writer.set_attrs("results", **res)
+    return res
