@@ -194,7 +194,8 @@ def add_parsers(sub) -> None:
     _data_opt(s)
     s.add_argument("--run", required=True, type=opt.run_record("make one with `hil wang yield --out {path}`"),
                    help="run record made by `hil wang yield`")
-    s.add_argument("--net", choices=NETS, default="cnn", help="network: cnn (1,015 weights) or convlstm (850); default cnn")
+    s.add_argument("--net", choices=NETS, default="cnn",
+                   help="network: cnn (1,015 weights) or convlstm (850); default cnn")
     s.add_argument("--epochs", type=opt.positive_int(opt.MAX_TRAIN_EPOCHS), default=None,
                    help=f"epochs, 1..{opt.MAX_TRAIN_EPOCHS} (default: CNN as many as give the paper's 1,200 updates, "
                         f"30 on the embedded digits; ConvLSTM 2)")
