@@ -115,7 +115,8 @@ def test_read_json():
 
 # ---- the package: entry points, every command's help, the registry entries ----------------------
 COMMANDS = {"hil", "hil program", "hil read", "hil experiment", "hil experiment read-disturb",
-            "hil experiment drift", "hil demo", "hil train", "hil transfer", "hil hybrid", "hil station",
+            "hil experiment drift", "hil demo", "hil train", "hil transfer", "hil hybrid", "hil wang",
+            "hil wang yield", "hil wang train", "hil wang evaluate", "hil wang demo", "hil station",
             "hil station check", "hil sim-station", "hil sim-station serve", "hil gui", "hil info", "hil runs",
             "hil runs show", "hil runs recover"}
 
@@ -134,7 +135,7 @@ def test_console_script_and_python_m_hil_run_the_same_main():
     r = subprocess.run([str(script), "--help"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout == hil("--help").stdout
-    assert r.stdout.startswith("usage: hil ") and "{program,read,experiment,demo,train,transfer,hybrid," \
+    assert r.stdout.startswith("usage: hil ") and "{program,read,experiment,demo,train,transfer,hybrid,wang," \
                                                   "station,sim-station,gui,info,runs}" in r.stdout
 
 
