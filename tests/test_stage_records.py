@@ -294,3 +294,23 @@ def test_stopped_and_failed_runs_end_alike_from_cli_and_gui(cmd, tmp_path, make_
         assert s_cli == s_gui == status and m_cli["event"] == m_gui["event"] == status
         assert j_cli and j_gui                                    # the journal is kept: resumable
     assert m_cli["error"] == m_gui["error"] == "BackendError: array board did not answer"
+
+
+def test_resumed_hil_program_reads_its_config_from_the_record(tmp_path, monkeypatch, capsys):
+    import hil.cli.program
+    from hil.ops.jobs import stored_program_config
+    run = tmp_path / "r.h5"
+    with monkeypatch.context() as m:
+        m.setattr(hil.cli.program, "progress_bar", _sigint_in("write-verify"))
+        assert main(["program", "--pe", "1", "--levels", "8", "--max-pulses", "40", "--out", str(run)]) == 130
+    capsys.readouterr()
+    before = run.read_bytes()
+    assert main(["program", "--resume", str(run), "--max-pulses", "50"]) == 2       # refused, record unchanged
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--max-pulses 50 (recorded 40)" in err and run.read_bytes() == before
+    assert main(["program", "--resume", str(run), "--json"]) == 0                   # the recorded settings
+    c = read_content(run)
+    cfg = stored_program_config(c)
+    assert (cfg.pes, cfg.levels, cfg.max_pulses) == ((1,), 8, 40)
+    assert c.attrs["/programming"]["policy"]["max_pulses"] == 40
+    assert len(c.datasets["programming/targets"][1]["levels_s"]) == 8
