@@ -2,8 +2,9 @@
 shows them with a progress bar, the GUI runs the same functions in a worker thread.
 
 `program` is the programming stage `hil program` and the GUI's Programming tab both run: its
-settings are a `ProgramConfig`, stored in the record as ``programming.stage_config``; a resumed
-run reads the config and the plan from there."""
+settings are a `ProgramConfig`, stored with the plan (attr ``stage_config`` of
+``programming/targets``, one journal record: a run cut off at any write has both or neither); a
+resumed run reads the config and the plan from there."""
 from __future__ import annotations
 
 import logging
@@ -107,10 +108,12 @@ def journal_program_steps(writer: RunWriter, flat: np.ndarray, prefix: str = PRO
 
 
 def start_program_run(writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy,
-                      prefix: str = PROGRAMMING) -> None:
+                      prefix: str = PROGRAMMING, config: Optional[Config] = None) -> None:
+    """Store the plan (with `config`, the job's settings, if given) and the policy."""
+    extra = {} if config is None else {"stage_config": config.to_dict()}
     writer.put(_names(prefix)[0], np.stack([plan.flat.astype(float), plan.level_index.astype(float), plan.targets_s]),
                rows="cell, level_index, target_s", tolerance_s=plan.tolerance_s,
-               levels_s=[float(v) for v in np.unique(plan.targets_s)])
+               levels_s=[float(v) for v in np.unique(plan.targets_s)], **extra)
     writer.set_attrs(prefix, policy=policy.to_dict(), tolerance_s=plan.tolerance_s, cells=int(plan.flat.size))
 
 
@@ -160,15 +163,17 @@ def earlier_pulses(writer: RunWriter, plan: ProgramPlan, done: np.ndarray, prefi
 
 def program_job(xbar: Crossbar, writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy, *,
                 resume: bool = False, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[CancelToken] = None, prefix: str = PROGRAMMING) -> ProgramReport:
+                cancel: Optional[CancelToken] = None, prefix: str = PROGRAMMING,
+                config: Optional[Config] = None) -> ProgramReport:
     """Write-verify `plan` on `xbar`, journaling every step into `writer` under `prefix`
-    (several programming phases can share one run); snapshot before and after."""
+    (several programming phases can share one run); snapshot before and after. A new run
+    stores `config` (the job's settings) with the plan."""
     geom = xbar.geometry
     cells = Cells.from_flat(plan.flat, geom)
     prior = prior_from_run(writer, plan, prefix) if resume else {}
     extra = earlier_pulses(writer, plan, prior["done_mask"], prefix) if resume else None
     if not resume:
-        start_program_run(writer, plan, policy, prefix)
+        start_program_run(writer, plan, policy, prefix, config)
         writer.put(f"snapshots/before_{prefix}", _snapshot(xbar), time_s=xbar.now())
     try:
         report = write_verify(xbar, cells, plan.targets_s, plan.tolerance_s, policy,
@@ -198,10 +203,10 @@ def program(xbar: Crossbar, writer: RunWriter, cfg: ProgramConfig, *, plan: Opti
     a resumed one continues the plan it holds. The report's summary goes to the root attrs."""
     if resume:
         plan = plan_from_run(writer)
-    else:
-        plan = plan_for(cfg, xbar.geometry) if plan is None else plan
-        writer.set_attrs(PROGRAMMING, stage_config=cfg.to_dict())
-    report = program_job(xbar, writer, plan, cfg.policy(), resume=resume, progress=progress, cancel=cancel)
+    elif plan is None:
+        plan = plan_for(cfg, xbar.geometry)
+    report = program_job(xbar, writer, plan, cfg.policy(), resume=resume, progress=progress, cancel=cancel,
+                         config=cfg)
     summary = report.summary()
     summary.update(out=str(writer.path), virtual_seconds=summary.pop("backend_seconds"))
     writer.set_attrs("/", summary=summary)
@@ -209,11 +214,12 @@ def program(xbar: Crossbar, writer: RunWriter, cfg: ProgramConfig, *, plan: Opti
 
 
 def stored_program_config(content, where: str = "the run record") -> ProgramConfig:
-    """The ProgramConfig a programming run stored (DataError if it holds none)."""
-    d = content.attrs.get("/" + PROGRAMMING, {}).get("stage_config")
+    """The ProgramConfig a programming run stored with its plan (DataError if it holds none)."""
+    d = content.datasets.get(TARGETS, (None, {}))[1].get("stage_config")
     if d is None:
-        raise DataError(f"{where} holds no programming/stage_config; it was not made by a programming job")
-    return ProgramConfig.from_dict(d, f"{where}: programming.stage_config")
+        raise DataError(f"{where} holds no programming job settings (stage_config of {TARGETS}); "
+                        f"it was not made by a programming job")
+    return ProgramConfig.from_dict(d, f"{where}: {TARGETS} stage_config")
 
 
 def carry_programming(writer: RunWriter, content) -> None:
