@@ -1,11 +1,17 @@
-"""`hil demo`, `hil train`, `hil transfer`, `hil hybrid`: the Yao 2020 reproduction from the shell."""
+"""`hil demo` (the main job: both papers, or one with --paper), and `hil train`, `hil transfer`,
+`hil hybrid`: the Yao 2020 reproduction from the shell."""
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Optional
 
 from hil import options as opt
-from hil.cli.common import add_station_options, cancel_on_sigint, chip_state_path, emit, open_from_args, show_progress
+from hil.cli.common import (add_station_options, cancel_on_sigint, chip_state_path, emit, jsonable, open_from_args,
+                            progress_bar, show_progress)
 from hil.errors import DataError, HilError
 from hil.yao2020.hybrid import HybridConfig
 from hil.progress import Progress
@@ -66,44 +72,105 @@ def _snapshot(args, xbar) -> dict:
 
 
 # ---- hil demo -----------------------------------------------------------------------------
+PAPERS = ("yao2020", "wang2019", "all")
+WANG_STATION = Path(__file__).resolve().parents[2] / "stations" / "sim-wang.toml"
+YAO_KEYS = ("software_acc", "software_float_acc", "transfer_acc", "hybrid_acc", "group_acc_transfer",
+            "group_acc_hybrid", "parallel_acc", "conv_throughput_ratio", "gops_per_w", "seconds", "after")
+WANG_KEYS = ("wang_cnn_acc", "wang_cnn_software_acc", "wang_cnn_exsitu_acc", "wang_cnn_updates", "wang_cnn_pulses",
+             "wang_convlstm_acc_steps", "wang_convlstm_software_acc_steps", "wang_convlstm_updates",
+             "wang_convlstm_pulses", "wang_seconds")
+
+
 def cmd_demo(args) -> int:
-    from hil.nn.datasets import load_dataset
-    from hil.yao2020.demo import DemoConfig, run_demo
-    from hil.yao2020.hwnet import plan_mcnn
-    from hil.yao2020.mcnn import MCNN
-    from hil.yao2020.report import table_text, write_report
+    """Both papers (or one, --paper) on their stations, one report folder, one JSON object."""
+    from hil.wang2019 import stages as wang_stages
+    from hil.wang2019.demo import WangDemoConfig
+    from hil.yao2020.demo import DemoConfig
     seed = 0 if args.seed is None else args.seed
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
     hybrid = {"seed": seed} if args.hybrid_fraction is None else {"seed": seed, "fraction": args.hybrid_fraction}
     cfg = cfg.replace(hybrid=cfg.hybrid.replace(**hybrid))     # validated again, before any work
+    papers = ("yao2020", "wang2019") if args.paper == "all" else (args.paper,)
+    wcfg = (WangDemoConfig.quick if args.quick else WangDemoConfig.default)(seed, _wang_data(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     say = _say(args)
+    args.seed = seed
+    wang_args = argparse.Namespace(station=args.wang_station, seed=args.seed, params=None)
+    res: dict = {"seed": seed, "papers": list(papers)}
+    human = []
+    with ExitStack() as stack:
+        cancel = stack.enter_context(cancel_on_sigint())
+        bars = stack.enter_context(ExitStack())
+        bar = (lambda desc, unit: bars.enter_context(progress_bar(args, desc, unit)))
+        # Both stations open and both networks checked against them before any work.
+        yao_x = stack.enter_context(open_from_args(args)) if "yao2020" in papers else None
+        wang_x = stack.enter_context(open_from_args(wang_args)) if "wang2019" in papers else None
+        if yao_x is not None:
+            from hil.yao2020.hwnet import plan_mcnn
+            from hil.yao2020.mcnn import MCNN
+            plan_mcnn(yao_x.geometry, MCNN(seed=seed), cfg.groups)
+        if wang_x is not None:
+            for name in wang_stages.NETS:
+                wang_stages.check_fits(wang_x.geometry, wang_stages.make_net(name))
+        if yao_x is not None:
+            res.update(_demo_yao(args, yao_x, cfg, out, bar, cancel, say))
+            human += [res.pop("table"), "", f"Yao 2020 run record {res['run_record']}"]
+        if wang_x is not None:
+            res.update(_demo_wang(wang_args, wang_x, wcfg, out, bar, cancel, say))
+            human += [res.pop("table"), "", f"Wang 2019 run record {res['wang_run_record']}"]
+    res["report"] = str(_demo_report(res, out, papers))
+    human += [f"report {res['report']}", f"wall time {res.get('seconds', 0) + res.get('wang_seconds', 0):.0f} s"]
+    keys = ("seed", "papers", "report") + ("run_record",) * ("yao2020" in papers) \
+        + ("wang_run_record",) * ("wang2019" in papers)
+    keys += tuple(k for k in YAO_KEYS + WANG_KEYS if k in res)
+    emit(args, {k: res[k] for k in keys}, "\n".join(human))
+    return 0
+
+
+def _wang_data(args) -> Optional[str]:
+    return None if args.data is None else str(args.data)
+
+
+def _demo_yao(args, xbar, cfg, out: Path, bar, cancel, say) -> dict:
+    from hil.nn.datasets import load_dataset
+    from hil.yao2020.demo import run_demo
+    from hil.yao2020.report import table_text, write_report
     data = _data(args)
     ds = load_dataset(data.source, seed=data.seed, download=data.download)
-    say(f"data: {ds.source} ({len(ds.x_train)} training / {len(ds.x_test)} test digits)")
+    say(f"Yao 2020 data: {ds.source} ({len(ds.x_train)} training / {len(ds.x_test)} test digits)")
     run_path = _free_name(out / "demo.h5")
-    args.seed = seed
-    bars = Bars(not args.json)
-    with open_from_args(args) as xbar, cancel_on_sigint() as cancel:
-        plan_mcnn(xbar.geometry, MCNN(seed=seed), cfg.groups)     # refuse before creating a record
-        try:
-            with run_record(run_path, KIND, station=_snapshot(args, xbar), meta={"seed": seed, "demo": True}) as w:
-                res = run_demo(xbar, ds, w, cfg, bars=bars, cancel=cancel, say=say)
-        finally:
-            bars.close()
+    with run_record(run_path, KIND, station=_snapshot(args, xbar), meta={"seed": cfg.seed, "demo": True}) as w:
+        res = run_demo(xbar, ds, w, cfg, bars=bar, cancel=cancel, say=say)
     with RunRecord.open(run_path) as rec:
-        content = rec.content()
-    md = write_report(res, out, content)
+        write_report(res, out, rec.content())
     res["run_record"] = str(run_path)
-    res["report"] = str(md)
-    human = (table_text(res) + f"\n\nallocation plan:\n{res['plan']}\n\nrun record {run_path}\nreport {md}"
-             f"\nwall time {res['seconds']:.0f} s")
-    keys = ("software_acc", "software_float_acc", "transfer_acc", "hybrid_acc", "group_acc_transfer",
-            "group_acc_hybrid", "parallel_acc", "conv_throughput_ratio", "gops_per_w", "seconds",
-            "run_record", "report", "after", "seed")
-    emit(args, {k: res[k] for k in keys}, human)
-    return 0
+    res["table"] = table_text(res) + f"\n\nallocation plan:\n{res['plan']}"
+    return res
+
+
+def _demo_wang(args, xbar, cfg, out: Path, bar, cancel, say) -> dict:
+    from hil.wang2019.demo import run_wang_demo
+    from hil.wang2019.report import table_text
+    run_path = _free_name(out / "wang.h5")
+    with run_record(run_path, "wang2019", station=_snapshot(args, xbar), meta={"seed": cfg.seed, "demo": True}) as w:
+        res = run_wang_demo(xbar, w, cfg, bars=bar, cancel=cancel, say=say)
+    res["wang_run_record"] = str(run_path)
+    res["table"] = table_text(res)
+    return res
+
+
+def _demo_report(res: dict, out: Path, papers) -> Path:
+    """report.md (the Yao page written by its report, then the Wang section) and results.json."""
+    from hil.wang2019.report import wang_section
+    md = out / "report.md"
+    lines = md.read_text().splitlines() if "yao2020" in papers else \
+        ["# memristor-hil: Wang 2019 on the simulated 128 × 64 array"]
+    if "wang2019" in papers:
+        lines += [""] + wang_section(res, out, read_content(Path(res["wang_run_record"])))
+    md.write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=jsonable))
+    return md
 
 
 # ---- hil train / transfer / hybrid ----------------------------------------------------------
@@ -232,11 +299,17 @@ def add_parsers(sub) -> None:
                         "else the embedded 5,000 digits)")
         sp.add_argument("--download", action="store_true", help="download full MNIST into the cache (checksummed)")
 
-    sp = sub.add_parser("demo", help="the main job: Yao 2020 mCNN on the simulated chip, with a report folder")
+    sp = sub.add_parser("demo", help="the main job: Yao 2020 mCNN and Wang 2019 in-situ training on simulated "
+                                     "chips, with a report folder")
     add_station_options(sp)
     data_opts(sp)
+    sp.add_argument("--paper", choices=PAPERS, default="all",
+                    help="which reproduction to run: yao2020, wang2019 or all (default all)")
+    sp.add_argument("--wang-station", default=str(WANG_STATION), type=opt.station_spec,
+                    help="station TOML file of the Wang 2019 run (default: stations/sim-wang.toml, the simulated "
+                         "128 x 64 chip); --station is the Yao 2020 one")
     sp.add_argument("--out", default="runs/demo", type=opt.out_dir, help="report folder (default runs/demo)")
-    sp.add_argument("--quick", action="store_true", help="shorter run (under 2 minutes)")
+    sp.add_argument("--quick", action="store_true", help="shorter runs of both papers (under a minute)")
     sp.add_argument("--hybrid-fraction", type=opt.fraction, default=None,
                     help="fraction of the training set run through the chip in hybrid training, (0, 1] "
                          "(default 0.1)")
