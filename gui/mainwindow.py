@@ -20,6 +20,7 @@ from .panels.cellops import CellOpsPanel
 from .panels.convolver import ConvolverPanel
 from .panels.experiments import ExperimentsPanel
 from .panels.hybrid import HybridPanel
+from .panels.insitu import InsituPanel
 from .panels.network import NetworkPanel
 from .panels.programming import ProgrammingPanel
 from .panels.runs import RunsPanel
@@ -39,6 +40,7 @@ PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
     ("hybrid", "7 Hybrid training", HybridPanel),
     ("experiments", "8 Experiments", ExperimentsPanel),
     ("runs", "9 Runs", RunsPanel),
+    ("insitu", "10 In-situ training", InsituPanel),
 ]
 
 
