@@ -1,4 +1,4 @@
-# Quick start: `make demo` (main job on the simulated station) and `make test` (whole test suite).
+# Quick start: `make demo` (main job: Yao 2020 and Wang 2019 on simulated chips, one report) and `make test` (whole test suite).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin

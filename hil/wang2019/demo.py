@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
+
 from hil.config import Config, param
 from hil.crossbar import Crossbar
 from hil.nn.core import blas_threads
@@ -114,3 +116,42 @@ def _run(xbar, writer, cfg: WangDemoConfig, bars, cancel, say) -> dict:
     res["wang_seconds"] = time.perf_counter() - t0
     writer.set_attrs("results", **res)
     return res
+
+
+
+def station_cost(xbar: Crossbar, writer, transactions: Callable[[], int], *, batches: int = 20, batch: int = 100,
+                 test_samples: int = 100, seed: int = 0, data: Optional[WangData] = None) -> dict:
+    """What the CNN's in-situ training costs on `xbar`'s station: a yield scan, then `batches`
+    training batches (the training stage; the test set scored once, after the last) while
+    `transactions()` (the station's bus transactions so far; the caller knows its instruments)
+    and the station clock `xbar.now()` are sampled after every batch. Returns the transactions
+    and station seconds of every batch (the first includes the weights' initialization, the last
+    the test evaluation), their medians over the plain batches, and the estimated station time of
+    the paper's whole run: yield scan + initialization + 1,200 batches + a 1,000-digit test
+    evaluation every 120 batches (`InsituConfig`'s default) at the measured cost per test digit."""
+    if batches < 3:
+        raise ValueError(f"station_cost needs at least 3 batches (first and last are not plain), got {batches}")
+    t0, n0 = xbar.now(), transactions()
+    stages.yield_scan(xbar, writer, YieldScanConfig())
+    marks = [(xbar.now(), transactions())]
+    cfg = InsituConfig(net="cnn", data=DataConfig(seed=seed), epochs=1, batch=batch, train_samples=batches * batch,
+                       test_samples=test_samples, eval_every=batches)
+    wall = time.perf_counter()
+    with blas_threads(1):
+        r = stages.train_insitu(xbar, writer, cfg, data=data,
+                                on_batch=lambda row: marks.append((xbar.now(), transactions())))
+    wall = time.perf_counter() - wall
+    clock, count = (np.diff([m[i] for m in marks]) for i in (0, 1))
+    per_batch_s = float(np.median(clock[1:-1]))
+    init_s = float(clock[0] - per_batch_s)
+    eval_s_per_digit = float((clock[-1] - per_batch_s) / test_samples)
+    yield_s = float(marks[0][0] - t0)
+    evals = stages.PAPER_CNN_UPDATES // InsituConfig.eval_every
+    return {"batches": batches, "batch": batch, "test_acc": r.test_acc, "pulses": r.pulses,
+            "losses": [row["loss"] / batch for row in r.rows],
+            "transactions_per_batch": [int(c) for c in count], "station_s_per_batch": [float(c) for c in clock],
+            "median_transactions_per_batch": float(np.median(count[1:-1])), "median_station_s_per_batch": per_batch_s,
+            "yield_scan_s": yield_s, "yield_scan_transactions": int(marks[0][1] - n0), "init_s": init_s,
+            "eval_s_per_test_digit": eval_s_per_digit, "wall_s_per_batch": wall / batches,
+            "whole_run_station_s": yield_s + init_s + stages.PAPER_CNN_UPDATES * per_batch_s
+            + evals * 1000 * eval_s_per_digit}

@@ -99,7 +99,8 @@ def _accuracy(res: dict, content, path: Path) -> Path:
     ax.bar(x, 100 * np.array(accs), yerr=100 * _yerr(accs, n), capsize=4, color=["C0", "C2", "C1"], width=0.6)
     for xi, a in zip(x, accs):
         ax.text(xi, 2, f"{100 * a:.2f}%", ha="center", va="bottom", color="white", fontsize=9, fontweight="bold")
-    ax.axhline(100 * PAPER["cnn_acc"], color="C3", ls="--", lw=1, label=f"Wang 2019 in situ {100 * PAPER['cnn_acc']:.2f}%")
+    ax.axhline(100 * PAPER["cnn_acc"], color="C3", ls="--", lw=1,
+               label=f"Wang 2019 in situ {100 * PAPER['cnn_acc']:.2f}%")
     ax.set_xticks(x, names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 112)
@@ -196,7 +197,8 @@ def wang_section(res: dict, out: Path, content) -> list[str]:
              "| quantity | this run | Wang 2019 |", "|---|---:|---:|",
              f"| CNN trained in situ ({res['wang_cnn_cells']} cells) | {_acc_ci(res['wang_cnn_acc'], n_cnn)} | "
              f"{100 * PAPER['cnn_acc']:.2f}% |",
-             f"| CNN trained in software (float64, same batches) | {_acc_ci(res['wang_cnn_software_acc'], n_cnn)} | — |",
+             f"| CNN trained in software (float64, same batches) | "
+             f"{_acc_ci(res['wang_cnn_software_acc'], n_cnn)} | — |",
              f"| CNN trained ex situ, transferred open loop (no in-situ training) | "
              f"{_acc_ci(res['wang_cnn_exsitu_acc'], n_cnn)} | — |",
              f"| CNN weight updates (batches) | {res['wang_cnn_updates']:,} | ≈{PAPER['cnn_updates']:,} |",
@@ -212,7 +214,8 @@ def wang_section(res: dict, out: Path, content) -> list[str]:
               "itself. The ConvLSTM's loss is on the last frame only, so its readouts after frames 1 and 2 are "
               "not trained to classify.", ""]
     for title, p in figs.items():
-        lines += [f"### {title}", "", f"![{title}]({p.relative_to(out)}) ([SVG]({p.with_suffix('.svg').relative_to(out)}))", ""]
+        svg = p.with_suffix(".svg").relative_to(out)
+        lines += [f"### {title}", "", f"![{title}]({p.relative_to(out)}) ([SVG]({svg}))", ""]
     return lines
 
 
