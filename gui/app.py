@@ -254,6 +254,31 @@ def cnn_session(win, runs_dir: Path, *, fraction: float = 1.0, epochs: int = 3, 
     return True
 
 
+def insitu_session(win, runs_dir: Path, *, train_samples: int = 1000, epochs: int = 2, test_samples: int = 300,
+                   eval_every: int = 2) -> bool:
+    """Scripted Wang 2019 session for the screenshots: yield scan, then a short CNN training in situ
+    (20 batches of 100). False when the station is not of the Wang geometry (no scan) or the CNN
+    does not fit the good lines it found (no training)."""
+    p = win.panels["insitu"]
+    if p.station_reason():
+        log.info("screenshot session: In-situ tab left idle: %s", p.station_reason())
+        return False
+    p.folder.setText(str(runs_dir))
+    p.run_yield_scan()
+    _wait(win, "the yield scan")
+    p.net.setCurrentIndex(p.net.findData("cnn"))
+    if p.start_refusal():
+        log.info("screenshot session: no in-situ training: %s", p.start_refusal())
+        return False
+    p.train_samples.setValue(train_samples)
+    p.epochs.setValue(epochs)
+    p.test_samples.setValue(test_samples)
+    p.eval_every.setValue(eval_every)
+    p.start()
+    _wait(win, "in-situ training")
+    return True
+
+
 def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, geometry: str = "yao",
                        settings=None) -> int:
     """Scripted session on the (simulated) station, then every tab rendered to `out_dir`/NN-key.png.
@@ -261,7 +286,8 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
     Reads the array, runs an I–V sweep on one cell, programs PE 0 to 32 levels, runs a read
     disturb (1e6 reads) and a 30-day drift on those cells, selects a programmed cell for its
     history and opens the programming run on the Runs tab; then, when the mCNN fits the chip,
-    a short CNN session (`cnn_session`) for the Network, Convolver and Hybrid-training tabs."""
+    a short CNN session (`cnn_session`) for the Network, Convolver and Hybrid-training tabs, and
+    on a Wang-geometry station a short in-situ training (`insitu_session`) for the In-situ tab."""
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
@@ -320,6 +346,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         runs = win.panels["runs"]
         runs.open_run(prog.out)
         cnn_session(win, runs_dir)
+        insitu_session(win, runs_dir)
 
         files = []
         for i in range(win.tabs.count()):

@@ -119,6 +119,7 @@ def test_cnn_batches_update_curves_map_and_histogram(win, qtbot, errors):
     assert np.array_equal(counts, np.histogram(ckpt[:, CKPT_VG], bins=edges)[0])
     # the CNN of this record is trained: Start refuses it, the ConvLSTM may follow on the array
     assert not p.start_btn.isEnabled() and "already holds a CNN" in p.start_btn.toolTip()
+    assert p.start_why.text() == p.start_btn.toolTip()
     assert not p.start() and "already holds a CNN" in errors[-1][1]
     errors.clear()
     small_run(p, "convlstm", train=100, test=60)
@@ -189,5 +190,19 @@ def test_yao_station_disables_the_panel_with_the_reason(make_window, errors):
     text = p.reason.text()
     assert p.reason.isVisibleTo(p) and "\n" not in text
     assert "Wang-geometry station (1 PE of 128 × 64)" in text and "8 PEs of 128 × 16 (yao)" in text
-    assert p.start_btn.toolTip() == text
+    assert p.start_btn.toolTip() == text and not p.start_why.isVisibleTo(p)
     assert not p.run_yield_scan() and errors[-1][1] == text
+
+
+def test_too_few_good_lines_refuse_start_with_the_reason(make_window, qtbot, errors):
+    w = make_window(seed=0, geometry="wang")          # the Yao device on the Wang geometry: no cell passes
+    p = w.panels["insitu"]
+    assert p.station_reason() == "" and p.yield_btn.isEnabled()
+    p = scan(qtbot, w)
+    assert "good rows 0/128 · good columns 0/64" in p.yield_label.text()
+    for net in ("cnn", "convlstm"):
+        p.net.setCurrentIndex(p.net.findData(net))
+        why = p.start_btn.toolTip()
+        assert not p.start_btn.isEnabled() and "does not fit the good lines of PE 0 (0 rows, 0 columns)" in why
+        assert "\n" not in why and p.start_why.isVisibleTo(p) and p.start_why.text() == why
+    assert not p.start() and errors[-1][1] == why

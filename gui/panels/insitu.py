@@ -155,6 +155,9 @@ class InsituPanel(QWidget):
         self.resume_btn = QPushButton("⟳  Resume")
         self.resume_btn.setToolTip("Continue the stopped training in its record at the next batch")
         self.resume_btn.clicked.connect(lambda: self.resume())
+        self.start_why = QLabel("")         # why Start is refused after the scan (misfit, already trained)
+        self.start_why.setProperty("reason", "true")
+        self.start_why.setWordWrap(True)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.status = QLabel("idle")
@@ -183,6 +186,7 @@ class InsituPanel(QWidget):
         b.addWidget(self.stop_btn, 1)
         b.addWidget(self.resume_btn, 1)
         rl.addLayout(b)
+        rl.addWidget(self.start_why)
         rl.addWidget(self.bar)
         rl.addWidget(self.status)
         rl.addWidget(self.message)
@@ -256,6 +260,7 @@ class InsituPanel(QWidget):
         self.out: Optional[Path] = None     # current run record
         self.cfg: Optional[stages.InsituConfig] = None      # config of the training shown
         self.trained: set = set()           # networks whose training the record holds
+        self.misfit: dict = {}              # network -> why it does not fit the good lines
         self.resumable = False              # the training shown stopped before its last batch
         self.rows: list = []
         self.total, self.resumed_from = 0, 0
@@ -303,7 +308,7 @@ class InsituPanel(QWidget):
     def _station_changed(self) -> None:
         self.station_why = self.station_reason()
         self.ymap, self.out, self.cfg, self.trained, self.resumable = None, None, None, set(), False
-        self.rows, self.total, self.vg = [], 0, None
+        self.misfit, self.rows, self.total, self.vg = {}, [], 0, None
         g = self.s.geometry if self.s.connected else None
         self.g_map_us = np.full((g.rows, g.cols), np.nan) if g is not None and not self.station_why else None
         self.yield_label.setText("No yield map yet: the scan finds the good rows and columns.")
@@ -327,6 +332,8 @@ class InsituPanel(QWidget):
         if self.ymap is None:
             return "Run the yield scan first: training uses its good lines."
         net = self.selected_net()
+        if self.misfit.get(net):
+            return self.misfit[net]
         if net in self.trained:
             return (f"This record already holds a {NET_NAMES[net]} training"
                     f"{': Resume it' if self.resumable and self.cfg.net == net else ''}; run a new yield scan "
@@ -346,6 +353,9 @@ class InsituPanel(QWidget):
         why = self.start_refusal()
         self.start_btn.setEnabled(not why)
         self.start_btn.setToolTip(why)
+        after_scan = self.ymap is not None and not busy and not self.station_why
+        self.start_why.setText(why if after_scan else "")
+        self.start_why.setVisible(bool(why) and after_scan)
         self.resume_btn.setEnabled(not busy and self.resumable)
         self.stop_btn.setEnabled(busy and self.s.job is not None and self.s.job.name in JOBS)
 
@@ -372,6 +382,12 @@ class InsituPanel(QWidget):
 
     def _scanned(self, ymap, out: Path) -> None:
         self.ymap, self.out, self.cfg, self.trained, self.resumable = ymap, out, None, set(), False
+        self.misfit = {}
+        for name in stages.NETS:
+            try:
+                stages.placement_for(self.s.xbar, ymap, stages.make_net(name))
+            except ConfigError as e:
+                self.misfit[name] = str(e)
         self.rows, self.total, self.vg = [], 0, None
         self.g_map_us = ymap.g_reset_s * US_PER_S
         sm = ymap.summary()
@@ -499,6 +515,7 @@ class InsituPanel(QWidget):
             again = f" (resumed at batch {self.resumed_from:,})" if self.resumed_from else ""
             self.status.setText(f"finished {self.total:,} batches{again} in {el} · {last['pulses_total']:,} "
                                 f"pulses · test {self._acc_text(last)}")
+            self.message.setText(f"record {self.out}")
         else:
             done = last["batch"] if last else 0
             self.status.setText(f"{'stopped' if outcome == 'cancelled' else 'failed'} after batch {done:,}"
