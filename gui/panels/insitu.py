@@ -156,7 +156,6 @@ class InsituPanel(QWidget):
         self.resume_btn.setToolTip("Continue the stopped training in its record at the next batch")
         self.resume_btn.clicked.connect(lambda: self.resume())
         self.start_why = QLabel("")         # why Start is refused after the scan (misfit, already trained)
-        self.start_why.setProperty("reason", "true")
         self.start_why.setWordWrap(True)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
@@ -355,6 +354,7 @@ class InsituPanel(QWidget):
         self.start_btn.setToolTip(why)
         after_scan = self.ymap is not None and not busy and not self.station_why
         self.start_why.setText(why if after_scan else "")
+        self.start_why.setStyleSheet(f"color: {theme.BAD if self.misfit.get(self.selected_net()) else theme.MUTED};")
         self.start_why.setVisible(bool(why) and after_scan)
         self.resume_btn.setEnabled(not busy and self.resumable)
         self.stop_btn.setEnabled(busy and self.s.job is not None and self.s.job.name in JOBS)
