@@ -440,6 +440,6 @@ def test_screenshot_session_writes_every_panel(qapp, tmp_path, settings, errors)
     from gui.app import screenshot_session
     assert screenshot_session(tmp_path / "shots", geometry="small", settings=settings) == 0
     pngs = sorted((tmp_path / "shots").glob("*.png"))
-    assert [p.name for p in pngs][:2] == ["01-station.png", "02-arraymap.png"] and len(pngs) == 9
+    assert [p.name for p in pngs][:2] == ["01-station.png", "02-arraymap.png"] and len(pngs) == 10
     assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 10_000 for p in pngs)
     assert errors == []
