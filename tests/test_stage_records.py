@@ -3,6 +3,7 @@ through the GUI (pytest-qt, offscreen) on the same small MNIST files. The two re
 same groups, datasets, tables and attribute names; values differ only where the front end is
 named (the station snapshot). Configs are stored in the record and a resumed stage reads them."""
 import os
+import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -242,6 +243,20 @@ def _fail_reads_after(monkeypatch, n_calls: int):
     monkeypatch.setattr(SimulatedCrossbar, "_read", read)
 
 
+def _hold_after_first_progress(monkeypatch):
+    """The GUI worker waits after its first progress report until the job is aborted, so the
+    abort lands mid-stage however busy the machine is (a fast job could otherwise finish first)."""
+    import gui.jobs
+    orig = gui.jobs.JobContext.progress
+
+    def progress(self, p):
+        orig(self, p)
+        deadline = time.monotonic() + 30
+        while not self.cancel.cancelled and time.monotonic() < deadline:
+            time.sleep(0.005)
+    monkeypatch.setattr(gui.jobs.JobContext, "progress", progress)
+
+
 def ending(path):
     """(status, last mark, journal kept) of a record."""
     with RunRecord.open(path) as rec:
@@ -277,10 +292,12 @@ def test_stopped_and_failed_runs_end_alike_from_cli_and_gui(cmd, tmp_path, make_
         qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
     panel, start = (p, p.start) if cmd == "program" else (exp, exp.start_drift)
     panel.bar.setValue(1)
-    assert start()
-    panel.bar.valueChanged.connect(lambda v: w.s.abort("stopped by the test"))
-    qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
-    panel.bar.valueChanged.disconnect()
+    with monkeypatch.context() as m:
+        _hold_after_first_progress(m)
+        assert start()
+        panel.bar.valueChanged.connect(lambda v: w.s.abort("stopped by the test"))
+        qtbot.waitUntil(lambda: not w.s.busy, timeout=60_000)
+        panel.bar.valueChanged.disconnect()
     gui_stop = panel.out
     with monkeypatch.context() as m:
         _fail_reads_after(m, 2)
