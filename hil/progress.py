@@ -49,6 +49,15 @@ def no_progress(_: Progress) -> None:
     """Progress callback that ignores every report."""
 
 
+#: a factory of progress callbacks, one per named step of a long job: bars(description, unit)
+Bars = Callable[[str, str], ProgressCallback]
+
+
+def no_bars(desc: str, unit: str) -> ProgressCallback:
+    """A `Bars` that shows nothing."""
+    return no_progress
+
+
 def ensure(cancel: Optional[CancelToken], progress: Optional[ProgressCallback]):
     """Return usable (cancel, progress) objects for optional arguments."""
     return cancel or CancelToken(), progress or no_progress

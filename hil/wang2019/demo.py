@@ -20,7 +20,7 @@ import numpy as np
 from hil.config import Config, param
 from hil.crossbar import Crossbar
 from hil.nn.core import blas_threads
-from hil.progress import CancelToken, ProgressCallback, no_progress
+from hil.progress import Bars, CancelToken, no_bars
 from hil.wang2019 import stages
 from hil.wang2019.data import WangData
 from hil.wang2019.insitu import G_PER_V_S, transfer_open_loop
@@ -31,13 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Wang et al. 2019 (PAPERS.md §B): in-situ CNN test accuracy and weight updates
 PAPER = {"cnn_acc": 0.9213, "cnn_updates": stages.PAPER_CNN_UPDATES}
-
-Bars = Callable[[str, str], ProgressCallback]
-
-
-def _no_bars(desc: str, unit: str) -> ProgressCallback:
-    return no_progress
-
 
 @dataclass
 class WangDemoConfig(Config):
@@ -74,7 +67,7 @@ def _software(d: WangData, cfg: InsituConfig, seed: int, progress, cancel):
     return net, net.accuracy(x_te, y_te)
 
 
-def run_wang_demo(xbar: Crossbar, writer, cfg: WangDemoConfig, *, bars: Bars = _no_bars,
+def run_wang_demo(xbar: Crossbar, writer, cfg: WangDemoConfig, *, bars: Bars = no_bars,
                   cancel: Optional[CancelToken] = None, say: Callable[[str], None] = log.info) -> dict:
     """All Wang 2019 stages on `xbar`; returns the results dict (also stored in the record)."""
     with blas_threads(1):        # small matrices: one BLAS thread is several times faster here

@@ -20,7 +20,7 @@ from hil.config import Config, param
 from hil.crossbar import Crossbar
 from hil.nn.core import blas_threads
 from hil.nn.datasets import Dataset
-from hil.progress import CancelToken, ProgressCallback, no_progress
+from hil.progress import Bars, CancelToken, no_bars
 from hil.runstore import RunWriter
 from hil.yao2020 import stages
 from hil.yao2020.hwnet import plan_mcnn
@@ -34,13 +34,6 @@ log = logging.getLogger(__name__)
 PAPER = {"software_acc": 0.9799, "transfer_acc": 0.9507, "hybrid_acc": 0.9619, "parallel_acc": 0.9583,
          "group_train_err_transfer": [0.0482, 0.0643, 0.0585], "group_train_err_hybrid": [0.0289, 0.0422, 0.0340],
          "gops_per_w": 11014.0}
-
-Bars = Callable[[str, str], ProgressCallback]
-
-
-def _no_bars(desc: str, unit: str) -> ProgressCallback:
-    return no_progress
-
 
 @dataclass
 class DemoConfig(Config):
@@ -77,7 +70,7 @@ class DemoConfig(Config):
 
 
 def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
-             bars: Bars = _no_bars, cancel: Optional[CancelToken] = None,
+             bars: Bars = no_bars, cancel: Optional[CancelToken] = None,
              say: Callable[[str], None] = log.info) -> dict:
     """All stages on `xbar`; returns the results dict (also stored in the run record)."""
     with blas_threads(1):        # small matrices: one BLAS thread is several times faster here
