@@ -25,6 +25,7 @@ from hil.crossbar import Crossbar  # noqa: E402
 from hil.geometry import YAO, Cells  # noqa: E402
 from hil.limits import SafetyLimits  # noqa: E402
 from hil.programming import WriteVerifyPolicy
+from hil.threads import configure_blas  # noqa: E402
 from hil.ops.write_verify import write_verify_host  # noqa: E402
 from sim_backend.world import EmulatedWorld, drop_world, register_world  # noqa: E402
 
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    configure_blas()
     res = {way: run(way, a.cells, a.seed) for way in ("host", "job")}
     print(f"write-verify of {a.cells} cells through the array board (serial bus, emulated)")
     print(f"{'way':6s} {'transactions':>12s} {'bytes':>10s} {'station s':>10s} {'wall s':>8s} {'in band':>8s} {'pulses/cell':>11s}")

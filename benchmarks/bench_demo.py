@@ -37,8 +37,10 @@ def bench_demo(quick: bool) -> None:
 def bench_station(batches: int) -> None:
     from hil.registry import open_station
     from hil.runstore import RunWriter
+    from hil.threads import configure_blas
     from hil.wang2019.demo import station_cost
     from sim_backend.world import drop_world, get_world
+    configure_blas()
 
     def transactions() -> int:
         return sum(c["transactions"] for c in get_world(WORLD).counters.values())

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from gui import theme  # noqa: E402
 from hil.geometry import YAO  # noqa: E402
+from hil.threads import configure_blas  # noqa: E402
 
 
 def bench_map(app, frames: int) -> None:
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
+    configure_blas()
     app = QApplication.instance() or QApplication(["bench"])
     theme.apply(app)
     bench_map(app, a.frames)

@@ -20,6 +20,7 @@ from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer
 from hil.yao2020.hybrid import HybridConfig, hybrid_train
 from hil.yao2020.mcnn import train_mcnn
 from hil.runstore import RunWriter
+from hil.threads import configure_blas
 from sim_backend.chip import SimulatedCrossbar
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6, help="ex-situ training epochs before measuring")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    configure_blas()
     ds = load_dataset(seed=a.seed)
     model, _ = train_mcnn(ds, epochs=a.epochs, seed=a.seed)
     x = np.resize(ds.x_test, (a.images, 28, 28))

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from hil.geometry import Cells  # noqa: E402
 from hil.levels import LevelTable, make_pattern  # noqa: E402
 from hil.ops.write_verify import write_verify  # noqa: E402
+from hil.threads import configure_blas  # noqa: E402
 from sim_backend.chip import SimulatedCrossbar  # noqa: E402
 
 
@@ -43,6 +44,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     a = ap.parse_args(argv)
+    configure_blas()
     runs = [one_run(a.seed + i) for i in range(a.runs)]
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out = {"cells": 16384, "pattern": "levels32", "runs": a.runs, "median": med, "per_run": runs}

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from drivers.keithley2600 import Keithley2600          # noqa: E402
 from hil.geometry import Cells                           # noqa: E402
 from hil.ops.write_verify import WriteVerifyPolicy                # noqa: E402
+from hil.threads import configure_blas  # noqa: E402
 from sim_backend.visa_backend import build_bench         # noqa: E402
 from sim_backend.world import drop_world                 # noqa: E402
 
@@ -107,6 +108,7 @@ def main() -> None:
     ap.add_argument("--bus", default="gpib", choices=["gpib", "usb", "lan"])
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    configure_blas()
     res = [run(m, a.cells, a.bus, a.seed) for m in ("host", "script")]
     scale = 2048 / a.cells
     print(f"write-verify of {a.cells} cells via an emulated 2602B on {a.bus} (extrapolated to 2048 cells)")

@@ -30,6 +30,7 @@ from hil.levels import LevelTable, make_pattern               # noqa: E402
 from hil.programming import WriteVerifyPolicy
 from hil.ops.write_verify import write_verify       # noqa: E402
 from hil.registry import load_station_file                    # noqa: E402
+from hil.threads import configure_blas  # noqa: E402
 from sim_backend.world import drop_world, get_world           # noqa: E402
 
 STATION = """
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--bus", default="gpib", choices=["gpib", "usb", "lan"], help="SMU bus latency model")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    configure_blas()
     policy = WriteVerifyPolicy(width_s=50e-6)
     res = []
     with tempfile.TemporaryDirectory() as tmp:

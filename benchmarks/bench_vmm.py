@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from hil.threads import configure_blas  # noqa: E402
 from sim_backend.chip import SimulatedCrossbar  # noqa: E402
 
 
@@ -36,6 +37,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     a = ap.parse_args(argv)
+    configure_blas()
     xbar = SimulatedCrossbar(seed=a.seed)
     rows, cols = xbar.geometry.rows, xbar.geometry.cols
     rng = np.random.default_rng(a.seed)

@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from hil.nn.core import blas_threads
 from hil.registry import open_station
+from hil.threads import configure_blas
 from hil.wang2019 import stages
 from hil.wang2019.insitu import ArrayNetwork
 from hil.wang2019.optim import RMSprop
@@ -28,32 +28,32 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    configure_blas()
     cfg = stages.InsituConfig(net=a.net, data=stages.DataConfig(seed=a.seed))
     d = stages.load_data(cfg.data, a.net)
     bs = cfg.batch_size()
     batches = [(d.x_train[s:s + bs], d.y_train[s:s + bs])
                for s in ((k * bs) % (len(d.y_train) - bs + 1) for k in range(a.batches))]
-    with blas_threads(1):
-        net = stages.make_net(a.net)
-        opt = RMSprop(cfg.lr, cfg.decay, cfg.eps)
-        t = time.perf_counter()
-        for x, y in batches:
-            _, grads, _ = net.loss_and_grads(x, y)
-            opt.step(net.weights, grads)
-        t_sw = (time.perf_counter() - t) / a.batches
+    net = stages.make_net(a.net)
+    opt = RMSprop(cfg.lr, cfg.decay, cfg.eps)
+    t = time.perf_counter()
+    for x, y in batches:
+        _, grads, _ = net.loss_and_grads(x, y)
+        opt.step(net.weights, grads)
+    t_sw = (time.perf_counter() - t) / a.batches
 
-        xbar = open_station(str(STATION), seed=a.seed)
-        ymap = stages.yield_scan(xbar, None, stages.YieldScanConfig())
-        net = stages.make_net(a.net)
-        an = ArrayNetwork(xbar, net, stages.placement_for(xbar, ymap, net), cfg.policy(net))
-        an.initialize()
-        opt = RMSprop(cfg.lr, cfg.decay, cfg.eps)
-        p0 = an.engine.pulses
-        t = time.perf_counter()
-        for x, y in batches:
-            _, grads, _ = an.loss_and_grads(x, y)
-            an.update(opt.deltas(grads))
-        t_hw = (time.perf_counter() - t) / a.batches
+    xbar = open_station(str(STATION), seed=a.seed)
+    ymap = stages.yield_scan(xbar, None, stages.YieldScanConfig())
+    net = stages.make_net(a.net)
+    an = ArrayNetwork(xbar, net, stages.placement_for(xbar, ymap, net), cfg.policy(net))
+    an.initialize()
+    opt = RMSprop(cfg.lr, cfg.decay, cfg.eps)
+    p0 = an.engine.pulses
+    t = time.perf_counter()
+    for x, y in batches:
+        _, grads, _ = an.loss_and_grads(x, y)
+        an.update(opt.deltas(grads))
+    t_hw = (time.perf_counter() - t) / a.batches
     print(f"{a.net}, batch {bs}, {a.batches} batches, {net.n_weights} weights on {an.placement.n_cells} cells")
     print(f"software (float64)  {1e3 * t_sw:8.2f} ms/batch")
     print(f"in situ (simulated) {1e3 * t_hw:8.2f} ms/batch  ({(an.engine.pulses - p0) / a.batches:.0f} pulses/batch)")

@@ -141,8 +141,10 @@ def main(args=None, /, **kwargs) -> int:
     arguments override it. Returns the exit code."""
     opts = _options(args, kwargs)
     from hil.errors import HilError
+    from hil.threads import configure_blas
     try:
         check_options(opts)
+        configure_blas()
     except HilError as e:
         return _fail(str(e))
     if opts["screenshot"] and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):

@@ -55,9 +55,13 @@ def open_station(station: str = "sim", *, seed=None, params=None, geometry=None,
     `params`: a device-parameter TOML file for the simulator. `geometry`: a `Geometry` or a
     preset name ("yao", "wang") for a simulated chip. Other `options` go to the backend
     (e.g. `state_path` to keep a simulated chip between scripts). Everything is validated
-    before anything opens; bad values raise ConfigError naming the file and key."""
+    before anything opens; bad values raise ConfigError naming the file and key. Sets the
+    process's BLAS threading first (hil.threads: one thread unless HIL_BLAS_THREADS says)."""
     from hil import registry
     from hil.geometry import preset
+    from hil.threads import configure_blas
+
+    configure_blas()
 
     if isinstance(geometry, str):
         geometry = preset(geometry)

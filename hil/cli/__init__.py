@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from hil import __version__
+from hil import __version__, threads
 from hil import options as opt
 from hil.cli import experiments, gui, program, runs, station, wang, yao
 from hil.cli.common import one_line
@@ -28,7 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run `hil` with `argv` (default sys.argv[1:]); returns the exit code."""
+    """Run `hil` with `argv` (default sys.argv[1:]); returns the exit code. If stdout is closed
+    early (`hil info | head -1`) it stops quietly with 141, like other Unix tools."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()      # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # point stdout at devnull so the flush at exit cannot fail again (Python docs, "SIGPIPE")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
@@ -39,7 +53,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        threads.configure_blas()
         return args.func(args)
+    except BrokenPipeError:
+        raise                       # stdout closed early: main stops quietly
     except Cancelled as e:
         print(f"hil: interrupted ({e}); what was recorded is kept", file=sys.stderr)
         return 130

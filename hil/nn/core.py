@@ -7,23 +7,11 @@ Everything is float32 and vectorized; nothing here draws random numbers without 
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 
-
-def blas_threads(n: Optional[int]):
-    """Context limiting BLAS threads to n (None: unchanged). The matrices here are small;
-    on a loaded 2-core machine multi-threaded OpenBLAS was measured 5x slower than one
-    thread. Uses threadpoolctl when installed, else does nothing."""
-    if n is None:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=int(n), user_api="blas")
+from hil.threads import blas_threads  # noqa: F401  (nn.blas_threads: scoped limit for training)
 
 
 # ---------------------------------------------------------------------------- convolution

@@ -18,7 +18,6 @@ from typing import Callable, Optional
 
 from hil.config import Config, param
 from hil.crossbar import Crossbar
-from hil.nn.core import blas_threads
 from hil.nn.datasets import Dataset
 from hil.progress import Bars, CancelToken, no_bars
 from hil.runstore import RunWriter
@@ -72,12 +71,8 @@ class DemoConfig(Config):
 def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
              bars: Bars = no_bars, cancel: Optional[CancelToken] = None,
              say: Callable[[str], None] = log.info) -> dict:
-    """All stages on `xbar`; returns the results dict (also stored in the run record)."""
-    with blas_threads(1):        # small matrices: one BLAS thread is several times faster here
-        return _run_demo(xbar, ds, writer, cfg, bars=bars, cancel=cancel, say=say)
-
-
-def _run_demo(xbar, ds, writer, cfg, *, bars, cancel, say) -> dict:
+    """All stages on `xbar`; returns the results dict (also stored in the run record). BLAS
+    threading is the entry point's (hil.threads)."""
     t0 = time.perf_counter()
     sc = cfg.stage_configs(stages.DataConfig(seed=cfg.seed))
     writer.set_attrs("demo", stage_config=cfg.to_dict())
