@@ -11,7 +11,6 @@ from typing import Iterator
 
 import numpy as np
 
-from hil.threads import blas_threads  # noqa: F401  (nn.blas_threads: scoped limit for training)
 
 
 # ---------------------------------------------------------------------------- convolution

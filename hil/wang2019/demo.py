@@ -19,7 +19,6 @@ import numpy as np
 
 from hil.config import Config, param
 from hil.crossbar import Crossbar
-from hil.nn.core import blas_threads
 from hil.progress import Bars, CancelToken, no_bars
 from hil.wang2019 import stages
 from hil.wang2019.data import WangData
@@ -70,8 +69,7 @@ def _software(d: WangData, cfg: InsituConfig, seed: int, progress, cancel):
 def run_wang_demo(xbar: Crossbar, writer, cfg: WangDemoConfig, *, bars: Bars = no_bars,
                   cancel: Optional[CancelToken] = None, say: Callable[[str], None] = log.info) -> dict:
     """All Wang 2019 stages on `xbar`; returns the results dict (also stored in the record)."""
-    with blas_threads(1):        # small matrices: one BLAS thread is several times faster here
-        return _run(xbar, writer, cfg, bars, cancel, say)
+    return _run(xbar, writer, cfg, bars, cancel, say)
 
 
 def _run(xbar, writer, cfg: WangDemoConfig, bars, cancel, say) -> dict:
@@ -130,9 +128,8 @@ def station_cost(xbar: Crossbar, writer, transactions: Callable[[], int], *, bat
     cfg = InsituConfig(net="cnn", data=DataConfig(seed=seed), epochs=1, batch=batch, train_samples=batches * batch,
                        test_samples=test_samples, eval_every=batches)
     wall = time.perf_counter()
-    with blas_threads(1):
-        r = stages.train_insitu(xbar, writer, cfg, data=data,
-                                on_batch=lambda row: marks.append((xbar.now(), transactions())))
+    r = stages.train_insitu(xbar, writer, cfg, data=data,
+                            on_batch=lambda row: marks.append((xbar.now(), transactions())))
     wall = time.perf_counter() - wall
     clock, count = (np.diff([m[i] for m in marks]) for i in (0, 1))
     per_batch_s = float(np.median(clock[1:-1]))

@@ -25,6 +25,7 @@ import numpy as np
 
 from hil.analog.network import Conv2d, Dense, Flatten, MaxPool, Network, Quantize, ReLU, Scale
 from hil.nn import core as nn
+from hil.threads import blas_threads as scoped_blas_threads
 from hil.nn.datasets import Dataset
 from hil.errors import DataError
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
@@ -311,8 +312,8 @@ def train_mcnn(ds: Dataset, *, epochs: int = 10, batch: int = 64, lr: float = 5e
     `lr_decay` per epoch. History per epoch: loss, train_acc (running, as trained),
     train_acc_quant (quantized, on up to `eval_train_images`), test_acc (float),
     test_acc_quant, phase, lr, seconds. BLAS runs on `blas_threads` threads (see
-    nn.blas_threads; None leaves the setting alone)."""
-    with nn.blas_threads(blas_threads):
+    hil.threads.blas_threads; None leaves the setting alone)."""
+    with scoped_blas_threads(blas_threads):
         return _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epochs,
                       augment_shift, lr_decay, calib_images, eval_train_images)
 
