@@ -148,7 +148,10 @@ def _program_dry_run(args) -> int:
 
 
 def cmd_read(args) -> int:
-    with open_from_args(args) as xbar:
+    chip_state = _chip_of_record(args) if args.run else None
+    with open_from_args(args, chip_state) as xbar:
+        if args.run:
+            check_same_chip(Path(args.run), read_content(args.run).station, xbar)
         g = xbar.geometry
         chosen = pes(args.pe, g.n_pe)
         cells = Cells.all(g, chosen)
@@ -165,6 +168,26 @@ def cmd_read(args) -> int:
                       f"std {s['std_us']:.2f}" for s in stats)
     emit(args, data, human)
     return 0
+
+
+def _chip_of_record(args) -> Path:
+    """The chip kept beside the record --run: its station and seed come from the record (read
+    only; the record is not changed), and its chip state file must be there."""
+    run = Path(args.run)
+    station = read_content(run).station
+    if not station:
+        raise HilError(f"--run {run}: the record has no station snapshot, so its chip is unknown")
+    if args.station_given and args.station != station.get("spec", "sim"):
+        raise HilError(f"--run {run}: the record was made on station {station.get('spec')!r}, "
+                       f"not {args.station!r}; leave --station out")
+    args.station = station.get("spec", "sim")
+    if args.seed is None:
+        args.seed = station.get("seed")
+    chip_state = chip_state_path(run, args.station)
+    if chip_state is None or not chip_state.exists():
+        raise HilError(f"--run {run}: no chip is kept beside this record (expected {run.name}.chip.npz); "
+                       f"only runs made on a simulated station keep their chip")
+    return chip_state
 
 
 def add_parsers(sub) -> None:
@@ -193,6 +216,8 @@ def add_parsers(sub) -> None:
     sp.add_argument("--pe", default="all", type=opt.pe_list, help="'all' (default) or comma-separated PE numbers")
     sp.add_argument("--n-avg", type=opt.positive_int(opt.MAX_N_AVG, "the board averages at most 1024 reads"),
                     default=1, help=f"reads averaged per cell, 1..{opt.MAX_N_AVG} (default 1)")
+    sp.add_argument("--run", metavar="RUN", type=opt.run_record("make one with `hil program --out {path}`"),
+                    help="read the chip kept beside this run record (its station and seed come from the record)")
     sp.add_argument("--full", action="store_true", help="include every value in the JSON output")
     add_plot_option(sp, "conductance-map")
     sp.set_defaults(func=cmd_read)
