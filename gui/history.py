@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from hil.errors import DataError
-from hil.ops.jobs import CELLS, PULSES, TARGETS, VERIFY
+from hil.ops.jobs import PROGRAMMING
 from hil.limits import OPS_BY_CODE
 from hil.runstore import RunRecord
 
@@ -37,19 +37,23 @@ class CellHistory:
 class RunHistory:
     """The programming tables of one run record, loaded once, queried per cell."""
 
-    def __init__(self, path: Path, content=None) -> None:
+    def __init__(self, path: Path, content=None, prefix: str = PROGRAMMING) -> None:
         """Load from the HDF5 file at `path`, or take the tables from `content` (the
-        `RunContent` of the writer that just wrote it: no file read on the UI thread)."""
+        `RunContent` of the writer that just wrote it: no file read on the UI thread);
+        `prefix`: the group of the programming tables ("transfer" in an mCNN record)."""
         self.path = Path(path)
+        self._names = tuple(f"{prefix}/{n}" for n in ("targets", "cells", "verify", "pulses"))
         if content is not None:
             self._from_content(content)
         else:
             self._from_file()
         if self.verify is None and self.pulses is None:
-            raise DataError(f"{self.path} holds no programming history (tables {VERIFY} and {PULSES}); "
+            raise DataError(f"{self.path} holds no programming history (tables {self._names[2]} and "
+                            f"{self._names[3]}); "
                             f"open a programming run")
 
     def _from_content(self, content) -> None:
+        TARGETS, CELLS, VERIFY, PULSES = self._names
         tables = content.tables
         self.verify, self.pulses, self.cells = (tables.get(n) for n in (VERIFY, PULSES, CELLS))
         self.targets, self.tolerance_s = None, None
@@ -60,6 +64,7 @@ class RunHistory:
         self.kind = content.attrs.get("/", {}).get("kind", "")
 
     def _from_file(self) -> None:
+        TARGETS, CELLS, VERIFY, PULSES = self._names
         with RunRecord.open(self.path) as rec:
             tables = rec.tables()
             self.verify = rec.table(VERIFY) if VERIFY in tables else None

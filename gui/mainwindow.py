@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Callable, Optional
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import (QDockWidget, QLabel, QMainWindow, QMessageBox, QPushButton,
-                               QSizePolicy, QTabWidget, QToolBar, QWidget)
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QPushButton, QSizePolicy, QTabWidget, QToolBar, QWidget)
 
 from hil import __version__
+from hil.modules.stability import format_duration
 
 from . import theme
 from .logpane import LogPane
@@ -26,21 +28,23 @@ from .panels.programming import ProgrammingPanel
 from .panels.runs import RunsPanel
 from .panels.station import StationPanel
 from .session import Session
+from .widgets import scrollable
 
 log = logging.getLogger(__name__)
 
-#: (key, tab title, factory(session) -> QWidget) in tab order
+#: (key, tab title, factory(session) -> QWidget) in tab order; tabs are numbered on screen and
+#: the first nine are Ctrl+1…Ctrl+9
 PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
-    ("station", "1 Station", StationPanel),
-    ("arraymap", "2 Array map", ArrayMapPanel),
-    ("cellops", "3 Cell operations", CellOpsPanel),
-    ("programming", "4 Programming", ProgrammingPanel),
-    ("network", "5 Network", NetworkPanel),
-    ("convolver", "6 Convolver", ConvolverPanel),
-    ("hybrid", "7 Hybrid training", HybridPanel),
-    ("experiments", "8 Experiments", ExperimentsPanel),
-    ("runs", "9 Runs", RunsPanel),
-    ("insitu", "10 In-situ training", InsituPanel),
+    ("station", "Station", StationPanel),
+    ("arraymap", "Array map", ArrayMapPanel),
+    ("cellops", "Cell operations", CellOpsPanel),
+    ("programming", "Programming", ProgrammingPanel),
+    ("network", "Network", NetworkPanel),
+    ("convolver", "Convolver", ConvolverPanel),
+    ("hybrid", "Hybrid training", HybridPanel),
+    ("experiments", "Experiments", ExperimentsPanel),
+    ("runs", "Runs", RunsPanel),
+    ("insitu", "In-situ training", InsituPanel),
 ]
 
 
@@ -58,11 +62,12 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         self.panels: dict[str, QWidget] = {}
-        for key, title, factory in PANELS:
+        for i, (key, title, factory) in enumerate(PANELS):
             w = factory(self.s)
             self.panels[key] = w
-            self.tabs.addTab(w, title)
+            self.tabs.addTab(scrollable(w), f"{i + 1} {title}")
         self.setCentralWidget(self.tabs)
+        self._menus()
 
         # toolbar: title, running job, Abort
         tb = QToolBar("Main")
@@ -112,6 +117,7 @@ class MainWindow(QMainWindow):
         self.s.busy_changed.connect(lambda _: self._update_state())
         self.s.job_started.connect(lambda n: self._update_state())
         self.s.status_message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        self.s.chip.changed.connect(self._update_state)
         self._restore()
         self._update_state()
 
@@ -122,10 +128,7 @@ class MainWindow(QMainWindow):
         if s.connected:
             dot, text = (theme.WARN, "BUSY") if busy else (theme.OK, "CONNECTED")
             self.conn_label.setText(f"<span style='color:{dot}'>●</span> {text} · {s.station_label}")
-            try:
-                self.clock_label.setText(f"station clock {s.xbar.now():.4g} s")
-            except Exception:
-                self.clock_label.setText("")
+            self.clock_label.setText(f"station clock {format_duration(s.chip.clock_s)}")
         elif busy:
             self.conn_label.setText(f"<span style='color:{theme.WARN}'>●</span> CONNECTING…")
         else:
@@ -144,7 +147,62 @@ class MainWindow(QMainWindow):
         return self.panels[key]
 
     def show_panel(self, key: str) -> None:
-        self.tabs.setCurrentWidget(self.panels[key])
+        self.tabs.setCurrentIndex(list(self.panels).index(key))
+
+    # ---- menus ---------------------------------------------------------------------------
+    def _menus(self) -> None:
+        mb = self.menuBar()
+        file = mb.addMenu("&File")
+        act = file.addAction("&Open run…", self.open_run_dialog)
+        act.setShortcut(QKeySequence.Open)
+        file.addAction("Save &screenshots…", self.save_screenshots_dialog)
+        file.addSeparator()
+        self.quit_action = file.addAction("&Quit", self.close)
+        self.quit_action.setShortcut(QKeySequence("Ctrl+Q"))
+        self.quit_action.setShortcutContext(Qt.ApplicationShortcut)
+        view = mb.addMenu("&View")
+        self.tab_actions = []
+        for i, (key, title, _) in enumerate(PANELS):
+            act = view.addAction(f"{i + 1} {title}", lambda k=key: self.show_panel(k))
+            if i < 9:
+                act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+                act.setShortcutContext(Qt.ApplicationShortcut)
+            self.tab_actions.append(act)
+        help_ = mb.addMenu("&Help")
+        help_.addAction("&About", self.about)
+
+    def about_text(self) -> str:
+        return (f"<b>memristor-hil {__version__}</b><br>Hardware-in-the-loop control of 1T1R memristor "
+                f"crossbars: probe-station GUI.<br>Esc aborts the running job; Ctrl+1…9 switch tabs; "
+                f"Ctrl+Q quits with the outputs off.")
+
+    def about(self) -> None:
+        QMessageBox.about(self, "About memristor-hil", self.about_text())
+
+    def open_run_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open run record", "runs", "Run records (*.h5)")
+        if path and self.panels["runs"].open_run(Path(path)):
+            self.show_panel("runs")
+
+    def save_screenshots_dialog(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Save a screenshot of every tab into")
+        if folder:
+            for p in self.save_screenshots(Path(folder)):
+                log.info("saved %s", p)
+
+    def save_screenshots(self, folder: Path) -> list[Path]:
+        """Every tab rendered to `folder`/NN-key.png as it is now; the current tab is kept."""
+        folder.mkdir(parents=True, exist_ok=True)
+        current, files = self.tabs.currentIndex(), []
+        for i, key in enumerate(self.panels):
+            self.tabs.setCurrentIndex(i)
+            for _ in range(3):
+                QApplication.processEvents()
+            path = folder / f"{i + 1:02d}-{key}.png"
+            self.grab().save(str(path), "PNG")
+            files.append(path)
+        self.tabs.setCurrentIndex(current)
+        return files
 
     # ---- settings ------------------------------------------------------------------------
     def _restore(self) -> None:

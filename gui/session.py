@@ -19,6 +19,7 @@ from hil.errors import (AddressError, BackendError, ConfigError, DataError, HilE
 from hil.geometry import Cells, Geometry
 from hil.progress import CancelToken
 
+from .chipstate import ChipState
 from .jobs import JobContext, JobThread
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Session(QObject):
         self.plan = None                                # hil.ops.jobs.ProgramPlan of the last programming
         self.plan_record: Optional[Path] = None         # the run record of that programming
         self._finished_threads: list = []
+        self.chip = ChipState(self)                     # what is on the chip: every tab shows it
 
     # ---- station ---------------------------------------------------------------------
     @property
@@ -117,12 +119,14 @@ class Session(QObject):
             self.g_map = np.full(g.shape, np.nan)
             self.selection = np.zeros(g.shape, bool)
             self.plan, self.plan_record = None, None
+            self.run_path, self.run_history = None, None     # the old station's record is not this chip's
             log.info("connected to %s (%s, %d PEs of %d x %d)", self.station_label,
                      self.identity.get("backend", "?"), g.n_pe, g.rows, g.cols)
             self.connection_changed.emit()
             self.map_changed.emit()
             self.selection_changed.emit()
             self.plan_changed.emit()
+            self.run_changed.emit()
 
         return self.start_job("connect", job, on_result=done)
 
@@ -277,9 +281,12 @@ class Session(QObject):
                                         and history.path == self.run_path) else None
         self.run_changed.emit()
 
-    def set_plan(self, plan, record: Path) -> None:
-        """`plan` was programmed, recorded in `record` (experiments carry its programming)."""
+    def set_plan(self, plan, record: Path, history=None) -> None:
+        """`plan` was programmed, recorded in `record` (experiments carry its programming);
+        `history` (a gui.history.RunHistory of it) feeds the chip's cell histories."""
         self.plan, self.plan_record = plan, Path(record)
+        self.chip.add_write("programming", plan.flat, record=record, plan=plan, history=history,
+                            label=f"programming run {Path(record).name}")
         self.plan_changed.emit()
 
 

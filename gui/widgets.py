@@ -5,8 +5,8 @@ from typing import Callable, Optional
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
-                               QVBoxLayout)
+from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QLabel, QPushButton,
+                               QScrollArea, QVBoxLayout, QWidget)
 
 from . import theme
 
@@ -140,3 +140,12 @@ def headline(text: str) -> QLabel:
     lab.setStyleSheet(f"font-size: 13pt; font-weight: 600; color: {theme.TEXT};")
     return lab
 
+
+
+def scrollable(w: QWidget) -> QScrollArea:
+    """`w` in a frameless scroll area that resizes it: a tab still usable below its minimum size."""
+    area = QScrollArea()
+    area.setWidget(w)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    return area

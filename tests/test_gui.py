@@ -121,8 +121,9 @@ def test_cell_history_from_the_programming_run(win, qtbot):
     win.s.select_cells(c)
     h = amap.history
     assert h is not None and h.verify_iter.size >= 1 and h.n_pulses == h.verify_iter.size - 1
-    x, y = amap.g_curve.getData()
-    np.testing.assert_allclose(y, h.verify_g_s * US_PER_S)
+    x, y = amap.g_curve.getData()                           # siemens against pulses applied
+    np.testing.assert_allclose(y, h.verify_g_s)
+    assert x[0] == 0 and x[-1] == h.n_pulses and np.all(np.diff(x) >= 0)
     with RunRecord.open(p.out) as rec:
         ver = rec.table("programming/verify")
     np.testing.assert_allclose(h.verify_g_s, ver["g_s"][ver["cell"] == flat])
@@ -335,7 +336,7 @@ def test_read_disturb_and_drift_live_plots(win, qtbot):
     program(qtbot, win)
     exp = win.panels["experiments"]
     n = SMALL.rows * SMALL.cols
-    assert "128 programmed cells on PE 0" in exp.cells_label.text()
+    assert "128 cells on PE 0 · programming run" in exp.cells_label.text()
     exp.reads.setValue(10_000)
     exp.rd_points.setValue(3)
     assert exp.start_read_disturb()

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QSplitter, QVBoxLayout, QWidget)
 
 from hil.errors import DataError
@@ -78,12 +78,18 @@ class ArrayMapPanel(QWidget):
         # history of the selected cell
         self.hist_title = QLabel("Cell history")
         self.hist_title.setStyleSheet("font-weight: 600;")
-        self.hist_info = muted("Select one cell; its every verify read and pulse come from the current "
-                               "run record (program on the Programming tab or open one on the Runs tab).")
-        self.g_plot = plot_widget("Verify reads", ("write-verify iteration", ""), ("G", "µS"), min_height=180)
-        self.p_plot = plot_widget("Pulses", ("write-verify iteration", ""), ("amplitude", "V"), legend=True,
-                                  min_height=160)
-        self.p_plot.setXLink(self.g_plot)
+        self.hist_info = muted("Select one cell: every read of it on this chip (programming runs, weight "
+                               "transfers, manual operations) against the pulses it received.")
+        self.hist_info.setWordWrap(True)
+        self.quantity = QComboBox()
+        self.quantity.addItems(list(QUANTITIES))
+        self.quantity.currentTextChanged.connect(lambda _: self.show_history())
+        self.log_y = QCheckBox("log scale")
+        self.log_y.toggled.connect(lambda _: self.show_history())
+        self.g_plot = plot_widget("Reads of the cell on this chip", ("pulses applied", ""), ("G", "S"),
+                                  min_height=180)
+        self.p_plot = plot_widget("Pulses of its last write-verify", ("write-verify iteration", ""),
+                                  ("amplitude", "V"), legend=True, min_height=160)
         self.g_curve = self.g_plot.plot([], [], pen=pg.mkPen(theme.ACCENT, width=2), symbol="o", symbolSize=5,
                                         symbolBrush=theme.ACCENT, symbolPen=None)
         self.band = pg.LinearRegionItem(orientation="horizontal", movable=False,
@@ -98,9 +104,13 @@ class ArrayMapPanel(QWidget):
             col = theme.OP_COLORS[op]
             self.pulse_items[op] = self.p_plot.plot([], [], pen=None, symbol=sym, symbolSize=8,
                                                     symbolBrush=col, symbolPen=None, name=f"{op} ({_amp_name(op)})")
-        hist = QGroupBox("Cell history (current run record)")
+        hist = QGroupBox("Cell history (this chip)")
         hl = QVBoxLayout(hist)
-        hl.addWidget(self.hist_title)
+        hrow = QHBoxLayout()
+        hrow.addWidget(self.hist_title, 1)
+        hrow.addWidget(self.quantity)
+        hrow.addWidget(self.log_y)
+        hl.addLayout(hrow)
         hl.addWidget(self.hist_info)
         hl.addWidget(self.g_plot, 3)
         hl.addWidget(self.p_plot, 2)
@@ -115,7 +125,8 @@ class ArrayMapPanel(QWidget):
 
         self._history: Optional[RunHistory] = None
         self._history_error = ""
-        self.history = None            # CellHistory shown (for tests)
+        self.history = None            # CellHistory of the pulses shown (for tests)
+        self.timeline = None           # gui.chipstate.CellTimeline shown
         self.lo.valueChanged.connect(self._levels_from_boxes)
         self.hi.valueChanged.connect(self._levels_from_boxes)
         self.map.hovered.connect(self._hover)
@@ -124,6 +135,7 @@ class ArrayMapPanel(QWidget):
         self.s.map_changed.connect(self.refresh_map)
         self.s.selection_changed.connect(self._selection_changed)
         self.s.run_changed.connect(self._run_changed)
+        self.s.chip.changed.connect(self.show_history)
         self.s.busy_changed.connect(lambda _: self._enable())
         self._rebuild()
 
@@ -225,8 +237,10 @@ class ArrayMapPanel(QWidget):
         self.show_history()
 
     def show_history(self) -> None:
+        """The selected cell's reads on this chip (or in the run opened on the Runs tab, if that
+        run is not this chip's) and the pulses of its last write-verify."""
         cells = self.s.selected_cells()
-        self.history = None
+        self.history = self.timeline = None
         for item in (self.g_curve, *self.pulse_items.values()):
             item.setData([], [])
         self.band.hide()
@@ -237,32 +251,71 @@ class ArrayMapPanel(QWidget):
         pe, row, col = int(cells.pe[0]), int(cells.row[0]), int(cells.col[0])
         more = f" (first of {len(cells)} selected)" if len(cells) > 1 else ""
         self.hist_title.setText(f"PE {pe} · row {row} · col {col}{more}")
-        if self._history is None:
-            self.hist_info.setText(self._history_error or "No run record yet: program cells on the Programming "
-                                                          "tab or open a run on the Runs tab.")
-            return
         flat = int(cells.flat(self.s.geometry)[0])
-        h = self._history.cell(flat)
-        self.history = h
-        if h.verify_iter.size == 0 and h.n_pulses == 0:
-            self.hist_info.setText(f"This cell was not programmed in {self._history.path.name}.")
+        opened = self._history if (self._history is not None and
+                                   self.s.chip.write_of(self._history.path) is None) else None
+        if opened is not None:
+            self._show_record(opened, flat)
             return
-        self.g_curve.setData(h.verify_iter.astype(float), h.verify_g_s * US_PER_S)
+        tl = self.timeline = self.s.chip.timeline(flat)
+        if not tl.points:
+            self.hist_info.setText(self._history_error or "No reads of this cell on this chip yet: program it, "
+                                                          "read it, or open a run on the Runs tab.")
+            return
+        name, unit, conv = QUANTITIES[self.quantity.currentText()]
+        v_read = self.s.xbar.v_read_default if self.s.xbar is not None else 0.2
+        y = conv(tl.g_s, v_read)
+        self.g_plot.setLogMode(y=self.log_y.isChecked())
+        self.g_plot.setLabel("left", name, units=unit)
+        self.g_curve.setData(tl.pulse, y)
+        w = tl.written_by
+        parts = [f"{len(tl.points)} reads", f"{int(tl.pulse[-1])} pulses",
+                 f"now {tl.g_s[-1] * US_PER_S:.2f} µS"]
+        if tl.target_s is not None:
+            parts.insert(0, f"target {tl.target_s * US_PER_S:.2f} µS")
+            if name == "G" and not self.log_y.isChecked():
+                self.target_line.setValue(tl.target_s)
+                self.target_line.show()
+                if tl.tolerance_s:
+                    self.band.setRegion((tl.target_s - tl.tolerance_s, tl.target_s + tl.tolerance_s))
+                    self.band.show()
+        if w is not None:
+            parts.append(f"last written by {w.label}")
+            if w.history is not None:
+                self._show_pulses(w.history.cell(flat))
+        self.hist_info.setText(" · ".join(parts))
+
+    def _show_pulses(self, h) -> None:
+        self.history = h
         for op, item in self.pulse_items.items():
             m = h.pulse_op == op
             amp = h.pulse_v_gate[m] if op == "SET" else h.pulse_v[m]
             item.setData(h.pulse_iter[m].astype(float), amp)
+
+    def _show_record(self, rh: RunHistory, flat: int) -> None:
+        """A run record opened on the Runs tab: its verify reads against the iteration."""
+        h = rh.cell(flat)
+        if h.verify_iter.size == 0 and h.n_pulses == 0:
+            self.hist_info.setText(f"This cell was not programmed in {rh.path.name}.")
+            return
+        self.g_plot.setLogMode(y=False)
+        self.g_plot.setLabel("left", "G", units="S")
+        self.g_curve.setData(h.verify_iter.astype(float), h.verify_g_s)
+        self._show_pulses(h)
         parts = [f"{h.verify_iter.size} verify reads", f"{h.n_pulses} pulses"]
         if h.target_s is not None:
             parts.insert(0, f"target {h.target_s * US_PER_S:.2f} µS")
-            self.target_line.setValue(h.target_s * US_PER_S)
-            self.target_line.show()
-            if h.tolerance_s:
-                self.band.setRegion(((h.target_s - h.tolerance_s) * US_PER_S, (h.target_s + h.tolerance_s) * US_PER_S))
-                self.band.show()
         if h.final_g_s is not None:
             parts.append(f"final {h.final_g_s * US_PER_S:.2f} µS ({STATUS_NAMES.get(h.status, h.status)})")
-        self.hist_info.setText(" · ".join(parts) + f" — {self._history.path.name}")
+        self.hist_info.setText(" · ".join(parts) + f" — {rh.path.name} (opened run; x: write-verify iteration)")
+
+
+#: cell-history quantity -> (axis name, SI unit, f(G in S, read V))
+QUANTITIES = {
+    "G (conductance)": ("G", "S", lambda g, v: g),
+    "R (resistance)": ("R", "Ω", lambda g, v: 1.0 / np.maximum(g, 1e-12)),
+    "I (read current)": ("I", "A", lambda g, v: g * v),
+}
 
 
 def _amp_name(op: str) -> str:

@@ -194,7 +194,7 @@ class CellOpsPanel(QWidget):
             g = xbar.read(cells, v_read=v, n_avg=n_avg)
             record.record("READ", cells, xbar.now(), g, v=v)
             return None, g
-        self._run("read", cells, job, f"read at {v:.3f} V, {n_avg} averages")
+        self._run("read", cells, job, f"read at {v:.3f} V, {n_avg} averages", "READ")
 
     def do_pulse(self, op: Op) -> None:
         xbar, cells = self.s.xbar, self.s.selected_cells()
@@ -210,15 +210,17 @@ class CellOpsPanel(QWidget):
             after = xbar.read(cells)
             record.record(op.value, cells, xbar.now(), after, g_before_s=before, v=v, v_gate=gate, width_s=w)
             return before, after
-        self._run(op.value, cells, job, f"{op.value}: {v:.2f} V, gate {gate:.2f} V, {w / NS:.0f} ns")
+        self._run(op.value, cells, job, f"{op.value}: {v:.2f} V, gate {gate:.2f} V, {w / NS:.0f} ns", op.value)
 
-    def _run(self, name: str, cells: Cells, job, what: str) -> None:
+    def _run(self, name: str, cells: Cells, job, what: str, op: str) -> None:
         flat = cells.flat(self.s.geometry)
+        record = self.oplog.path if self.oplog is not None else None
 
         def done(result):
             before, after = result
             self.show_result(cells, before, after, what)
             self.s.set_map_values(flat, after)
+            self.s.chip.add_manual(op, flat, after, record=record)
         self.s.start_job(name, job, on_result=done, needs_station=True)
 
     def show_result(self, cells: Cells, before, after, what: str) -> None:
@@ -257,6 +259,7 @@ class CellOpsPanel(QWidget):
         def done(res):
             self.show_iv(cells, res)
             self.s.set_map_values(flat, res.g_s[-1])
+            self.s.chip.add_manual("I–V", flat, res.g_s[-1], record=record.path)
         self.s.start_job("I–V sweep", job, on_result=done, needs_station=True)
 
     def show_iv(self, cells: Cells, res) -> None:

@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLin
                                QWidget)
 
 from hil.modules import stability as experiments
-from hil.geometry import Cells
 from hil.ops.jobs import carry_programming
 from hil.runstore import read_content
 from hil.runstore.lifecycle import run_record
@@ -84,6 +83,15 @@ class ExperimentsPanel(QWidget):
         self.s = session
         self.cells_label = QLabel("")
         self.cells_label.setStyleSheet("font-weight: 600;")
+        self.cells_label.setWordWrap(True)
+        self.target_label = QLabel("")
+        self.target_label.setWordWrap(True)
+        self.stale_label = QLabel("")
+        self.stale_label.setWordWrap(True)
+        self.stale_label.setStyleSheet(f"color: {theme.WARN}; font-weight: 600;")
+        self.retarget_btn = QPushButton("Re-target to what is on the chip now")
+        self.retarget_btn.setToolTip("compare against the targets of the newest write on the chip")
+        self.retarget_btn.clicked.connect(self.retarget)
         self.folder = QLineEdit("runs")
 
         self.reads = QSpinBox()
@@ -116,6 +124,9 @@ class ExperimentsPanel(QWidget):
         g.addWidget(QLabel("duration"), 0, 0)
         g.addWidget(self.days, 0, 1)
         g.addWidget(muted("snapshots at 1 s, 10 min, 1 h, 1 d, 7 d, 30 d (up to the duration)"), 1, 0, 1, 2)
+        self.clock_note = muted("")
+        self.days.valueChanged.connect(lambda _: self.refresh())
+        g.addWidget(self.clock_note, 3, 0, 1, 2)
         g.addWidget(self.dr_btn, 2, 0, 1, 2)
 
         self.bar = QProgressBar()
@@ -125,6 +136,9 @@ class ExperimentsPanel(QWidget):
         cells_box = QGroupBox("Cells")
         cl = QVBoxLayout(cells_box)
         cl.addWidget(self.cells_label)
+        cl.addWidget(self.target_label)
+        cl.addWidget(self.stale_label)
+        cl.addWidget(self.retarget_btn)
         fl = QHBoxLayout()
         fl.addWidget(QLabel("run folder"))
         fl.addWidget(self.folder)
@@ -148,18 +162,38 @@ class ExperimentsPanel(QWidget):
 
         self.result = None
         self.out: Optional[Path] = None
-        self.s.plan_changed.connect(self.refresh)
+        self.target = None               # gui.chipstate.Write whose targets the experiments compare against
+        self.s.plan_changed.connect(self._plan_changed)
+        self.s.chip.changed.connect(self.refresh)
         self.s.connection_changed.connect(self.refresh)
         self.s.busy_changed.connect(lambda _: self.refresh())
         self.refresh()
 
+    def _plan_changed(self) -> None:
+        """A programming run finished (or the station changed): compare against it."""
+        self.target = self.s.chip.write_of(self.s.plan_record, "programming") if self.s.plan else None
+        self.refresh()
+
+    def retarget(self) -> None:
+        """Compare against the targets of the newest write still on the chip."""
+        self.target = self.s.chip.current_targets()
+        if self.target is not None:
+            log.info("experiments now compare against %s", self.target.label)
+        self.refresh()
+
+    def stale_cells(self) -> np.ndarray:
+        """Cells of the target written again since (their targets are not the chip's)."""
+        return np.zeros(0, np.int64) if self.target is None else self.s.chip.overwritten(self.target)
+
     def _why_not(self) -> str:
         if not self.s.connected:
             return "Connect a station first (Station tab)."
-        if self.s.plan is None:
+        if self.target is None:
             return "Program cells first (Programming tab): experiments follow programmed cells."
         if self.s.busy:
             return "A job is running."
+        if self.stale_cells().size:
+            return "The targets are stale: re-target first."
         return ""
 
     def refresh(self) -> None:
@@ -167,14 +201,24 @@ class ExperimentsPanel(QWidget):
         for b in (self.rd_btn, self.dr_btn):
             b.setEnabled(not why)
             b.setToolTip(why)
-        p = self.s.plan
-        if p is None or not self.s.connected:
-            self.cells_label.setText("No programmed cells yet — program some on the Programming tab.")
-        else:
-            pes = np.unique(Cells.from_flat(p.flat, self.s.geometry).pe)
-            self.cells_label.setText(f"{p.flat.size:,} programmed cells on PE {', '.join(map(str, pes))} · "
-                                     f"{np.unique(p.level_index).size} levels · tolerance ±"
-                                     f"{p.tolerance_s * US_PER_S:.2f} µS")
+        chip = self.s.chip
+        self.cells_label.setText("On the chip: " + chip.describe_regions() if self.s.connected else
+                                 "Not connected.")
+        t = self.target
+        self.target_label.setText("No programmed cells yet — program some on the Programming tab." if t is None
+                                  else f"Experiments compare against: {t.label} ({t.flat.size:,} cells)")
+        stale = self.stale_cells()
+        newer = chip.current_targets()
+        if stale.size:
+            by = sorted({chip.writes[i].label for i in chip.last_writer[stale]})
+            self.stale_label.setText(f"⚠ Stale targets: {stale.size:,} of {t.flat.size:,} cells were written "
+                                     f"again since, by {', '.join(by)}.")
+        self.stale_label.setVisible(bool(stale.size))
+        self.retarget_btn.setVisible(bool(stale.size) and newer is not None and newer is not t)
+        self.retarget_btn.setEnabled(not self.s.busy)
+        written = int(np.count_nonzero(chip.last_writer >= 0)) if chip.last_writer is not None else 0
+        self.clock_note.setText(f"advances the station clock by {experiments.format_duration(self.days.value() * DAY)}: "
+                                f"every cell on the chip ages ({written:,} written cells)")
 
     # ---- jobs ----------------------------------------------------------------------------
     def _start(self, kind: str, cfg, xs: list, labels: list, view: _ExperimentView, metric) -> bool:
@@ -182,7 +226,8 @@ class ExperimentsPanel(QWidget):
         if why:
             self.s.error.emit("Cannot start", why)
             return False
-        plan, programmed = self.s.plan, self.s.plan_record
+        target = self.target
+        plan = target.plan
         xbar = self.s.xbar
         out = unique_path(Path(self.folder.text().strip() or "runs"), kind)
         snapshot = station_snapshot(self.s)
@@ -192,9 +237,10 @@ class ExperimentsPanel(QWidget):
         n = len(xs)
 
         def job(ctx):
-            programming = read_content(programmed)
             with run_record(out, kind, station=snapshot) as writer:
-                carry_programming(writer, programming)
+                if target.kind == "programming":
+                    carry_programming(writer, read_content(target.record))
+                writer.set_attrs("experiment", targets_record=str(target.record), targets_of=target.kind)
                 return experiments.experiment(xbar, writer, cfg, plan, progress=ctx.progress, cancel=ctx.cancel,
                                               on_snapshot=lambda k, label, g: ctx.partial((k, g.copy())))
 

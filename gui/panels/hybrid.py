@@ -31,6 +31,7 @@ from .programming import _fmt_s, station_snapshot, unique_path
 log = logging.getLogger(__name__)
 BAR_BEFORE = "#6b7480"
 BAR_AFTER = theme.ACCENT
+NO_NETWORK = "Transfer the network on the Network tab first."
 
 
 def _pct(x) -> str:
@@ -171,8 +172,12 @@ class HybridPanel(QWidget):
         self.start_btn.setToolTip(why)
         running = self.s.busy and self.s.job is not None and self.s.job.name == "hybrid training"
         self.stop_btn.setEnabled(running)
-        if self.cnn.hw is None and not self.s.busy and not self.history:
-            self.phase.setText("Transfer the network on the Network tab first.")
+        if self.s.busy or self.history:
+            return
+        if self.cnn.hw is None:
+            self.phase.setText(NO_NETWORK)
+        elif self.phase.text() in (NO_NETWORK, "idle"):
+            self.phase.setText(f"ready: the network is on the chip ({self.cnn.plan.groups} convolver group(s))")
 
     def selected_groups(self) -> list[int]:
         n = self.cnn.plan.groups if self.cnn.plan is not None else 1

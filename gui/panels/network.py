@@ -22,6 +22,7 @@ from hil.errors import ConfigError, DataError
 from hil.runstore.lifecycle import run_record
 
 from .. import theme
+from ..history import RunHistory
 from ..session import Session, describe_error
 from ..widgets import muted, plot_widget
 from .programming import _fmt_s, station_snapshot, unique_path
@@ -556,8 +557,7 @@ class NetworkPanel(QWidget):
         transfer stage): into the model's record while it holds no transfer yet (as `hil transfer
         --run`), else into a new record holding the model."""
         from hil.yao2020 import stages
-        from hil.yao2020.hwnet import transfer_plan
-        from hil.analog.mapping import PairEncoding
+        from hil.ops.jobs import plan_from_content
         if not self.s.connected:
             self.s.error.emit("No station", "Connect a station on the Station tab first.")
             return False
@@ -588,7 +588,9 @@ class NetworkPanel(QWidget):
                     stages.save_model(w, model)
                 r = stages.transfer(xbar, w, cfg, ctx.progress, ctx.cancel, ds)
                 hw = stages.hardware(xbar, w.content)
-            return r.plan, r.report, hw, transfer_plan(r.plan, model, PairEncoding()).flat
+                targets = plan_from_content(w.content, "transfer", str(out))
+                history = RunHistory(out, w.content, prefix="transfer")
+            return r.plan, r.report, hw, targets, history
 
         self.out, self.report = out, None
         self._t0 = time.monotonic()
@@ -607,9 +609,11 @@ class NetworkPanel(QWidget):
         self.eta.setText(f"{int(p.done):,} / {int(p.total):,} {p.unit} · {_fmt_s(el)} elapsed · ETA {eta}{msg}")
 
     def _transfer_done(self, res) -> None:
-        plan, rep, hw, flat = res
+        plan, rep, hw, targets, history = res
         self.report = rep
-        self.s.set_map_values(flat, rep.report.final_s)
+        self.s.set_map_values(targets.flat, rep.report.final_s)
+        self.s.chip.add_write("transfer", targets.flat, record=self.out, plan=targets, history=history,
+                              label=f"CNN weights {self.out.name}")
         self.eta.setText(f"done in {_fmt_s(time.monotonic() - self._t0)} · record {self.out.name}")
         s = rep.summary()
         pr = s["program"]

@@ -364,7 +364,7 @@ class ProgrammingPanel(QWidget):
             return
         if outcome == "done":
             self.message.setText(f"finished — record {self.out}")
-            self.s.set_plan(self.plan, self.out)
+            self.s.set_plan(self.plan, self.out, self._history)
         elif outcome == "cancelled":
             self.message.setText(f"aborted — finished cells are kept in {self.out}; continue with "
                                  f"'Resume a run…' or `hil program --resume {self.out}`")

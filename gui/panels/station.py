@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QFileDialog, QGridLayout
 
 from hil.geometry import YAO, WANG, Geometry
 from hil.limits import Op
+from hil.modules.stability import format_duration
 
 from .. import theme
 from ..session import Session
@@ -91,6 +92,11 @@ class StationPanel(QWidget):
         gl = QVBoxLayout(geo)
         gl.addWidget(self.geometry_label)
         gl.addWidget(self.limits)
+        self.chip_label = QLabel("")
+        self.chip_label.setWordWrap(True)
+        self.chip_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        chip = QGroupBox("Chip state (clock and operation counters from the station)")
+        QVBoxLayout(chip).addWidget(self.chip_label)
         ident = QGroupBox("Identity (instruments, firmware, settings)")
         QVBoxLayout(ident).addWidget(self.identity)
 
@@ -98,6 +104,7 @@ class StationPanel(QWidget):
         left.addWidget(self.state)
         left.addWidget(choose)
         left.addWidget(geo)
+        left.addWidget(chip)
         left.addStretch(1)
         lay = QHBoxLayout(self)
         lay.addLayout(left, 1)
@@ -105,6 +112,7 @@ class StationPanel(QWidget):
 
         self.s.connection_changed.connect(self.refresh)
         self.s.busy_changed.connect(lambda _: self.refresh())
+        self.s.chip.changed.connect(self.refresh)
         self.refresh()
 
     # ---- choosing -------------------------------------------------------------------
@@ -158,6 +166,7 @@ class StationPanel(QWidget):
         self.connect_btn.setEnabled(not s.busy)
         self.disconnect_btn.setEnabled(connected and not s.busy)
         self.identity.clear()
+        self.chip_label.setText(chip_summary(s))
         if not connected:
             self.geometry_label.setText("Connect a station to see its geometry and limits.")
             for r in range(4):
@@ -200,3 +209,15 @@ def _short(v) -> str:
         return f"{v:.6g}"
     text = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
     return text if len(text) <= 120 else text[:117] + "…"
+
+
+def chip_summary(s: Session) -> str:
+    """Clock, operation counters, current record and what is programmed where."""
+    if not s.connected:
+        return "Not connected."
+    c = s.chip
+    counts = " · ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in c.counters.items()) or \
+        "this backend reports no operation counters"
+    run = s.run_path.name if s.run_path is not None else "none yet"
+    return (f"station clock {format_duration(c.clock_s)} · {counts}\ncurrent record: {run}\n"
+            f"{c.describe_regions()}")
