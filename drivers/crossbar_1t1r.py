@@ -58,7 +58,7 @@ class InstrumentCrossbar(Crossbar):
         self._bl = spec.smu_of("bl")
         self._gate = spec.smu_of("gate")
         if self._bl is not None:
-            caps.add("smu_read")
+            caps.update({"smu_read", "dc_sweep"})
         self.capabilities = frozenset(caps)
         self._armed: dict = {}                 # (instrument, channel) -> purpose it is configured for
         self._script_policy = None
@@ -133,6 +133,51 @@ class InstrumentCrossbar(Crossbar):
                 smu.pulse(float(v[i]), float(width[i]), **self._kw(ref))
         finally:
             self._quiet(ref, self._gate)
+
+    def _dc_sweep(self, cells: Cells, volts, v_gate, compliance_a, terminal: str, dwell_s: float) -> np.ndarray:
+        """Hook of `dc_sweep` (capability dc_sweep, every point checked): for each cell in turn the
+        board routes it with `terminal` on the SMU bus and the other line grounded; the SMU is
+        configured (compliance, ranges) before its output goes on, steps through the levels,
+        waits `dwell_s` and measures the current at each; levels to 0 V and output off after."""
+        ref = self.spec.smu_of(terminal.lower())
+        if ref is None:
+            raise ConfigError(f"station {self.spec.name}: dc_sweep on the {terminal} needs channels."
+                              f"{terminal.lower()} on an SMU channel")
+        gate_on_board = self._gate is None
+        sign = 1.0 if terminal == "BL" else -1.0             # current through the cell, BL to SL
+        drive = {"bl": "bus", "sl": "ground"} if terminal == "BL" else {"bl": "ground", "sl": "bus"}
+        out = np.empty((volts.size, len(cells)))
+        try:
+            if not gate_on_board:
+                self._arm(self._gate, "gate", self._opt(self._gate, "gate_compliance_a", DEFAULT_GATE_COMPLIANCE_A))
+            for i in range(len(cells)):
+                gate = None
+                for k in range(volts.size):
+                    if gate != v_gate[k]:
+                        gate = float(v_gate[k])
+                        if (ref.instrument, ref.channel) in self._armed:
+                            self._level(ref, 0.0)              # never re-route a line at a level
+                        self.board.route(cells[i:i + 1], **drive, wl="dac" if gate_on_board else "bus",
+                                         gate_v=gate if gate_on_board else 0.0)
+                        if not gate_on_board:
+                            self._level(self._gate, gate)
+                    self._arm(ref, "sweep", float(compliance_a[k]))
+                    self._level(ref, float(volts[k]))
+                    time.sleep(dwell_s)
+                    out[k, i] = sign * self._measure(ref)
+                self._level(ref, 0.0)
+        finally:
+            self._quiet(ref, self._gate)
+            self._output_off(ref)
+        return out
+
+    def _output_off(self, ref) -> None:
+        """`ref`'s output off (it is armed again, compliance first, before its next use)."""
+        try:
+            self.smus[ref.instrument].output(False, **self._kw(ref))
+        except Exception as e:
+            log.warning("station %s: could not switch %s off: %s", self.spec.name, ref, e)
+        self._armed.pop((ref.instrument, ref.channel), None)
 
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
         return self.board.vmm(pe, inputs, rows, cols, v_read=v_read, adc_full_scale_a=adc_full_scale_a)

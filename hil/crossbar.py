@@ -1,7 +1,7 @@
 """The Crossbar contract: everything above the backends speaks only this.
 
 Every public method that can apply a voltage (`CHECKED_METHODS`: reads, pulses, the two VMM input
-encodings and the optional capabilities such as `program`, `read_stress`, `read_smu`) is a final
+encodings and the optional capabilities such as `program`, `read_stress`, `read_smu`, `dc_sweep`) is a final
 method of `Crossbar`: it validates addresses, values and the station's safety limits, then calls
 the backend's hook (`_read`, `_pulse`, `_vmm`, `_vmm_amplitude`, `_program`, ...). A subclass
 that overrides one of them is refused when the class is created, so a backend cannot skip the
@@ -29,7 +29,7 @@ INPUT_BITS = 8
 DEFAULT_V_READ = 0.2
 
 #: public entries that can apply a voltage: checked here, final, each calls the hook `_<name>`
-CHECKED_METHODS = ("read", "pulse", "vmm", "vmm_amplitude", "program", "read_stress", "read_smu")
+CHECKED_METHODS = ("read", "pulse", "vmm", "vmm_amplitude", "program", "read_stress", "read_smu", "dc_sweep")
 #: methods a backend may not override: the checked entries and the checks of `program`
 FINAL_METHODS = CHECKED_METHODS + ("check_program",)
 
@@ -98,6 +98,34 @@ class AmplitudeResult:
         return 0.5 * self.lsb_a
 
 
+#: the terminal a DC sweep's source drives (the other line is grounded)
+SWEEP_TERMINALS = ("BL", "SL")
+#: most points of one DC sweep
+MAX_SWEEP_POINTS = 100_000
+
+
+@dataclass
+class DcSweepResult:
+    """A DC staircase: `v[k]` the source level of point k on `terminal` (V), `i_a[k, i]` the current
+    measured through cell i there (A, signed like the cell voltage V_BL − V_SL); `v_gate` and
+    `compliance_a` per point; `v_cell` = V_BL − V_SL."""
+
+    v: np.ndarray
+    i_a: np.ndarray
+    v_gate: np.ndarray
+    compliance_a: np.ndarray
+    terminal: str
+    dwell_s: float
+
+    @property
+    def v_cell(self) -> np.ndarray:
+        return self.v if self.terminal == "BL" else -self.v
+
+    def to_dict(self) -> dict:
+        return {"v": self.v.tolist(), "i_a": self.i_a.tolist(), "v_gate": self.v_gate.tolist(),
+                "compliance_a": self.compliance_a.tolist(), "terminal": self.terminal, "dwell_s": self.dwell_s}
+
+
 def bipolar_adc_lsb(full_scale_a: float, adc_bits: int) -> float:
     """Current of one code of a bipolar ADC with codes -(2**(b-1)-1) .. 2**(b-1)-1 over +-full scale."""
     if int(adc_bits) < 2:
@@ -114,7 +142,7 @@ class Crossbar(abc.ABC):
     a checked public method here with a backend hook: `program` -> `_program` (write-verify
     where it runs fastest; without the capability the generic host loop runs), `read_stress`
     -> `_read_stress` (bulk read pulses without returning values), `smu_read` -> `_read_smu`
-    (precision reads). `advance` (virtual clock) applies no voltage and is the backend's own.
+    (precision reads), `dc_sweep` -> `_dc_sweep` (a DC staircase through an SMU). `advance` (virtual clock) applies no voltage and is the backend's own.
     Overriding a method of FINAL_METHODS is refused (TypeError) at class creation."""
 
     geometry: Geometry
@@ -240,6 +268,42 @@ class Crossbar(abc.ABC):
             return np.zeros(0)
         return self._read_smu(cells, v, n_avg)
 
+    def dc_sweep(self, cells: Cells, volts, *, v_gate, compliance_a, terminal: str = "BL",
+                 dwell_s: float = 1e-3) -> DcSweepResult:
+        """DC staircase through an SMU on every cell of `cells` (one after another on an instrument
+        station, in parallel on a simulator): the source on `terminal` (BL or SL, the other line
+        grounded) steps through `volts`, dwelling `dwell_s` at each level, and the current is
+        measured at each point; capability `dc_sweep`. `v_gate` and `compliance_a` are scalars or
+        one per point. Every point is checked first: cell voltage V_BL − V_SL > 0 against the SET
+        limits, < 0 against RESET (level, gate, compliance, dwell as the width); 0 V against READ."""
+        self._check_open()
+        self._require("dc_sweep")
+        cells = self._cells(cells)
+        if len(cells) == 0:
+            raise ValueError("dc_sweep: select at least one cell")
+        if terminal not in SWEEP_TERMINALS:
+            raise ValueError(f"dc_sweep terminal must be one of {', '.join(SWEEP_TERMINALS)}, got {terminal!r}")
+        try:
+            v = np.asarray(volts, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise ValueError("dc_sweep volts must be numbers") from None
+        if not 1 <= v.size <= MAX_SWEEP_POINTS:
+            raise ValueError(f"dc_sweep takes 1..{MAX_SWEEP_POINTS} points, got {v.size}")
+        gate, comp = per_cell(v_gate, v.size, "v_gate"), per_cell(compliance_a, v.size, "compliance_a")
+        if not np.all(np.isfinite(comp)) or (comp <= 0).any():
+            raise SafetyViolation("dc_sweep rejected: compliance_a must be positive and finite; nothing was applied")
+        v_cell = v if terminal == "BL" else -v
+        for op, mask in ((Op.SET, v_cell > 0), (Op.RESET, v_cell < 0), (Op.READ, v_cell == 0)):
+            idx = np.flatnonzero(mask) if np.all(np.isfinite(v_cell)) else np.arange(v.size)
+            if idx.size:
+                self.limits.check(op, v[idx], gate[idx], dwell_s, comp[idx],
+                                  where=lambda i, idx=idx: f"sweep point {int(idx[i])}")
+        i_a = np.asarray(self._dc_sweep(cells, v, gate, comp, terminal, float(dwell_s)), dtype=float)
+        if i_a.shape != (v.size, len(cells)):
+            raise BackendError(f"{type(self).__name__}._dc_sweep returned shape {i_a.shape}, "
+                               f"expected {(v.size, len(cells))}")
+        return DcSweepResult(v, i_a, gate, comp, terminal, float(dwell_s))
+
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
 
@@ -311,6 +375,11 @@ class Crossbar(abc.ABC):
         raise NotImplementedError
 
     def _read_smu(self, cells: Cells, v_read: float, n_avg: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _dc_sweep(self, cells: Cells, volts: np.ndarray, v_gate: np.ndarray, compliance_a: np.ndarray,
+                  terminal: str, dwell_s: float) -> np.ndarray:
+        """Hook of `dc_sweep` (every point checked): currents (points, cells) in amperes."""
         raise NotImplementedError
 
     def _describe(self) -> dict:

@@ -16,6 +16,7 @@ from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, SafetyLimits
 from hil.ops.vmm import adc_lsb
 
+from . import iv_physics
 from .device import DeviceArray
 from .noise import NoisePool
 from .params import DeviceParams
@@ -28,7 +29,7 @@ class SimulatedCrossbar(Crossbar):
     """A seeded, simulated chip. Optional `state_path` persists the chip between processes
     (like a physical chip keeps its state), written atomically after every programming call."""
 
-    capabilities = frozenset({"advance", "read_stress"})
+    capabilities = frozenset({"advance", "read_stress", "dc_sweep"})
 
     def __init__(self, geometry: Geometry = YAO, params: Optional[DeviceParams] = None, seed: int = 0,
                  limits: Optional[SafetyLimits] = None, state_path=None) -> None:
@@ -212,6 +213,18 @@ class SimulatedCrossbar(Crossbar):
         self.device.add_dose(cells.flat(self.geometry), n_reads, v_read, width_s)
         self._t += n_reads * (width_s + self.params.timing.slot_overhead_s + 1e-7)
         self._autosave()
+
+    def _dc_sweep(self, cells: Cells, volts, v_gate, compliance_a, terminal: str, dwell_s: float) -> np.ndarray:
+        """DC staircase with the I–V physics of iv_physics (an SMU sweeps the cells one after another)."""
+        idx = cells.flat(self.geometry)
+        if np.unique(idx).size != idx.size:
+            raise ValueError("dc_sweep(): a cell appears twice in the selection")
+        v_cell = volts if terminal == "BL" else -volts
+        i_a = iv_physics.dc_sweep(self.device, idx, v_cell, v_gate, compliance_a, dwell_s, self._t)
+        self._t += self.params.timing.call_overhead_s + idx.size * volts.size * (dwell_s + self.params.timing.read_cell_s)
+        self.counters["reads"] += idx.size * volts.size
+        self._autosave()
+        return i_a
 
     def _describe(self) -> dict:
         return {"backend": "sim", "model": "SimulatedCrossbar", "seed": self.seed,

@@ -37,7 +37,7 @@ SIM_INSTRUMENTS = Path(__file__).resolve().parents[1] / "stations" / "sim-instru
 _ids = itertools.count()
 
 #: the public entries of the Crossbar contract that can apply a voltage (DESIGN.md §4)
-CHECKED = ("read", "pulse", "vmm", "vmm_amplitude", "program", "read_stress", "read_smu")
+CHECKED = ("read", "pulse", "vmm", "vmm_amplitude", "program", "read_stress", "read_smu", "dc_sweep")
 #: public backend methods that apply no voltage (clock, identity, state files, oracle access)
 BACKEND_NO_VOLTAGE = {"now", "advance", "describe", "has", "close", "safe", "true_conductance",
                       "stuck_mask", "save_state", "load_state", "report", "identity",
@@ -200,6 +200,17 @@ BACKEND_CASES = {
                      SafetyViolation, "width")],
     "read_smu": [("default 0.2 V", lambda x: x.read_smu(CELLS), SafetyViolation, "READ rejected"),
                  ("0.45 V", lambda x: x.read_smu(CELLS, v_read=0.45), SafetyViolation, "READ rejected")],
+    "dc_sweep": [("SET 3.5 V", lambda x: x.dc_sweep(CELLS, [0.0, 3.5], v_gate=1.0, compliance_a=1e-4),
+                  SafetyViolation, "|V| 3.5"),
+                 ("RESET gate 5.0 V", lambda x: x.dc_sweep(CELLS, [-1.0], v_gate=5.0, compliance_a=1e-4),
+                  SafetyViolation, "gate"),
+                 ("SET 5 ms dwell", lambda x: x.dc_sweep(CELLS, [0.5], v_gate=1.0, compliance_a=1e-4, dwell_s=5e-3),
+                  SafetyViolation, "width"),
+                 ("compliance 10 mA", lambda x: x.dc_sweep(CELLS, [0.5], v_gate=1.0, compliance_a=1e-2),
+                  SafetyViolation, "compliance"),
+                 ("0 V at a 4 V gate above READ 3.3 V", lambda x: x.dc_sweep(CELLS, [0.0], v_gate=4.0,
+                                                                             compliance_a=1e-4),
+                  SafetyViolation, "READ rejected")],
 }
 
 
@@ -211,7 +222,7 @@ def _run_backend_cases(xb, counters) -> int:
     """Every case of every public checked method of `xb`; returns how many ran."""
     n = 0
     for name in sorted(_public_methods(type(xb)) & set(CHECKED)):
-        cap = {"read_stress": "read_stress", "read_smu": "smu_read"}.get(name)
+        cap = {"read_stress": "read_stress", "read_smu": "smu_read", "dc_sweep": "dc_sweep"}.get(name)
         for case, call, exc, frag in BACKEND_CASES[name]:
             before = counters()
             if cap is not None and not xb.has(cap):

@@ -109,7 +109,7 @@ def ramp_levels(cfg: PulseTrainConfig) -> np.ndarray:
     if steps + 1 > MAX_RAMP_STEPS:
         raise ConfigError(f"module pulse-train: a ramp of {steps + 1} steps is too long (at most {MAX_RAMP_STEPS}); "
                           f"use a larger ramp_step_v")
-    v = cfg.ramp_start_v + np.sign(span) * cfg.ramp_step_v * np.arange(steps + 1)
+    v = np.round(cfg.ramp_start_v + np.sign(span) * cfg.ramp_step_v * np.arange(steps + 1), 9)
     return v if np.isclose(v[-1], cfg.ramp_stop_v) else np.append(v, cfg.ramp_stop_v)
 
 

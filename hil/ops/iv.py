@@ -1,11 +1,12 @@
-"""Pulsed I–V sweep over the Crossbar contract.
+"""Pulsed I–V sweep over the Crossbar contract (the DC staircase is `Crossbar.dc_sweep`).
 
-The Crossbar contract has no DC sweep, so the sweep is pulsed, as on a 1T1R probe station
-with a pulse generator: the amplitude steps 0 → +V_set → 0 → −V_reset → 0; a positive step is
+The pulsed sweep works on any backend, as on a 1T1R probe station with a pulse generator:
+the amplitude steps 0 → +V_set → 0 → −V_reset → 0; a positive step is
 a SET pulse on the bit line (gate `v_gate_set` limits the current), a negative step a RESET
 pulse on the source line (gate `v_gate_reset`); after every step the cells are read at the
 read voltage. The current at each step is estimated as I = G_read · V (ohmic cell at the
-pulse amplitude), so the curve shows the switching loop: SET near +V, RESET near −V.
+pulse amplitude), so the curve shows the switching loop: SET near +V, RESET near −V. It is
+not a measured I–V curve; `Crossbar.dc_sweep` (capability `dc_sweep`) measures one.
 """
 from __future__ import annotations
 
@@ -54,6 +55,25 @@ def sweep_voltages(v_set_max: float, v_reset_max: float, v_step: float) -> np.nd
     return np.concatenate([up, up[-2::-1], -dn[1:], -dn[-2::-1]])
 
 
+def check_sweep(xbar: Crossbar, v: np.ndarray, v_gate_set: float, v_gate_reset: float, width_s: float) -> None:
+    """Refuse (SafetyViolation) a pulsed sweep whose extremes exceed the SET / RESET limits."""
+    if (v > 0).any():
+        xbar.limits.check(Op.SET, v.max(), v_gate_set, width_s)
+    if (v < 0).any():
+        xbar.limits.check(Op.RESET, -v.min(), v_gate_reset, width_s)
+
+
+def pulse_and_read(xbar: Crossbar, cells: Cells, v: float, v_gate_set: float, v_gate_reset: float,
+                   width_s: float, n_avg: int = 1, v_read: Optional[float] = None) -> np.ndarray:
+    """One step of a pulsed sweep: a SET (v > 0) or RESET (v < 0, on the SL) pulse of |v|, none at
+    0, then a read; the cells' conductance (S)."""
+    if v > 0:
+        xbar.pulse(cells, Op.SET, v, v_gate_set, width_s)
+    elif v < 0:
+        xbar.pulse(cells, Op.RESET, -v, v_gate_reset, width_s)
+    return xbar.read(cells, n_avg=n_avg, v_read=v_read)
+
+
 def iv_sweep(xbar: Crossbar, cells: Cells, *, v_set_max: float, v_reset_max: float, v_step: float,
              v_gate_set: float, v_gate_reset: float, width_s: float, n_avg: int = 1,
              progress: Optional[ProgressCallback] = None,
@@ -65,16 +85,11 @@ def iv_sweep(xbar: Crossbar, cells: Cells, *, v_set_max: float, v_reset_max: flo
         raise ConfigError("select at least one cell for the I–V sweep")
     cells = cells.validate(xbar.geometry)
     v = sweep_voltages(v_set_max, v_reset_max, v_step)
-    xbar.limits.check(Op.SET, v_set_max, v_gate_set, width_s)       # refuse before anything is applied
-    xbar.limits.check(Op.RESET, v_reset_max, v_gate_reset, width_s)
+    check_sweep(xbar, v, v_gate_set, v_gate_reset, width_s)       # refuse before anything is applied
     g = np.full((v.size, len(cells)), np.nan)
     for k, vk in enumerate(v):
         cancel.raise_if_cancelled()
-        if vk > 0:
-            xbar.pulse(cells, Op.SET, vk, v_gate_set, width_s)
-        elif vk < 0:
-            xbar.pulse(cells, Op.RESET, -vk, v_gate_reset, width_s)
-        g[k] = xbar.read(cells, n_avg=n_avg)
+        g[k] = pulse_and_read(xbar, cells, vk, v_gate_set, v_gate_reset, width_s, n_avg)
         progress(Progress(k + 1, v.size, f"I–V sweep: {vk:+.2f} V, mean G {np.mean(g[k]) * 1e6:.2f} µS",
                           unit="steps"))
     log.info("I–V sweep of %d cells: %d steps, +%.2f V / −%.2f V", len(cells), v.size, v_set_max, v_reset_max)
