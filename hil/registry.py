@@ -40,6 +40,8 @@ _ENTRIES: dict[str, str] = {
     "gui": "gui.app:main",                                    # (args) -> exit code
     "sim-station-server": "sim_backend.serve:serve_station",  # (station_file, *, host, port_base, faults)
     "sim-params": "sim_backend.params:DeviceParams",          # the simulated device's parameter set
+    "sim.fit_params": "sim_backend.fit:fit_params",           # (record, base, *, bootstrap, seed) -> FitResult
+    "sim.fit_programming_model": "sim_backend.statistical:fit_programming_model",  # (station, params, seed, ...) -> path
 }
 
 

@@ -16,6 +16,7 @@ names the source of every value it changes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -282,6 +283,10 @@ class DeviceParams:
             kwargs[gname] = replace(getattr(base, gname),
                                     **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
         return replace(base, **kwargs)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of every value: names this exact parameter set."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
     def save(self, path) -> Path:
         """Write as TOML (.toml) or JSON (any other suffix)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from hil.errors import ConfigError
+from hil.errors import ConfigError, HilError
 from hil.geometry import GEOMETRY_SCHEMA, YAO, Geometry
 from hil.limits import LIMITS_SCHEMA, SafetyLimits
 from hil.registry import where
@@ -17,6 +17,7 @@ from hil.schema import Number, SchemaError, Table, Text, located, validate
 
 from .chip import SimulatedCrossbar
 from .params import PRESETS, DeviceParams
+from .statistical import ProgrammingModel, StatisticalCrossbar, open_model
 
 SEED = Number(0, 2**63 - 1, integer=True)
 SIM_STATION_SCHEMA = Table({
@@ -24,7 +25,8 @@ SIM_STATION_SCHEMA = Table({
                      required=["backend"]),
     "geometry": GEOMETRY_SCHEMA,
     "limits": LIMITS_SCHEMA,
-    "sim": Table({"seed": SEED, "params": Text(), "preset": Text(sorted(PRESETS), noun="device preset")}),
+    "sim": Table({"seed": SEED, "params": Text(), "preset": Text(sorted(PRESETS), noun="device preset"),
+                  "programming_model": Text()}),
 }, required=["station"], ignore=["_path"])
 
 
@@ -38,10 +40,11 @@ class SimStationSpec:
     limits: SafetyLimits
     seed: int
     params: DeviceParams
+    programming_model: Optional[ProgrammingModel] = None     # statistical fast programming (statistical.py)
 
 
 def check_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
-                      geometry: Optional[Geometry] = None) -> SimStationSpec:
+                      geometry: Optional[Geometry] = None, programming_model=None) -> SimStationSpec:
     """Validate a simulated station's config and options; ConfigError naming the file and key."""
     w = where(cfg)
     with located(w):
@@ -72,11 +75,24 @@ def check_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None
     else:
         params = DeviceParams.preset(sim.get("preset", "yao2020"))
     name = c["station"].get("name", Path(cfg["_path"]).stem if cfg.get("_path") else "sim")
-    return SimStationSpec(name, cfg.get("_path"), geom, limits, seed, params)
+    model = None
+    if programming_model is not None or "programming_model" in sim:
+        try:
+            model = (open_model(programming_model) if programming_model is not None else
+                     open_model(sim["programming_model"], Path(cfg.get("_path", ".")).parent))
+        except HilError as e:
+            raise ConfigError(f"{'programming_model' if programming_model is not None else w + ': sim.programming_model'}"
+                              f": {e}") from None
+    return SimStationSpec(name, cfg.get("_path"), geom, limits, seed, params, model)
 
 
 def open_sim_station(cfg: dict, *, seed: Optional[int] = None, params_path=None, state_path=None,
-                     geometry: Optional[Geometry] = None) -> SimulatedCrossbar:
-    """Build a SimulatedCrossbar from a station config (see stations/sim-yao.toml)."""
-    spec = check_sim_station(cfg, seed=seed, params_path=params_path, state_path=state_path, geometry=geometry)
+                     geometry: Optional[Geometry] = None, programming_model=None) -> SimulatedCrossbar:
+    """Build a SimulatedCrossbar from a station config (see stations/sim-yao.toml); with a
+    programming model (option or [sim] programming_model) a StatisticalCrossbar."""
+    spec = check_sim_station(cfg, seed=seed, params_path=params_path, state_path=state_path, geometry=geometry,
+                             programming_model=programming_model)
+    if spec.programming_model is not None:
+        return StatisticalCrossbar(spec.programming_model, spec.geometry, spec.params, seed=spec.seed,
+                                   limits=spec.limits, state_path=state_path)
     return SimulatedCrossbar(spec.geometry, spec.params, seed=spec.seed, limits=spec.limits, state_path=state_path)
