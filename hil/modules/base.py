@@ -30,8 +30,7 @@ from hil.modules.stability import _wait_real
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 from hil.runstore import RunWriter
 
-__all__ = ["LabModule", "ModuleContext", "ModuleProgress", "ModuleResult", "run_module", "parse_cells",
-           "format_cells"]
+__all__ = ["LabModule", "ModuleContext", "ModuleProgress", "ModuleResult", "run_module", "parse_cells"]
 
 
 @dataclass(frozen=True)
@@ -201,9 +200,3 @@ def parse_cells(spec: str, geometry: Geometry) -> Cells:
         raise ConfigError(f"cells {spec!r}: blocks overlap")
     return Cells.from_flat(flat, geometry)
 
-
-def format_cells(cells: Cells, limit: int = 4) -> str:
-    """'PE 0 row 1 col 2, ...' for messages (the first `limit` cells)."""
-    head = ", ".join(f"PE {p} row {r} col {c}" for p, r, c in zip(cells.pe[:limit], cells.row[:limit],
-                                                                  cells.col[:limit]))
-    return head + (f" and {len(cells) - limit} more" if len(cells) > limit else "")
