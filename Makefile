@@ -11,7 +11,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet --upgrade pip
 
 venv: $(BIN)/activate
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[gui,test]'
 
 demo: venv
 	$(BIN)/hil demo --out $(OUT) --seed 0

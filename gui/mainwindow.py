@@ -27,6 +27,7 @@ from .panels.network import NetworkPanel
 from .panels.programming import ProgrammingPanel
 from .panels.runs import RunsPanel
 from .panels.station import StationPanel
+from .panels.sweeps import SweepsPanel
 from .session import Session
 from .widgets import scrollable
 
@@ -45,6 +46,7 @@ PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
     ("experiments", "Experiments", ExperimentsPanel),
     ("runs", "Runs", RunsPanel),
     ("insitu", "In-situ training", InsituPanel),
+    ("sweeps", "Sweeps", SweepsPanel),
 ]
 
 

@@ -44,6 +44,15 @@ _ENTRIES: dict[str, str] = {
     "sim.fit_programming_model": "sim_backend.statistical:fit_programming_model",  # (station, params, seed, ...) -> path
 }
 
+# name -> "module:Target": what one point of `hil sweep` runs (hil.sweep.target.Target objects);
+# the sweep engine reaches the papers' targets by name, never by import.
+_SWEEP_TARGETS: dict[str, str] = {
+    "write_verify": "hil.sweep.targets:WRITE_VERIFY",
+    "drift": "hil.sweep.targets:DRIFT",
+    "yao2020.transfer_hybrid": "hil.yao2020.sweep:TRANSFER_HYBRID",
+    "wang2019.insitu": "hil.wang2019.sweep:INSITU",
+}
+
 
 def register_backend(name: str, target: str, check: Optional[str] = None) -> None:
     """Register a backend factory (and optionally its checker) as 'module:callable'."""
@@ -59,6 +68,16 @@ def resolve(name: str) -> Callable:
     """The callable registered as entry `name`, imported now; ConfigError naming the entry
     when it is unknown or its module cannot be imported here."""
     return _resolve(_ENTRIES, name, "entry")
+
+
+def sweep_target(name: str):
+    """The sweep target registered as `name` (a hil.sweep.target.Target), imported now."""
+    return _resolve(_SWEEP_TARGETS, name, "sweep target")
+
+
+def sweep_targets() -> list[str]:
+    """Names of the registered sweep targets."""
+    return sorted(_SWEEP_TARGETS)
 
 
 def available_backends() -> dict[str, bool]:

@@ -9,12 +9,12 @@ import sys
 
 from hil import __version__, threads
 from hil import options as opt
-from hil.cli import experiments, gui, modules, params, program, runs, station, wang, yao
+from hil.cli import experiments, gui, modules, params, program, runs, station, sweep, wang, yao
 from hil.cli.common import one_line
 from hil.errors import Cancelled, HilError
 
 #: command families in the order `hil --help` lists them
-FAMILIES = (program, experiments, modules, yao, wang, station, params, gui, runs)
+FAMILIES = (program, experiments, modules, yao, wang, sweep, station, params, gui, runs)
 
 
 def build_parser() -> argparse.ArgumentParser:
