@@ -1,11 +1,22 @@
 """`hil gui`: the probe-station GUI, started through the registry (hil never imports `gui`)."""
 from __future__ import annotations
 
+import importlib.util
+
 from hil import options as opt
+from hil.errors import ConfigError
 from hil.registry import resolve
 
 
+#: what the GUI needs beyond the headless core: the `gui` extra
+GUI_MODULES = ("PySide6", "pyqtgraph")
+
+
 def cmd_gui(args) -> int:
+    missing = [m for m in GUI_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"the GUI needs {' and '.join(missing)}, which this headless install lacks: "
+                          f"install the gui extra with pip install 'memristor-hil[gui]'")
     return resolve("gui")(args)
 
 
