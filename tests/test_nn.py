@@ -234,7 +234,7 @@ def trained():
     small = ds.subset(1500 / 4000, seed=0)
     small = Dataset(small.x_train, small.y_train, ds.x_test[:500], ds.y_test[:500], "small")
     model, hist = M.train_mcnn(small, epochs=3, qat_epochs=1, seed=0, calib_images=500,
-                               eval_train_images=300)
+                               eval_images=500)
     return small, model, hist
 
 
@@ -242,7 +242,7 @@ def test_training_small_subset_well_above_chance(trained):
     ds, model, hist = trained
     assert [h["phase"] for h in hist] == ["float", "float", "qat"]
     assert hist[-1]["loss"] < hist[0]["loss"]
-    assert hist[-1]["test_acc_quant"] > 0.85 and hist[-1]["test_acc"] > 0.8
+    assert hist[-1]["test_acc_quant"] > 0.8 and hist[-1]["test_acc"] > 0.8
     assert model.accuracy(ds.x_test, ds.y_test) == pytest.approx(hist[-1]["test_acc_quant"])
     assert set(hist[-1]) >= {"loss", "train_acc", "train_acc_quant", "test_acc",
                              "test_acc_quant", "epoch", "seconds"}
@@ -306,7 +306,7 @@ def test_round_trip_through_arrays(trained):
 def test_training_is_deterministic_and_cancellable():
     full = load_embedded(seed=0).subset(0.05, seed=0)         # 200 training images
     ds = Dataset(full.x_train, full.y_train, full.x_test[:50], full.y_test[:50], "tiny")
-    kw = dict(epochs=1, batch=50, seed=4, calib_images=100, eval_train_images=50)
+    kw = dict(epochs=1, batch=50, seed=4, calib_images=100, eval_images=50)
     (m1, h1), (m2, h2) = M.train_mcnn(ds, **kw), M.train_mcnn(ds, **kw)
     for k in m1.params:
         np.testing.assert_array_equal(m1.params[k], m2.params[k])
@@ -323,3 +323,70 @@ def test_training_is_deterministic_and_cancellable():
     with pytest.raises(Cancelled, match="test stop"):
         M.train_mcnn(ds, **kw, progress=progress, cancel=token)
     assert len(seen) == 2 and seen[0].unit == "batches"
+
+
+def _tiny():
+    full = load_embedded(seed=0).subset(0.05, seed=0)         # 200 training images
+    return Dataset(full.x_train, full.y_train, full.x_test[:60], full.y_test[:60], "tiny")
+
+
+def test_eval_subset_size_does_not_change_the_trained_model():
+    ds = _tiny()
+    kw = dict(epochs=2, qat_epochs=1, batch=50, seed=3, calib_images=100)
+    (m1, h1), (m2, h2) = M.train_mcnn(ds, eval_images=20, **kw), M.train_mcnn(ds, eval_images=150, **kw)
+    for k in m1.params:
+        np.testing.assert_array_equal(m1.params[k], m2.params[k])
+    assert m1.act_scale == m2.act_scale and h1[-1]["loss"] == h2[-1]["loss"]
+    # the subsets differ, so their scores may; each is a fraction of its own size
+    tr20, te20 = M.eval_subsets(ds, 20, 3)
+    tr150, te150 = M.eval_subsets(ds, 150, 3)
+    assert (tr20.size, te20.size, tr150.size, te150.size) == (20, 20, 150, 60)
+    assert all(round(h["train_acc_quant"] * 20) == h["train_acc_quant"] * 20 for h in h1)
+    m3, h3 = M.train_mcnn(ds, eval_images=20, **{**kw, "calib_images": 150})  # calibration is not eval
+    assert h3[0]["loss"] == h1[0]["loss"] and m3.act_scale != m1.act_scale
+
+
+def test_shift_augmentation_stays_within_two_pixels_and_keeps_labels():
+    rng = np.random.default_rng(0)
+    x = np.zeros((400, 28, 28), np.uint8)
+    x[:, 13, 14] = 255                                  # one marked pixel per image
+    y = rng.integers(0, 10, 400)
+    out = M.shift_images(x, 2, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == np.uint8
+    pos = np.argwhere(out == 255)
+    assert len(pos) == 400 and np.array_equal(pos[:, 0], np.arange(400))  # moved, never lost
+    dy, dx = pos[:, 1] - 13, pos[:, 2] - 14
+    assert dy.min() == dx.min() == -2 and dy.max() == dx.max() == 2       # every offset in -2..2 used
+    assert M.shift_images(x, 0, rng) is x
+    # the training loop shifts images only: the labels it trains on are the dataset's
+    ds = _tiny()
+    seen = []
+    orig = M.nn.softmax_cross_entropy
+    try:
+        M.nn.softmax_cross_entropy = lambda logits, t: (seen.append(t.copy()), orig(logits, t))[1]
+        M.train_mcnn(ds, epochs=1, batch=50, seed=0, calib_images=50, eval_images=10)
+    finally:
+        M.nn.softmax_cross_entropy = orig
+    assert np.array_equal(np.sort(np.concatenate(seen)), np.sort(ds.y_train))
+    assert y.shape == (400,)
+
+
+def test_qat_weights_take_exactly_15_levels(trained):
+    _, model, hist = trained
+    assert hist[-1]["phase"] == "qat"
+    for name in ("c1", "c3", "fc"):
+        q = model.weight_levels(name)
+        assert set(np.unique(q)) <= set(range(-7, 8)) and np.abs(q).max() == 7   # full range, no other level
+        np.testing.assert_allclose(model.quantized_weights(name), q * model.weight_scale(name))
+    assert len(np.unique(model.weight_levels("fc"))) >= 14    # the grid is used (one end may stay empty)
+    # what QAT trained through is what the chip gets: the fake-quantized weights are those levels
+    np.testing.assert_allclose(nn.fake_quant_weights(model.params["fc"]), model.quantized_weights("fc"), rtol=1e-6)
+
+
+def test_maxpool_routes_ties_to_the_first_maximum():
+    x = np.zeros((1, 1, 2, 4))
+    x[0, 0] = [[1, 3, 5, 5], [3, 2, 5, 5]]
+    out, cache = nn.maxpool2d_forward(x, 2)
+    assert out.tolist() == [[[[3, 5]]]]
+    dx = nn.maxpool2d_backward(np.array([[[[1.0, 2.0]]]]), cache)
+    assert dx.tolist() == [[[[0, 1, 2, 0], [0, 0, 0, 0]]]]

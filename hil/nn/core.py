@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 
 
@@ -28,30 +29,34 @@ def conv_output_size(h: int, w: int, kh: int, kw: int, pad=0, stride: int = 1) -
     return (h + t + b - kh) // stride + 1, (w + l + r - kw) // stride + 1
 
 
+def _padded(x: np.ndarray, pad) -> np.ndarray:
+    t, b, l, r = conv_padding(pad)
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r))) if t or b or l or r else x
+
+
 def im2col(x: np.ndarray, kh: int, kw: int, pad=0, stride: int = 1) -> np.ndarray:
     """(N, C, H, W) -> (N*OH*OW, C*kh*kw) patches; rows in (n, oh, ow) order, columns in
     (c, i, j) order, matching `w.reshape(K, C*kh*kw)`. `pad`: int or (top, bottom, left,
-    right). Keeps the input dtype."""
+    right). Keeps the input dtype; one copy of a sliding-window view."""
     n, c, h, w = x.shape
-    t, b, l, r = conv_padding(pad)
-    if t or b or l or r:
-        x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
     oh, ow = conv_output_size(h, w, kh, kw, pad, stride)
-    xt = x.transpose(0, 2, 3, 1)                       # (N, H, W, C) view
-    out = np.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
-    for i in range(kh):                                # kh*kw strided copies, no Python per pixel
-        for j in range(kw):
-            out[:, :, :, :, i, j] = xt[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
-    return out.reshape(n * oh * ow, c * kh * kw)
+    v = sliding_window_view(_padded(x, pad), (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride][:, :, :oh, :ow]
+    return v.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
 
 
 def col2im(cols: np.ndarray, x_shape: tuple, kh: int, kw: int, pad=0, stride: int = 1) -> np.ndarray:
     """Adjoint of `im2col`: scatter-add (N*OH*OW, C*kh*kw) patch gradients back to x_shape."""
     n, c, h, w = x_shape
-    t, b, l, r = conv_padding(pad)
     oh, ow = conv_output_size(h, w, kh, kw, pad, stride)
-    d = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, kh, kw, OH, OW)
-    dx = np.zeros((n, c, h + t + b, w + l + r), dtype=cols.dtype)
+    return _scatter_windows(cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2), x_shape, pad, stride)
+
+
+def _scatter_windows(d: np.ndarray, x_shape: tuple, pad, stride: int = 1) -> np.ndarray:
+    """Sum of window gradients d (N, C, kh, kw, OH, OW) at their positions in x_shape."""
+    n, c, h, w = x_shape
+    t, b, l, r = conv_padding(pad)
+    _, _, kh, kw, oh, ow = d.shape
+    dx = np.zeros((n, c, h + t + b, w + l + r), dtype=d.dtype)
     for i in range(kh):
         for j in range(kw):
             dx[:, :, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride] += d[:, :, i, j]
@@ -59,48 +64,59 @@ def col2im(cols: np.ndarray, x_shape: tuple, kh: int, kw: int, pad=0, stride: in
 
 
 def conv2d_forward(x: np.ndarray, w: np.ndarray, pad: int = 0):
-    """Stride-1 convolution without bias. Returns (out (N, K, OH, OW), cache)."""
-    n, _, h, wd = x.shape
+    """Stride-1 convolution without bias. Returns (out (N, K, OH, OW), cache).
+
+    Works on per-image patch matrices (N, C*kh*kw, OH*OW): one batched matmul gives the
+    output in (N, K, OH, OW) order with no transposed copy."""
+    n, c, h, wd = x.shape
     k, _, kh, kw = w.shape
     oh, ow = conv_output_size(h, wd, kh, kw, pad)
-    cols = im2col(x, kh, kw, pad)
-    out = (cols @ w.reshape(k, -1).T).reshape(n, oh, ow, k).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(out), (x.shape, cols, w, pad)
+    xp = _padded(x, pad)
+    cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):                                # kh*kw block copies
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i:i + oh, j:j + ow]
+    cols = cols.reshape(n, c * kh * kw, oh * ow)
+    out = np.matmul(w.reshape(k, -1), cols).reshape(n, k, oh, ow)
+    return out, (x.shape, cols, w, pad)
 
 
 def conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True):
     """Gradients (dx or None, dw) of `conv2d_forward` given dout (N, K, OH, OW)."""
     x_shape, cols, w, pad = cache
-    k, _, kh, kw = w.shape
-    d2 = dout.transpose(0, 2, 3, 1).reshape(-1, k)
-    dw = (d2.T @ cols).reshape(w.shape)
-    dx = col2im(d2 @ w.reshape(k, -1), x_shape, kh, kw, pad) if need_dx else None
-    return dx, dw
+    n, k, oh, ow = dout.shape
+    d = dout.reshape(n, k, oh * ow)
+    dw = np.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
+    if not need_dx:
+        return None, dw
+    dcols = np.matmul(w.reshape(k, -1).T, d).reshape(n, *w.shape[1:], oh, ow)
+    return _scatter_windows(dcols, x_shape, pad), dw
 
 
 # ---------------------------------------------------------------------------- pooling, ReLU
 def maxpool2d_forward(x: np.ndarray, k: int):
     """Non-overlapping k x k max pooling (H and W must be multiples of k).
-    Returns (out (N, C, H/k, W/k), cache with the argmax (first maximum) inside each window)."""
+    Returns (out (N, C, H/k, W/k), cache); the backward pass routes to the first maximum."""
     n, c, h, w = x.shape
     if h % k or w % k:
         raise ValueError(f"maxpool {k}x{k} needs H and W divisible by {k}, got {h}x{w}")
     out = x[:, :, 0::k, 0::k].copy()
-    arg = np.zeros(out.shape, dtype=np.int8)
     for t in range(1, k * k):                          # k*k strided slices
-        s = x[:, :, t // k::k, t % k::k]
-        better = s > out
-        np.copyto(out, s, where=better)
-        arg[better] = t
-    return out, (x.shape, k, arg)
+        np.maximum(out, x[:, :, t // k::k, t % k::k], out=out)
+    return out, (x, k, out)
 
 
 def maxpool2d_backward(dout: np.ndarray, cache) -> np.ndarray:
-    """Route dout to the argmax position of each pooling window."""
-    shape, k, arg = cache
-    dx = np.zeros(shape, dtype=dout.dtype)
+    """Route dout to the first (row-major) maximum of each pooling window."""
+    x, k, out = cache
+    dx = np.empty(x.shape, dtype=dout.dtype)
+    free = np.ones(out.shape, dtype=bool)
+    hit = np.empty(out.shape, dtype=bool)
     for t in range(k * k):
-        dx[:, :, t // k::k, t % k::k] = np.where(arg == t, dout, 0)
+        np.equal(x[:, :, t // k::k, t % k::k], out, out=hit)
+        hit &= free
+        free &= ~hit
+        np.multiply(dout, hit, out=dx[:, :, t // k::k, t % k::k])
     return dx
 
 

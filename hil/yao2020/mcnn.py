@@ -18,6 +18,7 @@ float64, scaled to real values, ReLU, pooling and requantization in digital. The
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, Optional
 
@@ -47,6 +48,9 @@ STAGES = {"c1": ("c1", "c1.quant"), "c3": ("c3", "flatten"), "fc": ("fc", "fc.sc
 INPUT_CODE_SCALE = 1.0 / 255.0                     # real value of one input pixel code
 ACT_PERCENTILE = 99.99                             # activation calibration percentile
 CHUNK = 1000                                       # images per inference chunk (memory)
+LR_FLOOR = 0.02                                    # last learning rate / first (cosine schedule)
+EVAL_STREAM = 0xE7A1                               # seed-stream tags: per-epoch eval subsets,
+CALIB_STREAM = 0xCA1B                              # activation calibration images
 
 
 def _check_array(name: str, a, shape: tuple) -> np.ndarray:
@@ -282,11 +286,11 @@ def calibrate_scales(params: dict, x_uint8: np.ndarray,
 
 # ---------------------------------------------------------------------------- training
 def shift_images(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
-    """Translate each image by a random integer offset in -max_shift..max_shift (zero fill)."""
+    """Translate each image by a random integer offset in -max_shift..max_shift on each axis
+    (zero fill); labels are unchanged."""
     if max_shift <= 0:
         return x
-    n = len(x)
-    m = max_shift
+    n, m = len(x), max_shift
     padded = np.pad(x, ((0, 0), (m, m), (m, m)))
     dy = rng.integers(0, 2 * m + 1, n)
     dx = rng.integers(0, 2 * m + 1, n)
@@ -295,35 +299,54 @@ def shift_images(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
     return padded[np.arange(n)[:, None, None], rows, cols]
 
 
-def train_mcnn(ds: Dataset, *, epochs: int = 10, batch: int = 64, lr: float = 5e-3,
+def cosine_lr(lr: float, step: int, steps: int, floor: float = LR_FLOOR) -> float:
+    """Learning rate at `step` of `steps`: cosine from `lr` down to `floor` * lr."""
+    return lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * step / max(steps, 1))))
+
+
+def _sample(n: int, k: int, seed: int, stream: int) -> np.ndarray:
+    """Sorted indices of min(k, n) of range(n), from their own stream (seed, stream)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, stream]))
+    return np.sort(rng.choice(n, min(k, n), replace=False))
+
+
+def eval_subsets(ds: Dataset, images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the fixed per-epoch evaluation subsets (training part, test part), up to
+    `images` each. They come from their own stream, never the training stream's, so their size
+    does not change the trained model."""
+    return _sample(ds.n_train, images, seed, EVAL_STREAM), _sample(ds.n_test, images, seed, EVAL_STREAM + 1)
+
+
+def train_mcnn(ds: Dataset, *, epochs: int = 12, batch: int = 64, lr: float = 5e-3,
                seed: int = 0, qat: bool = True, progress: Optional[ProgressCallback] = None,
                cancel: Optional[CancelToken] = None,
                on_epoch: Optional[Callable[[dict], None]] = None,
-               qat_epochs: Optional[int] = None, augment_shift: int = 1,
-               lr_decay: float = 0.85, calib_images: int = 2000,
-               eval_train_images: int = 5000,
+               qat_epochs: Optional[int] = None, augment_shift: int = 2,
+               calib_images: int = 2000, eval_images: int = 500,
                blas_threads: Optional[int] = 1) -> tuple[MCNN, list[dict]]:
     """Train the mCNN ex situ; deterministic for a seed.
 
-    The first epochs train the float network; the last `qat_epochs` (default epochs // 3,
-    at least 1 when qat) fine-tune with 15-level fake-quantized weights (STE) and 8-bit
-    activations whose scales are recalibrated at the start of each QAT epoch. Training
-    images are randomly shifted by up to `augment_shift` pixels. The learning rate decays by
-    `lr_decay` per epoch. History per epoch: loss, train_acc (running, as trained),
-    train_acc_quant (quantized, on up to `eval_train_images`), test_acc (float),
-    test_acc_quant, phase, lr, seconds. BLAS runs on `blas_threads` threads (see
-    hil.threads.blas_threads; None leaves the setting alone)."""
+    The first epochs train the float network; the last `qat_epochs` (default epochs // 3, at
+    least 1 when qat) fine-tune with 15-level fake-quantized weights (STE) and 8-bit activations
+    whose scales are calibrated once, at the start of QAT, on `calib_images` training images;
+    those scales are the model's. Training images are shifted by up to `augment_shift` pixels
+    (new offsets every epoch); the learning rate follows one cosine over all batches (Adam).
+    After each epoch the model is scored on fixed subsets of up to `eval_images` training and
+    test images (`eval_subsets`; float epochs score the quantized network with scales of the
+    evaluated training images). History per epoch: loss and train_acc (running, as trained),
+    train_acc_quant, test_acc (float), test_acc_quant, phase, lr (at the epoch's end), seconds.
+    BLAS runs on `blas_threads` threads (hil.threads.blas_threads; None leaves it alone)."""
     with scoped_blas_threads(blas_threads):
         return _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epochs,
-                      augment_shift, lr_decay, calib_images, eval_train_images)
+                      augment_shift, calib_images, eval_images)
 
 
 def _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epochs,
-           augment_shift, lr_decay, calib_images, eval_train_images):
+           augment_shift, calib_images, eval_images):
     cancel, progress = ensure(cancel, progress)
-    if epochs < 1 or batch < 1 or lr <= 0:
-        raise DataError(f"train_mcnn needs epochs >= 1, batch >= 1 and lr > 0 "
-                        f"(got {epochs}, {batch}, {lr})")
+    if epochs < 1 or batch < 1 or lr <= 0 or eval_images < 1 or calib_images < 1:
+        raise DataError(f"train_mcnn needs epochs >= 1, batch >= 1, lr > 0, eval_images >= 1 and "
+                        f"calib_images >= 1 (got {epochs}, {batch}, {lr}, {eval_images}, {calib_images})")
     if ds.n_train == 0:
         raise DataError(f"dataset {ds.source} has no training images")
     if qat_epochs is None:
@@ -333,21 +356,24 @@ def _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epo
     model = MCNN(seed=seed)
     opt = nn.Adam(model.params, lr=lr)
     x, y = ds.x_train, ds.y_train
-    calib = x[np.sort(rng.choice(len(x), min(calib_images, len(x)), replace=False))]
-    ev_idx = np.sort(rng.choice(len(x), min(eval_train_images, len(x)), replace=False))
+    calib = x[_sample(len(x), calib_images, seed, CALIB_STREAM)]
+    ev_train, ev_test = eval_subsets(ds, eval_images, seed)
+    xe, ye, xt, yt = x[ev_train], y[ev_train], ds.x_test[ev_test], ds.y_test[ev_test]
     n_batches = -(-len(x) // batch)
     total = epochs * n_batches
+    scales = None
     history: list[dict] = []
     t0 = time.perf_counter()
     for ep in range(epochs):
         phase = "qat" if ep >= epochs - qat_epochs else "float"
-        scales = calibrate_scales(model.params, calib) if phase == "qat" else None
-        opt.lr = lr * lr_decay ** ep
+        if phase == "qat" and scales is None:
+            scales = calibrate_scales(model.params, calib)
         loss_sum, correct = 0.0, 0
         ep_seed = int(rng.integers(2 ** 31))
         aug_rng = np.random.default_rng(ep_seed + 1)
         for b, idx in enumerate(nn.minibatches(len(x), batch, ep_seed)):
             cancel.raise_if_cancelled()
+            opt.lr = cosine_lr(lr, ep * n_batches + b, total)
             xb = shift_images(x[idx], augment_shift, aug_rng)
             logits, cache = _forward_train(model.params, xb, scales)
             loss, dlogits = nn.softmax_cross_entropy(logits, y[idx])
@@ -356,16 +382,14 @@ def _train(ds, epochs, batch, lr, seed, qat, progress, cancel, on_epoch, qat_epo
             correct += int((logits.argmax(1) == y[idx]).sum())
             progress(Progress(ep * n_batches + b + 1, total,
                               f"epoch {ep + 1}/{epochs} ({phase}) loss {loss:.3f}", "batches"))
-        if phase == "qat":
-            model.act_scale = scales
-        else:
-            model.calibrate(calib)
+        model.act_scale = scales if scales is not None else calibrate_scales(
+            model.params, calib if ep == epochs - 1 else xe)
         rec = {
             "epoch": ep + 1, "phase": phase, "lr": opt.lr,
             "loss": loss_sum / len(x), "train_acc": correct / len(x),
-            "train_acc_quant": model.accuracy(x[ev_idx], y[ev_idx], quantized=True),
-            "test_acc": model.accuracy(ds.x_test, ds.y_test, quantized=False),
-            "test_acc_quant": model.accuracy(ds.x_test, ds.y_test, quantized=True),
+            "train_acc_quant": model.accuracy(xe, ye, quantized=True),
+            "test_acc": model.accuracy(xt, yt, quantized=False),
+            "test_acc_quant": model.accuracy(xt, yt, quantized=True),
             "seconds": time.perf_counter() - t0,
         }
         log.info("mCNN epoch %d/%d %s: loss %.4f train %.4f test float %.4f quantized %.4f",
