@@ -18,7 +18,8 @@ from hil.ops.vmm import adc_lsb
 
 from . import iv_physics
 from .device import DeviceArray
-from .noise import NoisePool
+from .bitserial import bitserial_vmm
+from .noise import GaussianStream
 from .params import DeviceParams
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,13 @@ class SimulatedCrossbar(Crossbar):
         self.counters["pulses"] += len(cells)
         self._autosave()
 
-    _VMM_CHUNK = 512          # batch rows per pipeline chunk (keeps the working set in cache)
-
-    def _noise_pool(self) -> NoisePool:
-        """Lazily built pool of read-noise normals, seeded from the chip seed (deterministic)."""
-        pool = getattr(self, "_pool", None)
-        if pool is None or self._pool_seed != self.seed:
-            self._pool = pool = NoisePool(np.random.default_rng(np.random.SeedSequence([self.seed, 0x4E015E])))
-            self._pool_seed = self.seed
-        return pool
+    def _noise_stream(self) -> GaussianStream:
+        """Lazily built source of fresh read-noise normals, seeded from the chip seed (deterministic)."""
+        stream = getattr(self, "_stream", None)
+        if stream is None or self._stream_seed != self.seed:
+            self._stream = stream = GaussianStream(np.random.default_rng(np.random.SeedSequence([self.seed, 0x4E015E])))
+            self._stream_seed = self.seed
+        return stream
 
     def _selected_conductance(self, pe, rows, cols) -> tuple[np.ndarray, np.ndarray]:
         """(flat cell indices, conductance (len(rows), len(cols)) seen by a parallel read): the
@@ -102,80 +101,24 @@ class SimulatedCrossbar(Crossbar):
         return idx, G
 
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
-        adc = self.params.adc
-        tp = self.params.timing
+        """The fused bit-serial read (sim_backend.bitserial): exact per-slot read noise, ADC
+        rounding and saturation, shift-add; each driven row's cells get one read pulse per slot."""
+        adc, tp, rn = self.params.adc, self.params.timing, self.params.read_noise
         fs = adc.full_scale_a if adc_full_scale_a is None else adc_full_scale_a
         lsb = adc_lsb(fs, adc.bits)
-        top = float(2 ** adc.bits - 1)
-        nb = INPUT_BITS
         idx, G = self._selected_conductance(pe, rows, cols)
-        nrow, ncol = G.shape
-        batch = inputs.shape[0]
-
-        # Work in ADC-code units: slot current / lsb = (v_read / lsb) * sum_i b_i G_ij.
-        scale = v_read / lsb
-        Gc = G * scale
-        aug = np.empty((nrow, ncol + 1), np.float32)      # last column of ones counts active rows
-        aug[:, :ncol] = Gc
-        aug[:, ncol] = 1.0
-        # Read-noise variance sum_i b_i (rel^2 G_i^2 + abs^2) is estimated without a second matmul:
-        # sum_i b_i G_ij^2 ~= S1_j * r_j with r_j = sum_i G_ij^2 / sum_i G_ij over the selected rows.
-        rn = self.params.read_noise
-        s1 = Gc.sum(axis=0)
-        r = np.divide((Gc * Gc).sum(axis=0), s1, out=np.zeros(ncol), where=s1 > 0)
-        c_rel = (rn.rel ** 2 * r).astype(np.float32)               # per column, code units
-        c_abs = np.float32((rn.abs_us * 1e-6 * scale) ** 2)       # per active row, code units^2
+        scale = v_read / lsb                       # slot current / lsb = scale * sum_i b_i G_ij
         noisy = rn.rel > 0 or rn.abs_us > 0
-
-        xu = inputs.astype(np.uint8)                               # validated 0..255
-        codes = np.empty((batch, ncol), np.float32)                # shift-and-sum, exact (< 2**24)
-        sat = np.empty((batch, ncol), bool)
-        ones_per_row = np.zeros(nrow, np.float64)
-        weights = (2.0 ** np.arange(nb)).astype(np.float32)
-        chunk = min(self._VMM_CHUNK, batch)
-        noise = self._noise_pool().take(nb * batch * ncol) if noisy else None
-        planes = np.empty((nb, chunk, nrow), np.float32)
-        tmp = np.empty((chunk, nrow), np.uint8)
-        outbuf = np.empty((nb * chunk, ncol + 1), np.float32)
-        qbuf = np.empty((nb * chunk, ncol), np.float32)
-        ones = np.ones(nb * chunk, np.float32)
-        for b0 in range(0, batch, chunk):
-            b1 = min(b0 + chunk, batch)
-            c = b1 - b0
-            xc = xu[b0:b1]
-            pl = planes[:, :c]
-            t = tmp[:c]
-            for k in range(nb):                                    # bit planes, LSB first
-                np.right_shift(xc, k, out=t)
-                np.bitwise_and(t, 1, out=t)
-                pl[k] = t
-            flat = pl.reshape(nb * c, nrow)
-            out = np.matmul(flat, aug, out=outbuf[:nb * c])        # slot means (codes) | active rows
-            ones_per_row += ones[:nb * c] @ flat                   # read pulses seen by each row
-            mean = out[:, :ncol]
-            q = qbuf[:nb * c]
-            if noisy:
-                np.multiply(mean, c_rel, out=q)
-                q += c_abs * out[:, ncol:]
-                np.sqrt(q, out=q)
-                lo = nb * b0 * ncol
-                q *= noise[lo:lo + nb * c * ncol].reshape(nb * c, ncol)
-                q += mean
-            else:
-                q[...] = mean
-            np.rint(q, out=q)
-            np.clip(q, 0.0, top, out=q)
-            q2 = q.reshape(nb, c * ncol)
-            sat[b0:b1] = (q2.max(axis=0) >= top).reshape(c, ncol)
-            codes[b0:b1] = (weights @ q2).reshape(c, ncol)
-
-        self.device.add_dose(idx, np.repeat(ones_per_row, ncol), v_read, tp.slot_s)
+        var = (self.device.read_noise_sigma(G) * scale) ** 2 if noisy else None
+        r = bitserial_vmm(inputs, G * scale, var, 2 ** adc.bits - 1, self._noise_stream() if noisy else None)
+        nb, batch = INPUT_BITS, inputs.shape[0]
+        self.device.add_dose(idx, np.repeat(r.row_pulses, len(cols)), v_read, tp.slot_s)
         self._t += tp.call_overhead_s + nb * batch * (tp.slot_s + tp.slot_overhead_s)
         self.counters["vmm_calls"] += 1
         self._dirty = True
         self.counters["vmm_slots"] += nb * batch
-        return VmmResult(codes=codes.astype(np.int64), lsb_a=lsb, v_read=v_read,
-                         saturated=sat, adc_bits=adc.bits, input_bits=nb)
+        return VmmResult(codes=r.codes, lsb_a=lsb, v_read=v_read,
+                         saturated=r.saturated, adc_bits=adc.bits, input_bits=nb)
 
     def _vmm_amplitude(self, pe, volts, rows, cols, adc_full_scale_a) -> AmplitudeResult:
         """One read with signed row voltages and one bipolar conversion per vector; the read
@@ -192,7 +135,7 @@ class SimulatedCrossbar(Crossbar):
         if rn.rel > 0 or rn.abs_us > 0:
             # each driven cell adds current noise of sigma = |V_i| sqrt((rel G)^2 + abs^2)
             var = (volts * volts) @ ((rn.rel * G) ** 2 + (rn.abs_us * 1e-6) ** 2)
-            q += np.sqrt(var) / lsb * self._noise_pool().take(q.size).reshape(q.shape)
+            q += np.sqrt(var) / lsb * self._noise_stream().normals(q.size).reshape(q.shape)
         np.rint(q, out=q)
         sat = np.abs(q) >= top
         np.clip(q, -top, top, out=q)

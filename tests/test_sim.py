@@ -17,7 +17,6 @@ from hil.registry import open_station
 from hil.ops.vmm import differential
 from sim_backend.chip import SimulatedCrossbar
 from sim_backend.device import S_PER_US
-from sim_backend.noise import NoisePool
 from sim_backend.params import DefectParams, DeviceParams, InitialParams, ReadNoiseParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,21 +240,6 @@ def test_differential_subtracts_pairs():
     codes = np.array([[10, 3, 7, 7]], dtype=np.int64)
     r = VmmResult(codes=codes, lsb_a=2e-7, v_read=0.2, saturated=np.zeros_like(codes, bool))
     np.testing.assert_allclose(differential(r, [0, 2], [1, 3]), [[7 * 2e-7, 0.0]])
-
-
-def test_noise_pool():
-    pool = NoisePool(np.random.default_rng(0), size=1000, reuse=2)
-    w = pool.take(600)
-    assert w.dtype == np.float32 and w.size == 600
-    assert abs(np.std(pool._pool) - 1) < 0.1
-    pool.take(600)
-    pool.take(600)
-    assert pool.regenerations == 1  # 1800 <= 2 * 1000 handed out: same pool
-    pool.take(600)                  # 2400 > 2 * 1000 -> regenerated
-    assert pool.regenerations == 2
-    assert pool.take(2500).size == 2500
-    again = NoisePool(np.random.default_rng(0), size=1000, reuse=2)
-    np.testing.assert_array_equal(again.take(600), w)
 
 
 # ---- safety ----------------------------------------------------------------------------------
