@@ -446,8 +446,11 @@ class FitResult:
     record: str = ""
 
     def to_dict(self) -> dict:
-        return {"record": self.record, "estimates": [vars(e) for e in self.estimates],
-                "not_constrained": self.not_constrained, "gof": self.gof,
+        def finite(v):
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+        return {"record": self.record,
+                "estimates": [{k: finite(v) for k, v in vars(e).items()} for e in self.estimates],
+                "not_constrained": self.not_constrained, "gof": {k: finite(v) for k, v in self.gof.items()},
                 "params_digest": self.params.digest()}
 
 
