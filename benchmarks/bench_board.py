@@ -11,6 +11,7 @@ and transfer + firmware + device timing) and wall time, and the ratios host/job.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -77,9 +78,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = ap.parse_args()
     configure_blas()
     res = {way: run(way, a.cells, a.seed) for way in ("host", "job")}
+    if a.json:
+        print(json.dumps({"cells": a.cells, **res}, default=float))
+        return
     print(f"write-verify of {a.cells} cells through the array board (serial bus, emulated)")
     print(f"{'way':6s} {'transactions':>12s} {'bytes':>10s} {'station s':>10s} {'wall s':>8s} {'in band':>8s} {'pulses/cell':>11s}")
     for way, r in res.items():

@@ -1,63 +1,150 @@
-"""Benchmark: write-verify all 16,384 cells of the simulated Yao chip to the levels32 pattern
-(32 levels, 2-20 µS). Prints the median wall time of several runs and pulses/cell statistics.
+"""Benchmark: cost of write-verify per cell from 2k to 4M cells, bare and through `hil program`.
 
-    python benchmarks/bench_program.py [--runs 3] [--json]
+Every size runs in its own subprocess (its peak memory is that process's maxrss): write-verify of
+every cell of a simulated chip to the levels32 pattern (32 levels, 2-20 µS), then `hil program
+--json` with its record at 16k and 1M cells. Prints µs per cell, peak memory per cell (maxrss
+above the process before the chip was made; for `hil program` the whole process) and the ratios
+the issue asks for; `--base DIR` measures another checkout (e.g. /work/base) in the same run.
+
+    python benchmarks/bench_program.py [--quick] [--skip-4m] [--base /work/base] [--json]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-
-from hil.geometry import Cells  # noqa: E402
-from hil.levels import LevelTable, make_pattern  # noqa: E402
-from hil.ops.write_verify import write_verify  # noqa: E402
-from hil.threads import configure_blas  # noqa: E402
-from sim_backend.chip import SimulatedCrossbar  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+#: label -> (PEs, rows, columns)
+SIZES = {"2k": (1, 128, 16), "16k": (8, 128, 16), "131k": (64, 128, 16), "1M": (64, 128, 128),
+         "4M": (64, 256, 256)}
+CLI_SIZES = ("16k", "1M")
+STATION = '[station]\nbackend = "sim"\nname = "bench"\n[geometry]\nn_pe = {}\nrows = {}\ncols = {}\n[sim]\nseed = 0\n'
 
 
-def one_run(seed: int) -> dict:
-    xbar = SimulatedCrossbar(seed=seed)
-    cells = Cells.all(xbar.geometry)
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def one_size(code: str, n_pe: int, rows: int, cols: int) -> dict:
+    """(In the child) write-verify every cell once; time and peak memory above the start."""
+    sys.path.insert(0, code)
+    from hil.geometry import Cells, Geometry
+    from hil.levels import LevelTable, make_pattern
+    from hil.ops.write_verify import write_verify
+    from hil.threads import configure_blas
+    from sim_backend.chip import SimulatedCrossbar
+    configure_blas()
+    geo = Geometry(n_pe=n_pe, rows=rows, cols=cols)
+    start = _rss_bytes()
+    xbar = SimulatedCrossbar(geometry=geo, seed=0)
+    cells = Cells.all(geo)
     table = LevelTable.linear()
     _, targets = make_pattern("levels32", len(cells), table)
     t0 = time.perf_counter()
     rep = write_verify(xbar, cells, targets, table.tolerance_s)
     wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     s = rep.summary()
-    return {"wall_s": wall, "virtual_s": s["backend_seconds"], "in_band_fraction": s["in_band_fraction"],
-            "mean_pulses": s["mean_pulses"], "median_pulses": s["median_pulses"],
-            "p95_pulses": float(np.percentile(rep.pulses, 95)), "max_pulses": s["max_pulses"],
+    return {"cells": geo.n_cells, "seconds": wall, "us_per_cell": 1e6 * wall / geo.n_cells,
+            "peak_bytes_per_cell": (peak - start) / geo.n_cells, "maxrss_bytes": peak,
+            "mean_pulses": s["mean_pulses"], "in_band_fraction": s["in_band_fraction"],
             "iterations": s["iterations"]}
+
+
+def _child(argv: list[str], env: dict, out: Path) -> tuple[int, float, int]:
+    """Run argv; (exit status, wall seconds, that child's maxrss in bytes)."""
+    t0 = time.perf_counter()
+    with open(out, "w") as f:
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.DEVNULL, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return p.returncode, time.perf_counter() - t0, usage.ru_maxrss * 1024
+
+
+def measure(code: Path, label: str, tmp: Path) -> dict:
+    out = tmp / f"wv-{label}.json"
+    rc, _, _ = _child([sys.executable, __file__, "--one", str(code), *map(str, SIZES[label])], dict(os.environ), out)
+    if rc != 0:
+        raise SystemExit(f"write-verify at {label} with {code} failed (exit {rc})")
+    return {"size": label, **json.loads(out.read_text())}
+
+
+def measure_cli(code: Path, label: str, tmp: Path) -> dict:
+    """`hil program --json` with its record (and the chip state file) on a station of that size."""
+    station = tmp / f"station-{label}.toml"
+    station.write_text(STATION.format(*SIZES[label]))
+    rec = tmp / f"program-{label}-{abs(hash(str(code)))}.h5"
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    argv = [sys.executable, "-c", "import sys; from hil.cli import main; sys.exit(main())",
+            "program", "--station", str(station), "--out", str(rec), "--json"]
+    out = tmp / f"cli-{label}.json"
+    rc, wall, rss = _child(argv, env, out)
+    if rc != 0:
+        raise SystemExit(f"hil program at {label} with {code} failed (exit {rc})")
+    summary = json.loads(out.read_text())
+    cells = summary["cells"]
+    for p in tmp.glob(rec.name + "*"):
+        p.unlink()
+    return {"size": label, "cells": cells, "seconds": wall, "us_per_cell": 1e6 * wall / cells,
+            "program_seconds": summary["seconds"], "maxrss_bytes": rss, "bytes_per_cell": rss / cells}
+
+
+def run(code: Path, labels, cli_labels) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-program-") as d:
+        tmp = Path(d)
+        wv = [measure(code, lab, tmp) for lab in labels]
+        cli = [measure_cli(code, lab, tmp) for lab in cli_labels]
+    by = {r["size"]: r for r in wv}
+    cby = {r["size"]: r for r in cli}
+    ratios = {f"wv_{big}_over_16k": by[big]["us_per_cell"] / by["16k"]["us_per_cell"]
+              for big in ("1M", "4M") if big in by and "16k" in by}
+    if "1M" in cby and "16k" in cby:
+        ratios["cli_1M_over_16k"] = cby["1M"]["us_per_cell"] / cby["16k"]["us_per_cell"]
+    return {"code": str(code), "write_verify": wv, "program_cli": cli, "ratios": ratios}
+
+
+def _print(res: dict) -> None:
+    print(f"code: {res['code']}")
+    print(f"  {'write-verify':14s} {'cells':>9s} {'s':>8s} {'µs/cell':>8s} {'peak B/cell':>11s} {'pulses':>7s}")
+    for r in res["write_verify"]:
+        print(f"  {r['size']:14s} {r['cells']:9d} {r['seconds']:8.2f} {r['us_per_cell']:8.2f} "
+              f"{r['peak_bytes_per_cell']:11.0f} {r['mean_pulses']:7.2f}")
+    for r in res["program_cli"]:
+        print(f"  hil program {r['size']:4s} {r['cells']:9d} {r['seconds']:8.2f} {r['us_per_cell']:8.2f} "
+              f"{r['bytes_per_cell']:11.0f}   peak {r['maxrss_bytes'] / 2**20:.0f} MiB")
+    for k, v in res["ratios"].items():
+        print(f"  {k}: {v:.2f}")
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--quick", action="store_true", help="2k, 16k and 131k only; `hil program` at 16k only")
+    ap.add_argument("--skip-4m", action="store_true", help="leave out the 4M-cell chip (about 3 GB and minutes)")
+    ap.add_argument("--base", type=Path, help="also measure this checkout (e.g. /work/base), same sizes")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--one", nargs=4, metavar=("CODE", "N_PE", "ROWS", "COLS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    configure_blas()
-    runs = [one_run(a.seed + i) for i in range(a.runs)]
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    out = {"cells": 16384, "pattern": "levels32", "runs": a.runs, "median": med, "per_run": runs}
+    if a.one:
+        print(json.dumps(one_size(a.one[0], *map(int, a.one[1:]))))
+        return {}
+    labels = ["2k", "16k", "131k"] if a.quick else [s for s in SIZES if not (a.skip_4m and s == "4M")]
+    cli_labels = ("16k",) if a.quick else CLI_SIZES
+    out = {"after": run(REPO, labels, cli_labels)}
+    if a.base:
+        out["before"] = run(a.base.resolve(), labels, cli_labels)
     if a.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"write-verify of 16,384 cells (Yao 8x128x16, levels32), median of {a.runs} runs (seeds {a.seed}..)")
-        labels = [("wall_s", "wall time, s", "{:.3f}"), ("virtual_s", "simulated chip time, s", "{:.3f}"),
-                  ("in_band_fraction", "in band", "{:.4f}"), ("mean_pulses", "pulses/cell mean", "{:.2f}"),
-                  ("median_pulses", "pulses/cell median", "{:.1f}"), ("p95_pulses", "pulses/cell p95", "{:.1f}"),
-                  ("max_pulses", "pulses/cell max", "{:.0f}"), ("iterations", "iterations", "{:.0f}")]
-        for key, label, fmt in labels:
-            print(f"  {label:24s} {fmt.format(med[key]):>10s}")
+        for res in out.values():
+            _print(res)
     return out
 
 

@@ -8,6 +8,7 @@ cost is measured by benchmarks/bench_board.py). Prints figures and ratios; asser
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -107,9 +108,13 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=64)
     ap.add_argument("--bus", default="gpib", choices=["gpib", "usb", "lan"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = ap.parse_args()
     configure_blas()
     res = [run(m, a.cells, a.bus, a.seed) for m in ("host", "script")]
+    if a.json:
+        print(json.dumps({"cells": a.cells, "bus": a.bus, "runs": res}, default=float))
+        return
     scale = 2048 / a.cells
     print(f"write-verify of {a.cells} cells via an emulated 2602B on {a.bus} (extrapolated to 2048 cells)")
     for r in res:

@@ -15,6 +15,7 @@ figures and ratios; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--target", type=int, default=2048, help="report figures for this many cells")
     ap.add_argument("--bus", default="gpib", choices=["gpib", "usb", "lan"], help="SMU bus latency model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = ap.parse_args()
     configure_blas()
     policy = WriteVerifyPolicy(width_s=50e-6)
@@ -142,6 +144,9 @@ def main() -> None:
         for way in ("host", "script", "board"):
             n = a.host_cells if way == "host" else a.cells
             res.append(run(way, n, a.bus, a.seed, policy, Path(tmp)))
+    if a.json:
+        print(json.dumps({"target_cells": a.target, "bus": a.bus, "runs": res}, default=float))
+        return
     print(f"write-verify to 32 levels (2-20 µS), policy width {policy.width_s * 1e6:g} µs, SMUs on {a.bus}, "
           f"board on serial 921600 Bd; figures for {a.target} cells (linear extrapolation where fewer were run)")
     print(f"  {'way':30s} {'cells':>6s} {'in band':>8s} {'pulses':>7s} {'transactions':>13s} {'bytes':>11s} "

@@ -10,6 +10,7 @@ prints ms per batch of each and their ratio, measured in one run.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--net", choices=tuple(stages.NETS), default="cnn")
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = ap.parse_args()
     configure_blas()
     cfg = stages.InsituConfig(net=a.net, data=stages.DataConfig(seed=a.seed))
@@ -54,6 +56,10 @@ def main() -> None:
         _, grads, _ = an.loss_and_grads(x, y)
         an.update(opt.deltas(grads))
     t_hw = (time.perf_counter() - t) / a.batches
+    if a.json:
+        print(json.dumps({"net": a.net, "batches": a.batches, "software_s_per_batch": t_sw, "insitu_s_per_batch": t_hw,
+                          "pulses_per_batch": (an.engine.pulses - p0) / a.batches, "ratio": t_hw / t_sw}))
+        return
     print(f"{a.net}, batch {bs}, {a.batches} batches, {net.n_weights} weights on {an.placement.n_cells} cells")
     print(f"software (float64)  {1e3 * t_sw:8.2f} ms/batch")
     print(f"in situ (simulated) {1e3 * t_hw:8.2f} ms/batch  ({(an.engine.pulses - p0) / a.batches:.0f} pulses/batch)")

@@ -15,6 +15,8 @@ from hil.errors import ConfigError, DataError
 from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, SafetyLimits
 from hil.ops.vmm import adc_lsb
+from hil.ops.write_verify import has_repeats
+from hil.runstore.journal import JournalScan, RecordType, encode_record, file_header, iter_journal
 
 from . import iv_physics
 from .device import DeviceArray
@@ -71,7 +73,7 @@ class SimulatedCrossbar(Crossbar):
 
     def _pulse(self, cells: Cells, op: Op, v, v_gate, width) -> None:
         idx = cells.flat(self.geometry)
-        if np.unique(idx).size != idx.size:
+        if has_repeats(idx, self.geometry.n_cells):
             raise ValueError("pulse(): a cell appears twice in one call; apply the pulses in separate calls")
         tp = self.params.timing
         self._t += tp.call_overhead_s + float(np.sum(width)) + len(cells) * tp.pulse_overhead_s
@@ -160,7 +162,7 @@ class SimulatedCrossbar(Crossbar):
     def _dc_sweep(self, cells: Cells, volts, v_gate, compliance_a, terminal: str, dwell_s: float) -> np.ndarray:
         """DC staircase with the I–V physics of iv_physics (an SMU sweeps the cells one after another)."""
         idx = cells.flat(self.geometry)
-        if np.unique(idx).size != idx.size:
+        if has_repeats(idx, self.geometry.n_cells):
             raise ValueError("dc_sweep(): a cell appears twice in the selection")
         v_cell = volts if terminal == "BL" else -volts
         i_a = iv_physics.dc_sweep(self.device, idx, v_cell, v_gate, compliance_a, dwell_s, self._t)
@@ -179,8 +181,8 @@ class SimulatedCrossbar(Crossbar):
         return {"id": self.chip_id, "seed": self.seed, "geometry": self.geometry.to_dict()}
 
     def _close(self) -> None:
-        if self._dirty:
-            self._autosave()
+        if self.state_path is not None and (self._dirty or self._logged):
+            self.save_state(self.state_path)
 
     # ---- oracle access for experiments and tests (not available on hardware) -----------
     def true_conductance(self, cells: Optional[Cells] = None) -> np.ndarray:
@@ -193,17 +195,28 @@ class SimulatedCrossbar(Crossbar):
         return (self.device.stuck != 0).reshape(self.geometry.shape)
 
     # ---- persistence ------------------------------------------------------------------
+    # The chip's own state file is rewritten whole only once its change log has grown to the
+    # file's size, and on close; in between, each call that changes the chip appends the cells it
+    # changed (their mutable state, the clock and the random state) to `<state>.log` as one framed,
+    # checksummed journal record, so a killed process loses nothing it applied, at a cost linear
+    # in the cells changed. Records carry the chip id and a sequence number; loading applies those
+    # of this chip newer than the file, up to the first damaged one.
     def save_state(self, path) -> Path:
-        """Write the whole chip state atomically (temp file + rename)."""
+        """Write the whole chip state atomically (temp file + rename); for the chip's own state
+        file this also retires its change log."""
         path = Path(path)
         meta = {"format": STATE_FORMAT, "version": 1, "chip_id": self.chip_id, "seed": self.seed, "clock_s": self._t,
                 "geometry": self.geometry.to_dict(), "params": self.params.to_dict(),
-                "rng": self.device.rng.bit_generator.state, "counters": self.counters}
+                "rng": self.device.rng.bit_generator.state, "counters": self.counters, "log_seq": self._log_seq}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **self.device.state())
         os.replace(tmp, path)
+        if path == self.state_path:
+            self.device.take_changed()
+            change_log(path).unlink(missing_ok=True)
+            self._log_bytes, self._logged = 0, False
         return path
 
     def load_state(self, path) -> None:
@@ -225,10 +238,61 @@ class SimulatedCrossbar(Crossbar):
         self._t = float(meta["clock_s"])
         self.counters.update(meta.get("counters", {}))
         self.device.load_state(arrays, meta["rng"])
+        self._log_seq = int(meta.get("log_seq", 0))
+        self._apply_log(change_log(path))
+
+    def _apply_log(self, log_path: Path) -> None:
+        if not log_path.exists():
+            return
+        scan = JournalScan(log_path)
+        try:
+            for rec in iter_journal(log_path, scan):
+                h = rec.header.get("attrs", {})
+                if scan.damaged:
+                    break                      # later changes would build on a lost one
+                if h.get("chip") != self.chip_id or int(h.get("seq", 0)) <= self._log_seq:
+                    continue
+                self.device.apply_changes(rec.arrays["idx"], rec.arrays)
+                self._t, self._log_seq = float(h["clock_s"]), int(h["seq"])
+                self.counters.update(h["counters"])
+                self.device.rng.bit_generator.state = h["rng"]
+        except (DataError, KeyError, ValueError) as e:
+            raise DataError(f"simulated chip change log {log_path} is unreadable ({e}); delete it to "
+                            f"keep the chip as its state file holds it") from None
+        # after a damaged record nothing may be appended (it would be skipped): rewrite first
+        self._log_bytes = float("inf") if scan.damaged else scan.file_bytes
+
+    def _log_changes(self, idx: np.ndarray) -> None:
+        """Append the state of the changed cells `idx` to the chip's change log (one write)."""
+        self._log_seq += 1
+        head = {"chip": self.chip_id, "seq": self._log_seq, "clock_s": self._t, "counters": self.counters,
+                "rng": self.device.rng.bit_generator.state}
+        data = encode_record(RecordType.PUT, {"name": "chip", "attrs": head},
+                             [("idx", idx), *self.device.changes(idx).items()])
+        log_path = change_log(self.state_path)
+        if not log_path.exists():
+            data = file_header() + data
+        with open(log_path, "ab") as f:
+            f.write(data)
+        self._log_bytes += len(data)
+        self._logged = True
 
     _dirty = False
+    _log_seq = 0          # last change-log record applied or written
+    _log_bytes = 0        # size of the change log since the state file was last written
+    _logged = False       # this session appended to the change log (close folds it into the file)
 
     def _autosave(self) -> None:
-        if self.state_path is not None:
+        if self.state_path is None:
+            return
+        idx = self.device.take_changed()
+        if idx is None or self._log_bytes > sum(a.nbytes for a in self.device.state().values()):
             self.save_state(self.state_path)
-            self._dirty = False
+        else:
+            self._log_changes(idx)
+        self._dirty = False
+
+
+def change_log(state_path: Path) -> Path:
+    """The change log beside a simulated chip's state file."""
+    return state_path.with_name(state_path.name + ".log")

@@ -38,6 +38,8 @@ class DeviceArray:
         fab, self._dyn_seed = ss.spawn(2)
         self.rng = np.random.default_rng(self._dyn_seed)
         self._manufacture(np.random.default_rng(fab))
+        self._changed: list[np.ndarray] | None = []     # None: too many to list, treat all as changed
+        self._n_changed = 0
 
     # ---- manufacture: device-to-device variation and defects -------------------------
     def _manufacture(self, rng: np.random.Generator) -> None:
@@ -115,6 +117,7 @@ class DeviceArray:
         """Add read pulses to the disturb dose of cells idx (count per cell or scalar)."""
         d = self.p.disturb
         w = np.exp((abs(v) - d.v_ref) / d.v_slope) * (width / d.width_ref_s)
+        self._mark(idx)
         if np.ndim(count):
             np.add.at(self.dose, idx, np.asarray(count, float) * w)
         else:
@@ -123,6 +126,7 @@ class DeviceArray:
     # ---- programming ------------------------------------------------------------------
     def _restart(self, idx: np.ndarray, g_new: np.ndarray, t: float, changed: np.ndarray) -> None:
         i = idx[changed]
+        self._mark(i)
         self.g0[i] = g_new[changed]
         self.t_prog[i] = t
         self.xi_relax[i] = self.rng.standard_normal(i.size)
@@ -206,6 +210,39 @@ class DeviceArray:
     # ---- persistence ------------------------------------------------------------------
     STATE_FIELDS = ("set_scale", "reset_scale", "vth", "v_form", "disturb_scale", "stuck", "g_stuck",
                     "formed", "g0", "t_prog", "xi_relax", "xi_drift", "dose")
+    #: the fields that change after manufacture (the rest is fixed when the chip is made)
+    MUTABLE_FIELDS = ("formed", "g0", "t_prog", "xi_relax", "xi_drift", "dose")
+
+    def _mark(self, idx: np.ndarray) -> None:
+        if self._changed is None:
+            return
+        self._n_changed += idx.size
+        if self._n_changed > self.n:
+            self._changed = None
+        else:
+            self._changed.append(np.asarray(idx))
+
+    def take_changed(self) -> np.ndarray | None:
+        """Indices of the cells whose mutable state changed since the last call, each once, in
+        order (None: more changes than cells, i.e. save everything); then forget them."""
+        changed, self._changed, self._n_changed = self._changed, [], 0
+        if changed is None:
+            return None
+        if not changed:
+            return np.zeros(0, np.int64)
+        seen = np.zeros(self.n, dtype=bool)      # a bitmap: linear, no sort
+        for i in changed:
+            seen[i] = True
+        return np.flatnonzero(seen)
+
+    def changes(self, idx: np.ndarray) -> dict:
+        """The mutable state of cells `idx` (for an incremental save)."""
+        return {k: getattr(self, k)[idx] for k in self.MUTABLE_FIELDS}
+
+    def apply_changes(self, idx: np.ndarray, arrays: dict) -> None:
+        """Set the mutable state of cells `idx` (from `changes`)."""
+        for k in self.MUTABLE_FIELDS:
+            getattr(self, k)[idx] = arrays[k]
 
     def state(self) -> dict:
         return {k: getattr(self, k) for k in self.STATE_FIELDS}
@@ -217,3 +254,4 @@ class DeviceArray:
                 raise ValueError(f"state array {k} has shape {a.shape}, expected ({self.n},)")
             setattr(self, k, a.copy())
         self.rng.bit_generator.state = rng_state
+        self._changed, self._n_changed = [], 0

@@ -140,8 +140,7 @@ def prior_from_run(writer: RunWriter, plan: ProgramPlan, prefix: str = PROGRAMMI
     status = np.full(n, NOT_FINISHED, np.int64)
     table = writer.content.tables.get(CELLS)
     if table:
-        pos = {int(c): i for i, c in enumerate(plan.flat)}
-        idx = np.array([pos[int(c)] for c in table["cell"]], dtype=np.int64)
+        idx = _positions(plan.flat, table["cell"])
         final[idx], pulses[idx], status[idx] = table["final_g_s"], table["pulses"], table["status"]
     return {"done_mask": status != NOT_FINISHED, "prior_final_s": final, "prior_pulses": pulses,
             "prior_status": status}
@@ -149,16 +148,20 @@ def prior_from_run(writer: RunWriter, plan: ProgramPlan, prefix: str = PROGRAMMI
 
 def earlier_pulses(writer: RunWriter, plan: ProgramPlan, done: np.ndarray, prefix: str = PROGRAMMING) -> np.ndarray:
     """Pulses already in the pulse table for each plan cell that is not finished (0 for finished)."""
-    table = writer.content.tables.get(_names(prefix)[3])
     out = np.zeros(plan.flat.size, np.int64)
-    if table:
-        order = np.argsort(plan.flat)
-        pos = np.searchsorted(plan.flat, table["cell"], sorter=order)
-        pos = np.clip(pos, 0, plan.flat.size - 1)
-        known = plan.flat[order[pos]] == table["cell"]
-        np.add.at(out, order[pos[known]], 1)
+    order = np.argsort(plan.flat)
+    for rows in writer.content.iter_table(_names(prefix)[3]):       # piece by piece: bounded memory
+        pos = np.clip(np.searchsorted(plan.flat, rows["cell"], sorter=order), 0, plan.flat.size - 1)
+        known = plan.flat[order[pos]] == rows["cell"]
+        out += np.bincount(order[pos[known]], minlength=plan.flat.size)
     out[done] = 0
     return out
+
+
+def _positions(flat: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Position in `flat` of each of `cells` (all of which are in `flat`)."""
+    order = np.argsort(flat)
+    return order[np.searchsorted(flat, cells, sorter=order)]
 
 
 def program_job(xbar: Crossbar, writer: RunWriter, plan: ProgramPlan, policy: WriteVerifyPolicy, *,
@@ -234,7 +237,8 @@ def carry_programming(writer: RunWriter, content) -> None:
             writer.set_attrs(group, **attrs)
     for name in content.tables:
         if name.startswith(PROGRAMMING + "/"):
-            writer.append(name, **content.tables[name])
+            for rows in content.iter_table(name):
+                writer.append(name, **rows)
     for name, (arr, attrs) in content.datasets.items():
         if name.startswith(PROGRAMMING + "/") or (name.startswith("snapshots/") and name.endswith(PROGRAMMING)):
             writer.put(name, arr, **attrs)

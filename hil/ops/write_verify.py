@@ -35,7 +35,15 @@ if TYPE_CHECKING:            # the contract calls these loops; they need its typ
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_verify", "write_verify_host", "validate_program_args"]
+__all__ = ["write_verify", "write_verify_host", "validate_program_args", "has_repeats"]
+
+
+def has_repeats(flat: np.ndarray, n_cells: int) -> bool:
+    """Whether flat cell indices (each in 0..n_cells-1) name a cell twice: a bitmap of the chip,
+    linear in the selection and the chip size (no sort)."""
+    seen = np.zeros(n_cells, dtype=bool)
+    seen[flat] = True
+    return int(np.count_nonzero(seen)) != flat.size
 
 
 def _check_cells(xbar: Crossbar, cells) -> Cells:
@@ -43,7 +51,7 @@ def _check_cells(xbar: Crossbar, cells) -> Cells:
         raise TypeError(f"expected a Cells selection, got {type(cells).__name__}")
     cells.validate(xbar.geometry)
     flat = cells.flat(xbar.geometry)
-    if np.unique(flat).size != flat.size:
+    if has_repeats(flat, xbar.geometry.n_cells):
         order = np.argsort(flat, kind="stable")
         dup = np.flatnonzero(np.diff(flat[order]) == 0)[0]
         i, j = sorted((int(order[dup]), int(order[dup + 1])))
@@ -210,7 +218,7 @@ def write_verify(xbar: Crossbar, cells: Cells, targets_s, tolerance_s,
         raise
     report = merged(sub)
     s = report.summary()
-    log.log(logging.INFO if len(report) >= 64 else logging.DEBUG, "write-verify: %d cells, %.1f%% in band, %d write errors (%d unresponsive), "
+    log.log(logging.INFO if len(report) >= 64 else logging.DEBUG, "write-verify: %d cells, %.2f%% in band, %d write errors (%d unresponsive), "
              "mean %.1f pulses", s["cells"], 100 * s["in_band_fraction"], s["write_errors"],
              s["unresponsive"], s["mean_pulses"])
     return report
@@ -242,16 +250,20 @@ def write_verify_host(xbar: Crossbar, cells: Cells, targets_s, lo_s, hi_s,
 
     t_wall, t_backend = time.perf_counter(), xbar.now()
     final = np.full(n, np.nan)
-    pulses = np.zeros(n, dtype=np.int64)
-    status = np.full(n, NOT_FINISHED, dtype=np.int64)
+    # per-cell loop state in the smallest integer types that hold it (counts <= MAX_PULSES)
+    pulses = np.zeros(n, dtype=np.int32)
+    status = np.full(n, NOT_FINISHED, dtype=np.int8)
     formed = np.zeros(n, dtype=bool)        # ever read at or above form_threshold_s
     last_dir = np.zeros(n, dtype=np.int8)   # +1 after SET/FORM, -1 after RESET, 0 before any pulse
-    k_set = np.zeros(n, dtype=np.int64)
-    k_reset = np.zeros(n, dtype=np.int64)
-    k_form = np.zeros(n, dtype=np.int64)
-    at_max = np.zeros(n, dtype=np.int64)    # consecutive pulses at the top of their ramp
+    k_set = np.zeros(n, dtype=np.int32)
+    k_reset = np.zeros(n, dtype=np.int32)
+    k_form = np.zeros(n, dtype=np.int32)
+    at_max = np.zeros(n, dtype=np.int32)    # consecutive pulses at the top of their ramp
     S = int(policy.stuck_after)
-    hist = np.zeros((n, S + 1))             # ring of the last S+1 verify readings (column = iteration % (S+1))
+    # Readings of the cells whose pulse was at the top of its ramp, per iteration (last S kept):
+    # a cell with S consecutive top pulses at iteration `it` had one at `it - S`, so this is every
+    # earlier reading the unresponsive test needs, without a ring of readings for every cell.
+    top_reads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     stuck_thr = np.maximum(hi - lo, MIN_STUCK_CHANGE_S)
     active = np.arange(n, dtype=np.int64)
     width = float(policy.width_s)
@@ -264,20 +276,21 @@ def write_verify_host(xbar: Crossbar, cells: Cells, targets_s, lo_s, hi_s,
     try:
         while active.size:
             t_read = float(xbar.now())
-            g = np.asarray(xbar.read(cells[active], n_avg=policy.n_verify_reads), dtype=float).ravel()
+            g = np.asarray(xbar.read(cells if active.size == n else cells[active],
+                                     n_avg=policy.n_verify_reads), dtype=float).ravel()
             if g.size != active.size or not np.all(np.isfinite(g)):
                 raise BackendError(f"{type(xbar).__name__}.read returned {g.size} values "
                                    f"(finite: {int(np.isfinite(g).sum())}) for {active.size} cells")
-            hist[active, it % (S + 1)] = g
             formed[active] |= g >= policy.form_threshold_s
 
             # 2-3: who finishes
             inb = (g >= lo[active]) & (g <= hi[active])
-            if it >= S:
-                moved = np.abs(g - hist[active, (it - S) % (S + 1)])
-                unresp = ~inb & (at_max[active] >= S) & (moved <= stuck_thr[active])
-            else:
-                unresp = np.zeros(active.size, dtype=bool)
+            unresp = ~inb & (at_max[active] >= S)
+            earlier = top_reads.pop(it - S, None)
+            if unresp.any():
+                c = active[unresp]
+                moved = np.abs(g[unresp] - earlier[1][np.searchsorted(earlier[0], c)])
+                unresp[unresp] = moved <= stuck_thr[c]
             outp = ~inb & ~unresp & (pulses[active] >= policy.max_pulses)
             fin = inb | unresp | outp
             d_idx = active[fin]
@@ -292,7 +305,7 @@ def write_verify_host(xbar: Crossbar, cells: Cells, targets_s, lo_s, hi_s,
             need_set = below & ~need_form
             need_reset = ~below                      # not in band and not below: above hi
 
-            p_idx, p_op, p_v, p_gate = [], [], [], []
+            p_idx, p_op, p_v, p_gate, tops = [], [], [], [], []
             for op, mask in ((Op.FORM, need_form), (Op.SET, need_set), (Op.RESET, need_reset)):
                 if not mask.any():
                     continue
@@ -323,11 +336,17 @@ def write_verify_host(xbar: Crossbar, cells: Cells, targets_s, lo_s, hi_s,
                 xbar.pulse(cells[c], op, v, gate, w)
                 pulses[c] += 1
                 at_max[c] = np.where(top, at_max[c] + 1, 0)
+                if top.any():
+                    tops.append((c[top], g_rem[mask][top]))
                 p_idx.append(c)
                 p_op.append(np.full(c.size, OP_CODES[op], dtype=np.int64))
                 p_v.append(v)
                 p_gate.append(gate)
 
+            if tops:
+                c, g_top = (np.concatenate(a) for a in zip(*tops))
+                order = np.argsort(c)
+                top_reads[it] = (c[order], g_top[order])
             cat_i = (lambda parts: np.concatenate(parts) if parts else _i64())
             cat_f = (lambda parts: np.concatenate(parts).astype(float) if parts else _f64())
             p_idx_a = cat_i(p_idx)
@@ -336,7 +355,7 @@ def write_verify_host(xbar: Crossbar, cells: Cells, targets_s, lo_s, hi_s,
                 read_idx=active.copy(), read_g_s=g.copy(),
                 pulse_idx=p_idx_a, pulse_op=cat_i(p_op), pulse_v=cat_f(p_v), pulse_v_gate=cat_f(p_gate),
                 pulse_width_s=np.full(p_idx_a.size, width),
-                done_idx=d_idx, done_g_s=g[fin].copy(), done_pulses=pulses[d_idx].copy(),
+                done_idx=d_idx, done_g_s=g[fin].copy(), done_pulses=pulses[d_idx].astype(np.int64),
                 done_status=d_status.astype(np.int64))
             active = rem
             it += 1

@@ -48,6 +48,8 @@ TABLE_ATTRS = ("kind", "rows", "columns")
 ROOT_RESERVED = ("format", "schema_version", "software_version", "kind", "status",
                  "created", "updated", "marks")
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
+#: rows per HDF5 chunk of a table column (at most 512 KiB of 8-byte values: within the chunk cache)
+TABLE_CHUNK_ROWS = 1 << 16
 
 
 def utc_now() -> str:
@@ -128,7 +130,11 @@ def _verify(f: h5py.File, path: Path) -> None:
             obj = f[where]
             _load_attrs(obj)
             if isinstance(obj, h5py.Dataset):
-                obj[()]
+                if obj.ndim == 1:            # a table column: in slices, memory stays bounded
+                    for i in range(0, obj.shape[0], 16 * TABLE_CHUNK_ROWS):
+                        obj[i:i + 16 * TABLE_CHUNK_ROWS]
+                else:
+                    obj[()]
     except DataError:
         raise
     except Exception as exc:   # h5py raises OSError, KeyError, RuntimeError, ValueError ...
@@ -154,19 +160,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_table(g: h5py.Group, content: RunContent, name: str, schema: dict) -> None:
+    """One chunked, compressed, checksummed dataset per column, filled piece by piece (memory:
+    one piece of the table at a time)."""
+    rows = content.table_rows(name)
+    cols = {c: g.create_dataset(c, shape=(rows,), dtype=dt, chunks=(min(rows, TABLE_CHUNK_ROWS),),
+                                fletcher32=True, compression="gzip", compression_opts=1)
+            for c, dt in schema.items()}
+    at = 0
+    for piece in content.iter_table(name):
+        n = len(next(iter(piece.values())))
+        for c, ds in cols.items():
+            ds[at:at + n] = piece[c]
+        at += n
+    _store_str(g, "kind", "table")
+    g.attrs["rows"] = rows
+    _store_str(g, "columns", json.dumps(list(schema)))
+
+
 def _fill(f: h5py.File, content: RunContent, status: str) -> None:
     for group, attrs in sorted(content.attrs.items()):
         if group != "/":
             _store_attrs(f.require_group(group.lstrip("/")), attrs)
     st = f.require_group("station")
     _store_str(st, "json", json.dumps(content.station))
-    for name, cols in content.tables.items():
-        g = f.require_group(name)
-        for col, arr in cols.items():
-            _create(g, col, arr, compress=True)
-        _store_str(g, "kind", "table")
-        g.attrs["rows"] = content.table_rows(name)
-        _store_str(g, "columns", json.dumps(list(cols)))
+    for name, schema in content._schema.items():
+        _write_table(f.require_group(name), content, name, schema)
     for name, (arr, attrs) in content.datasets.items():
         ds = _create(f, name, arr, compress=True)
         _store_attrs(ds, attrs)

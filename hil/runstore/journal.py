@@ -34,9 +34,10 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -258,49 +259,142 @@ def read_journal(path: str | os.PathLike) -> tuple[list[Record], JournalScan]:
     return records, scan
 
 
+def load_record(path: str | os.PathLike, offset: int) -> Record:
+    """The record framed at byte `offset` of the journal at `path` (DataError if it no longer
+    checks out: the journal changed under a reader)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        head = f.read(REC_HEADER.size)
+        length = REC_HEADER.unpack(head)[2] if len(head) == REC_HEADER.size else 0
+        data = head + f.read(length)
+    rec, why = _frame_at(data, 0, len(data))
+    if rec is None:
+        raise DataError(f"{path}: the record at offset {offset} can no longer be read ({why})")
+    return rec
+
+
+#: table rows a RunContent keeps in memory; rows beyond it are read back from where they were
+#: written (journal or HDF5 file) when asked for, so a long run's memory stays bounded
+HELD_BYTES = 64 << 20
+
+
+@dataclass
+class _Piece:
+    """Consecutive rows of a table: in memory (`arrays`), or only where they were written
+    (`source`: ("journal", path, offset) or ("hdf5", path, first row))."""
+
+    rows: int
+    arrays: dict[str, np.ndarray] | None = None
+    source: tuple | None = None
+
+    def load(self, table: str) -> dict[str, np.ndarray]:
+        if self.arrays is not None:
+            return self.arrays
+        kind, path, at = self.source
+        if kind == "journal":
+            return load_record(path, at).arrays
+        import h5py       # the journal reader needs no HDF5 unless a table lives in a record file
+        try:
+            with h5py.File(path, "r") as f:
+                g = f[table]
+                return {c: g[c][at:at + self.rows] for c in json.loads(g.attrs["columns"])}
+        except (OSError, KeyError) as exc:
+            raise DataError(f"{path}: rows of table {table!r} can no longer be read ({exc})") from None
+
+
+class _Tables(Mapping):
+    """Read-only view name -> columns; a table is assembled only when it is looked up."""
+
+    def __init__(self, content: "RunContent") -> None:
+        self._c = content
+
+    def __getitem__(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._c._pieces:
+            raise KeyError(name)
+        return self._c.table(name)
+
+    def __iter__(self):
+        return iter(self._c._pieces)
+
+    def __len__(self) -> int:
+        return len(self._c._pieces)
+
+
 @dataclass
 class RunContent:
-    """Logical content of a run: what the journal replays to and the HDF5 file holds."""
+    """Logical content of a run: what the journal replays to and the HDF5 file holds.
+
+    Table rows are held in memory up to `held_bytes`; later rows stay where they were written
+    and are read back on demand (`tables`, `table`, `iter_table`)."""
 
     attrs: dict[str, dict] = field(default_factory=dict)
     station: dict = field(default_factory=dict)
     datasets: dict[str, tuple[np.ndarray, dict]] = field(default_factory=dict)
     marks: list[dict] = field(default_factory=list)
-    _chunks: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict, repr=False)
+    held_bytes: int = field(default_factory=lambda: HELD_BYTES)
+    _pieces: dict[str, list[_Piece]] = field(default_factory=dict, repr=False)
+    _schema: dict[str, dict[str, np.dtype]] = field(default_factory=dict, repr=False)
     _rows: dict[str, int] = field(default_factory=dict, repr=False)
+    _held: int = field(default=0, repr=False)
 
     @property
-    def tables(self) -> dict[str, dict[str, np.ndarray]]:
-        """Tables with their columns concatenated (chunks are merged lazily, once)."""
-        out = {}
-        for name, cols in self._chunks.items():
-            for col, parts in cols.items():
-                if len(parts) > 1:
-                    parts[:] = [np.concatenate(parts)]
-            out[name] = {col: parts[0] for col, parts in cols.items()}
-        return out
+    def tables(self) -> Mapping[str, dict[str, np.ndarray]]:
+        """Tables by name, each with its columns whole (assembled when looked up)."""
+        return _Tables(self)
+
+    def table(self, name: str) -> dict[str, np.ndarray]:
+        """Every row of table `name`, columns concatenated (KeyError if it has no rows)."""
+        pieces = self._pieces[name]
+        if len(pieces) == 1:
+            return pieces[0].load(name)
+        parts = [p.load(name) for p in pieces]
+        whole = {c: np.concatenate([p[c] for p in parts]) for c in self._schema[name]}
+        if all(p.arrays is not None for p in pieces):       # merge once, keep the merged copy
+            pieces[:] = [_Piece(self._rows[name], whole)]
+        return whole
+
+    def iter_table(self, name: str) -> Iterator[dict[str, np.ndarray]]:
+        """The rows of table `name` piece by piece, in order (memory: one piece at a time)."""
+        for p in self._pieces.get(name, ()):
+            yield p.load(name)
 
     def table_rows(self, name: str) -> int:
         return self._rows.get(name, 0)
 
     def table_columns(self, name: str) -> dict[str, np.dtype] | None:
         """Column dtypes of table ``name`` in order, or None if it has no rows yet."""
-        cols = self._chunks.get(name)
-        return None if cols is None else {c: p[0].dtype for c, p in cols.items()}
+        return self._schema.get(name)
 
-    def add_rows(self, table: str, columns: dict[str, np.ndarray]) -> None:
+    def add_rows(self, table: str, columns: dict[str, np.ndarray], source: tuple | None = None,
+                 copy: bool = False) -> None:
+        """Add rows; with a `source` they are held in memory only while within `held_bytes`."""
         n = len(next(iter(columns.values())))
-        cols = self._chunks.setdefault(table, {c: [] for c in columns})
-        for col, arr in columns.items():
-            cols[col].append(arr)
+        self._schema.setdefault(table, {c: a.dtype for c, a in columns.items()})
+        size = sum(a.nbytes for a in columns.values())
+        if source is not None and self._held + size > self.held_bytes:
+            piece = _Piece(n, source=source)
+        else:
+            piece = _Piece(n, {c: a.copy() for c, a in columns.items()} if copy else dict(columns))
+            self._held += size
+        self._pieces.setdefault(table, []).append(piece)
         self._rows[table] = self._rows.get(table, 0) + n
 
-    def apply(self, rec: Record) -> None:
-        """Apply one journal record."""
+    def rebase(self, path: str | os.PathLike) -> None:
+        """Point every table that is not wholly in memory at the HDF5 record `path` (written
+        from this content), so it stays readable once its journal is gone."""
+        for name, pieces in self._pieces.items():
+            if any(p.arrays is None for p in pieces):
+                self._held -= sum(a.nbytes for p in pieces if p.arrays for a in p.arrays.values())
+                pieces[:] = [_Piece(self._rows[name], source=("hdf5", Path(path), 0))]
+
+    def apply(self, rec: Record, journal: str | os.PathLike | None = None) -> None:
+        """Apply one journal record (read from the file `journal`, if given: large tables stay
+        there)."""
         h = rec.header
         if rec.type is RecordType.APPEND:
             if rec.arrays:
-                self.add_rows(h["table"], rec.arrays)
+                self.add_rows(h["table"], rec.arrays,
+                              source=None if journal is None else ("journal", Path(journal), rec.offset))
         elif rec.type is RecordType.PUT:
             self.datasets[h["name"]] = (rec.arrays["data"], dict(h.get("attrs", {})))
         elif rec.type is RecordType.ATTRS:
@@ -315,5 +409,5 @@ def replay(path: str | os.PathLike) -> tuple[RunContent, JournalScan]:
     """Replay a journal into a :class:`RunContent` (damaged records skipped, reported in scan)."""
     content, scan = RunContent(), JournalScan(Path(path))
     for rec in iter_journal(path, scan):
-        content.apply(rec)
+        content.apply(rec, path)
     return content, scan

@@ -31,6 +31,8 @@ except ImportError:  # pragma: no cover - non-POSIX
 log = logging.getLogger(__name__)
 
 _REBUILD_CHUNK_BYTES = 64 << 20
+#: the next checkpoint waits at least this many times as long as the last one took
+CHECKPOINT_SPACING = 10.0
 
 
 def _lock(fd: int, jp: Path, shared: bool = False) -> None:
@@ -80,6 +82,7 @@ class RunWriter:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.sync_interval_s = sync_interval_s
         self._last_sync = self._last_checkpoint = time.monotonic()
+        self._checkpoint_cost = 0.0
         self._dirty = False
 
     # -- opening ---------------------------------------------------------------
@@ -197,7 +200,8 @@ class RunWriter:
         return self._fd
 
     def _write(self, rtype: RecordType, header: dict,
-               arrays: list[tuple[str, np.ndarray]] = ()) -> None:
+               arrays: list[tuple[str, np.ndarray]] = ()) -> int:
+        """Append one record to the journal; returns its offset."""
         fd = self._check_open()
         data = encode_record(rtype, header, arrays)
         pos = os.lseek(fd, 0, os.SEEK_CUR)
@@ -213,18 +217,19 @@ class RunWriter:
         self._dirty = True
         if time.monotonic() - self._last_sync >= self.sync_interval_s:
             self.flush(sync=True)
+        return pos
 
     def _maybe_checkpoint(self) -> None:
         iv = self.checkpoint_interval_s
-        if iv is not None and time.monotonic() - self._last_checkpoint >= iv:
+        if iv is not None and time.monotonic() - self._last_checkpoint >= max(iv, self._checkpoint_cost):
             self.checkpoint()
 
     def _check_leaf(self, name: str, is_table: bool) -> None:
         c = self._content
-        other_kind = c.datasets if is_table else c._chunks
+        other_kind = c.datasets if is_table else c._pieces
         if name in other_kind:
             raise ConfigError(f"{name!r} is already a {'dataset' if is_table else 'table'}")
-        leaves = list(chain(c._chunks, c.datasets))
+        leaves = list(chain(c._pieces, c.datasets))
         for other in chain(leaves, (g.lstrip("/") for g in c.attrs)):
             if other.startswith(name + "/"):
                 raise ConfigError(f"{name!r} cannot contain the existing {other!r}")
@@ -265,8 +270,8 @@ class RunWriter:
                     raise ConfigError(f"table {name!r} column {col!r}: dtype "
                                       f"{arrays[col].dtype} differs from {schema[col]}")
             arrays = {col: arrays[col] for col in schema}
-        self._write(RecordType.APPEND, {"table": name}, list(arrays.items()))
-        self._content.add_rows(name, {c: a.copy() for c, a in arrays.items()})
+        at = self._write(RecordType.APPEND, {"table": name}, list(arrays.items()))
+        self._content.add_rows(name, arrays, source=("journal", self.journal_path, at), copy=True)
         self._maybe_checkpoint()
 
     def put(self, name: str, data: Any, **attrs: Any) -> None:
@@ -289,7 +294,7 @@ class RunWriter:
             c = self._content
             if rel in c.datasets:
                 raise ConfigError(f"{rel!r} is a dataset; pass its attrs to put()")
-            for leaf in chain(c._chunks, c.datasets):
+            for leaf in chain(c._pieces, c.datasets):
                 if rel.startswith(leaf + "/"):
                     raise ConfigError(f"group {rel!r} cannot be inside {leaf!r}")
         self._check_open()
@@ -318,8 +323,11 @@ class RunWriter:
     def checkpoint(self) -> None:
         """Rewrite the HDF5 file atomically from the content, with status "running"."""
         self.flush(sync=True)
+        t0 = time.monotonic()
         write_hdf5(self.path, self._content, "running")
         self._last_checkpoint = time.monotonic()
+        # a checkpoint rewrites the whole record: space them so they take at most a tenth of the run
+        self._checkpoint_cost = CHECKPOINT_SPACING * (self._last_checkpoint - t0)
 
     def finalize(self, status: str = "complete") -> Path:
         """Write the final HDF5 with ``status`` and delete the journal."""
@@ -327,6 +335,7 @@ class RunWriter:
             raise ConfigError(f"status must be a non-empty string, got {status!r}")
         self.flush(sync=True)
         write_hdf5(self.path, self._content, status)
+        self._content.rebase(self.path)
         self._release()
         self.journal_path.unlink(missing_ok=True)
         _fsync_dir(self.path.parent)
@@ -396,13 +405,12 @@ def _rebuild_journal(jp: Path, content: RunContent) -> None:
         for group, attrs in content.attrs.items():
             if group != "/":
                 _write_all(fd, encode_record(RecordType.ATTRS, {"group": group, "attrs": attrs}))
-        for name, cols in content.tables.items():
-            rows = content.table_rows(name)
-            row_bytes = max(1, sum(a.dtype.itemsize for a in cols.values()))
-            step = max(1, _REBUILD_CHUNK_BYTES // row_bytes)
-            for i in range(0, rows, step):
-                _write_all(fd, encode_record(RecordType.APPEND, {"table": name},
-                                             [(c, a[i:i + step]) for c, a in cols.items()]))
+        for name, schema in content._schema.items():
+            step = max(1, _REBUILD_CHUNK_BYTES // max(1, sum(d.itemsize for d in schema.values())))
+            for cols in content.iter_table(name):
+                for i in range(0, len(next(iter(cols.values()))), step):
+                    _write_all(fd, encode_record(RecordType.APPEND, {"table": name},
+                                                 [(c, a[i:i + step]) for c, a in cols.items()]))
         for name, (arr, attrs) in content.datasets.items():
             _write_all(fd, encode_record(RecordType.PUT, {"name": name, "attrs": attrs},
                                          [("data", np.ascontiguousarray(arr))]))
@@ -460,5 +468,5 @@ def recover(path: str | os.PathLike) -> dict:
     log.info("recovered %s from %d journal records (%s)", path, scan.records, scan.describe())
     return {"path": str(path), "records": scan.records, "dropped_bytes": scan.dropped_bytes,
             "stop_reason": scan.stop_reason, "damaged": scan.damaged, "damage": scan.describe(),
-            "tables": {t: content.table_rows(t) for t in content._chunks},
+            "tables": {t: content.table_rows(t) for t in content._pieces},
             "datasets": sorted(content.datasets)}
