@@ -1,4 +1,4 @@
-"""`hil info` (version, backends, the simulated parameter set) and `hil runs show|recover`."""
+"""`hil info` (version, backends, the simulated parameter set) and `hil runs show|recover|list|export`."""
 from __future__ import annotations
 
 from hil import __version__
@@ -19,6 +19,28 @@ def cmd_info(args) -> int:
              + ", ".join(f"{k} ({'available' if v else 'not installed'})" for k, v in data["backends"].items())
              + f"\nsimulated device parameters ({data['params_source']}):\n{params.describe()}")
     emit(args, data, human)
+    return 0
+
+
+def cmd_runs_list(args) -> int:
+    from hil.runstore.index import index_folder
+    entries = index_folder(args.folder)
+    rows = [e.to_dict() for e in entries]
+    head = ("created", "kind", "station", "status", "key figure", "file")
+    table = [head] + [(e.created[:19].replace("T", " "), e.kind, e.station, e.status, e.key_figure or e.problem,
+                       e.name) for e in entries]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head) - 1)]
+    human = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table)
+    emit(args, {"folder": str(args.folder), "runs": rows},
+         human if entries else f"{args.folder}: no run records")
+    return 0
+
+
+def cmd_runs_export(args) -> int:
+    from hil.runstore.export import export_item
+    out = export_item(args.file, args.dataset, args.to)
+    emit(args, {"record": args.file, "dataset": args.dataset, "out": str(out)},
+         f"{args.file}:{args.dataset} -> {out}")
     return 0
 
 
@@ -48,7 +70,7 @@ def cmd_runs(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Add `hil info` and `hil runs show|recover`."""
+    """Add `hil info` and `hil runs show|recover|list|export`."""
     sp = sub.add_parser("info", help="version, backends and the active parameter set")
     sp.add_argument("--params", type=opt.params_file, help="show this parameter file instead of the defaults")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -62,3 +84,13 @@ def add_parsers(sub) -> None:
         r.add_argument("file", type=opt.record_path, help=fhelp)
         r.add_argument("--json", action="store_true", help="print one JSON object")
         r.set_defaults(func=cmd_runs)
+    r = rsub.add_parser("list", help="list the run records of a folder: date, kind, station, status, key figure")
+    r.add_argument("folder", type=opt.existing_dir, help="folder of run records (.h5)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_runs_list)
+    r = rsub.add_parser("export", help="write one dataset or table of a run record to CSV or NPY")
+    r.add_argument("file", type=opt.record_path, help="run record (.h5)")
+    r.add_argument("dataset", help="dataset or table name inside the record (see `hil runs show`)")
+    r.add_argument("--to", required=True, type=opt.out_file, help="file to write, ending in .csv or .npy")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_runs_export)
