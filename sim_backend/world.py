@@ -24,6 +24,7 @@ import numpy as np
 from hil.geometry import YAO, Cells, Geometry
 from hil.limits import Op, OpLimits, SafetyLimits
 
+from . import iv_physics
 from .chip import SimulatedCrossbar
 from .params import DeviceParams
 
@@ -295,12 +296,24 @@ class EmulatedWorld:
             if cells is None or other is None or self.drive.get(other) != "ground" or self.gate_v() <= 0.0:
                 return 0.0
             idx = cells.flat(self.geometry)
-            g = self.chip.device.read(idx, self.now(), n_avg)
-            self.chip.device.add_dose(idx, n_avg, abs(volts), aperture_s)
+            if abs(volts) > self.switching_above_v:
+                # a DC level that can switch the cells: the I–V physics (nonlinear conduction, SET
+                # at threshold with gate-limited compliance, gradual RESET), as the simulated chip's dc_sweep
+                v_cell = volts if terminal == "BL" else -volts
+                i_cells = iv_physics.dc_sweep(self.chip.device, idx, np.array([v_cell]), np.array([self.gate_v()]),
+                                              np.array([compliance_a]), aperture_s * n_avg, self.now())[0]
+                i = float(np.sum(i_cells)) * (1.0 if terminal == "BL" else -1.0)
+            else:
+                g = self.chip.device.read(idx, self.now(), n_avg)
+                self.chip.device.add_dose(idx, n_avg, abs(volts), aperture_s)
+                i = float(np.sum(g) * volts)
             self.chip.counters["reads"] += len(cells) * n_avg
             self.chip._dirty = True
-            i = float(np.sum(g) * volts)
             return float(np.clip(i, -compliance_a, compliance_a))
+
+    #: |V| above which an SMU level is applied through the switching I–V model rather than read
+    #: ohmically (the READ limit of the simulated stations is 0.3 V; the model switches from ~0.6 V)
+    switching_above_v = 0.3
 
     _pulsed = False     # a pulse reached the chip since the last checkpoint
 

@@ -106,7 +106,8 @@ def test_a_backend_without_the_capability_refuses_dc_sweep():
 
 def test_dc_sweep_through_the_emulated_smu_station():
     """The driver path: per cell, routed on the bus, compliance before output on, a level and a
-    measurement per point, the output off after (the emulated SMU measures the cell ohmically)."""
+    measurement per point, the output off after (at read levels the emulated SMU measures the cell
+    ohmically; above 0.3 V the switching I–V physics applies)."""
     from pathlib import Path
     from hil.registry import open_station
     station = Path(__file__).resolve().parents[1] / "stations" / "sim-instruments.toml"
@@ -120,3 +121,20 @@ def test_dc_sweep_through_the_emulated_smu_station():
         assert (x.spec.smu_of("bl").instrument, x.spec.smu_of("bl").channel) not in x._armed
         with pytest.raises(SafetyViolation, match="SET rejected"):
             x.dc_sweep(cells, [3.5], v_gate=1.0, compliance_a=1e-4)
+
+
+def test_the_emulated_smu_station_traces_a_hysteresis_loop():
+    """Through the drivers and the emulated SMUs, a DC loop switches the cells as on the simulated chip."""
+    from pathlib import Path
+    from hil.registry import open_station
+    station = Path(__file__).resolve().parents[1] / "stations" / "sim-instruments.toml"
+    v = sweep_voltages(1.5, 1.5, 0.05)
+    gate = np.where(v >= 0, 1.6, 5.0)
+    with open_station(str(station), seed=4) as x:
+        cells = Cells.block(0, 0, range(2))
+        x.dc_sweep(cells, v, v_gate=gate, compliance_a=100e-6)          # leave the cells in HRS
+        res = x.dc_sweep(cells, v, v_gate=gate, compliance_a=100e-6)
+    top = int(np.argmax(v))
+    k_up, k_down = 6, 2 * top - 6                                       # +0.3 V up and down
+    assert np.all(res.i_a[k_down] > 10 * res.i_a[k_up])
+    assert np.all(res.i_a[top] < 30e-6)                                  # gate-limited SET current
