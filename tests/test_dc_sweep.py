@@ -138,3 +138,16 @@ def test_the_emulated_smu_station_traces_a_hysteresis_loop():
     k_up, k_down = 6, 2 * top - 6                                       # +0.3 V up and down
     assert np.all(res.i_a[k_down] > 10 * res.i_a[k_up])
     assert np.all(res.i_a[top] < 30e-6)                                  # gate-limited SET current
+
+
+def test_a_dry_run_answers_a_dc_sweep_and_tallies_its_levels():
+    from hil.ops.dryrun import open_dry_run
+    x = open_dry_run("sim", seed=4)
+    v = np.array([0.0, 0.5, 1.2, 0.0, -0.8, 0.0])
+    res = x.dc_sweep(CELLS, v, v_gate=np.where(v >= 0, 1.6, 5.0), compliance_a=100e-6)
+    rep = x.report()
+    assert res.i_a.shape == (6, 4)
+    assert rep["pulses"]["SET"]["max_v"] == pytest.approx(1.2) and rep["pulses"]["SET"]["pulses"] == 8
+    assert rep["pulses"]["RESET"]["max_v"] == pytest.approx(0.8) and rep["pulses"]["RESET"]["max_v_gate"] == 5.0
+    with pytest.raises(SafetyViolation):
+        x.dc_sweep(CELLS, [3.5], v_gate=1.0, compliance_a=1e-4)

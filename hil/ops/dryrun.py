@@ -40,6 +40,17 @@ class DryRunCrossbar(Crossbar):
         t["max_width_s"] = max(t["max_width_s"], float(np.max(width)))
         self.shadow._pulse(cells, op, v, v_gate, width)
 
+    def _dc_sweep(self, cells: Cells, volts, v_gate, compliance_a, terminal: str, dwell_s: float) -> np.ndarray:
+        forward = volts > 0 if terminal == "BL" else volts < 0
+        for op, points in ((Op.SET, forward), (Op.RESET, ~forward & (volts != 0))):
+            if points.any():
+                t = self.tally[op.value]
+                t["pulses"] += len(cells) * int(points.sum())
+                t["max_v"] = max(t["max_v"], float(np.max(np.abs(volts[points]))))
+                t["max_v_gate"] = max(t["max_v_gate"], float(np.max(v_gate[points])))
+        self.reads += len(cells) * volts.size
+        return self.shadow._dc_sweep(cells, volts, v_gate, compliance_a, terminal, dwell_s)
+
     def _vmm(self, pe, inputs, rows, cols, v_read, adc_full_scale_a) -> VmmResult:
         return self.shadow._vmm(pe, inputs, rows, cols, v_read, adc_full_scale_a)
 
