@@ -286,7 +286,9 @@ class SimulatedCrossbar(Crossbar):
         if self.state_path is None:
             return
         idx = self.device.take_changed()
-        if idx is None or self._log_bytes > sum(a.nbytes for a in self.device.state().values()):
+        whole = sum(a.nbytes for a in self.device.state().values())
+        # the file is rewritten once the log has outgrown it, or when a record would be half its size
+        if idx is None or self._log_bytes > whole or 2 * idx.size * self.device.changed_bytes > whole:
             self.save_state(self.state_path)
         else:
             self._log_changes(idx)

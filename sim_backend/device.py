@@ -235,6 +235,11 @@ class DeviceArray:
             seen[i] = True
         return np.flatnonzero(seen)
 
+    @property
+    def changed_bytes(self) -> int:
+        """Bytes of mutable state per cell (with its index)."""
+        return 8 + sum(getattr(self, k).itemsize for k in self.MUTABLE_FIELDS)
+
     def changes(self, idx: np.ndarray) -> dict:
         """The mutable state of cells `idx` (for an incremental save)."""
         return {k: getattr(self, k)[idx] for k in self.MUTABLE_FIELDS}

@@ -329,3 +329,62 @@ def test_sigkill(tmp_path):
     assert set(printed) <= chunks
     np.testing.assert_array_equal(t["row"], np.arange(len(t["row"])))
     assert info["tables"]["chunks"] == len(t["row"]) and len(t["row"]) % 50 == 0
+
+
+# ---- streamed tables (issue 14): rows beyond the memory budget stay in the journal --------------
+def _streamed(tmp_path: Path, monkeypatch, budget: int = 64) -> RunWriter:
+    import hil.runstore.journal as jmod
+    monkeypatch.setattr(jmod, "HELD_BYTES", budget)
+    w = _new(tmp_path)
+    _fill(w, chunks=12)
+    return w
+
+
+def _want(chunks: int = 12) -> dict:
+    cells = np.concatenate([np.arange(3 + i, dtype=np.int32) + 100 * i for i in range(chunks)])
+    return {"cell": cells, "reads": np.repeat(np.arange(chunks, dtype=np.float32), 2)}
+
+
+def test_streamed_tables_read_back_recover_and_resume(tmp_path, monkeypatch):
+    w = _streamed(tmp_path, monkeypatch)
+    pieces = w.content._pieces["programming/pulses"]
+    assert pieces[0].arrays is not None and pieces[-1].arrays is None       # held, then streamed
+    assert w.content._held <= 64
+    want = _want()
+    np.testing.assert_array_equal(w.content.tables["programming/pulses"]["cell"], want["cell"])
+    assert [len(p["cell"]) for p in w.content.iter_table("programming/pulses")] == list(range(3, 15))
+    w._release()                                       # killed: only the journal is left
+    info = recover(tmp_path / "run.h5")
+    assert info["tables"] == {"programming/pulses": len(want["cell"]), "reads": 24}
+    with RunRecord.open(tmp_path / "run.h5") as rec:
+        np.testing.assert_array_equal(rec.table("programming/pulses")["cell"], want["cell"])
+        np.testing.assert_array_equal(rec.table("reads")["g"], want["reads"])
+    w = RunWriter.resume(tmp_path / "run.h5", checkpoint_interval_s=None)
+    w.append("reads", g=np.full(2, 12, dtype=np.float32))
+    w.finalize()
+    with RunRecord.open(tmp_path / "run.h5") as rec:
+        np.testing.assert_array_equal(rec.table("reads")["g"], np.repeat(np.arange(13, dtype=np.float32), 2))
+
+
+def test_streamed_closed_run_resumes_through_a_rebuilt_journal(tmp_path, monkeypatch):
+    w = _streamed(tmp_path, monkeypatch)
+    w.close()
+    journal_path(tmp_path / "run.h5").unlink()          # only the HDF5 of the closed run is left
+    w = RunWriter.resume(tmp_path / "run.h5", checkpoint_interval_s=None)
+    np.testing.assert_array_equal(w.content.table("programming/pulses")["cell"], _want()["cell"])
+    w.finalize()
+
+
+def test_checkpoints_are_spaced_by_their_cost(tmp_path, monkeypatch):
+    import hil.runstore.writer as wmod
+    monkeypatch.setattr(wmod, "CHECKPOINT_RATE", 1.0)   # a rewrite would take ~journal bytes seconds
+    w = _new(tmp_path, checkpoint_interval_s=1e-9)
+    w.append("reads", g=np.ones(2, dtype=np.float32))
+    assert not (tmp_path / "run.h5").exists()
+    w.close()
+    monkeypatch.setattr(wmod, "CHECKPOINT_RATE", 1e30)
+    w = _new(tmp_path, name="fast.h5", checkpoint_interval_s=1e-9)
+    w.append("reads", g=np.ones(2, dtype=np.float32))
+    with RunRecord.open(tmp_path / "fast.h5") as rec:
+        assert rec.status == "running"
+    w.close()

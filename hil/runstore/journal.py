@@ -116,11 +116,14 @@ def encode_record(rtype: RecordType, header: dict,
     """Frame one record (arrays must already have passed :func:`check_array`)."""
     specs = [{"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays]
     head = json.dumps({**header, "arrays": specs}, separators=(",", ":")).encode()
-    parts = [_U32.pack(len(head)), head] + [a.tobytes() for _, a in arrays]
-    payload = b"".join(parts)
-    if len(payload) > MAX_PAYLOAD:
-        raise ConfigError(f"record of {len(payload)} bytes exceeds the 4 GiB journal limit")
-    return REC_HEADER.pack(REC_MAGIC, int(rtype), len(payload), zlib.crc32(payload)) + payload
+    parts = [_U32.pack(len(head)), head] + [memoryview(a).cast("B") for _, a in arrays if a.size]
+    size = sum(len(p) for p in parts)
+    if size > MAX_PAYLOAD:
+        raise ConfigError(f"record of {size} bytes exceeds the 4 GiB journal limit")
+    crc = 0
+    for p in parts:                 # the record is assembled once, straight from the arrays
+        crc = zlib.crc32(p, crc)
+    return b"".join([REC_HEADER.pack(REC_MAGIC, int(rtype), size, crc), *parts])
 
 
 def file_header() -> bytes:

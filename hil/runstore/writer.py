@@ -31,8 +31,11 @@ except ImportError:  # pragma: no cover - non-POSIX
 log = logging.getLogger(__name__)
 
 _REBUILD_CHUNK_BYTES = 64 << 20
-#: the next checkpoint waits at least this many times as long as the last one took
+#: checkpoints (each rewrites the whole record) are spaced to take at most 1/CHECKPOINT_SPACING
+#: of the run: the next waits this many times the time a rewrite of the journal so far would take,
+#: at the rate the last one ran (CHECKPOINT_RATE bytes/s before any)
 CHECKPOINT_SPACING = 10.0
+CHECKPOINT_RATE = 50e6
 
 
 def _lock(fd: int, jp: Path, shared: bool = False) -> None:
@@ -82,7 +85,7 @@ class RunWriter:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.sync_interval_s = sync_interval_s
         self._last_sync = self._last_checkpoint = time.monotonic()
-        self._checkpoint_cost = 0.0
+        self._checkpoint_rate = CHECKPOINT_RATE
         self._dirty = False
 
     # -- opening ---------------------------------------------------------------
@@ -221,7 +224,11 @@ class RunWriter:
 
     def _maybe_checkpoint(self) -> None:
         iv = self.checkpoint_interval_s
-        if iv is not None and time.monotonic() - self._last_checkpoint >= max(iv, self._checkpoint_cost):
+        if iv is None:
+            return
+        cost = os.lseek(self._fd, 0, os.SEEK_CUR) / self._checkpoint_rate
+        wait = max(iv, CHECKPOINT_SPACING * cost) if iv > 0 else 0.0     # 0: after every write
+        if time.monotonic() - self._last_checkpoint >= wait:
             self.checkpoint()
 
     def _check_leaf(self, name: str, is_table: bool) -> None:
@@ -326,8 +333,7 @@ class RunWriter:
         t0 = time.monotonic()
         write_hdf5(self.path, self._content, "running")
         self._last_checkpoint = time.monotonic()
-        # a checkpoint rewrites the whole record: space them so they take at most a tenth of the run
-        self._checkpoint_cost = CHECKPOINT_SPACING * (self._last_checkpoint - t0)
+        self._checkpoint_rate = os.lseek(self._fd, 0, os.SEEK_CUR) / max(self._last_checkpoint - t0, 1e-6)
 
     def finalize(self, status: str = "complete") -> Path:
         """Write the final HDF5 with ``status`` and delete the journal."""
