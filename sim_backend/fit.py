@@ -35,7 +35,7 @@ import numpy as np
 
 from hil.errors import DataError
 from hil.limits import OP_CODES, Op
-from hil.programming import UNRESPONSIVE, WriteVerifyPolicy
+from hil.programming import IN_BAND, UNRESPONSIVE, WriteVerifyPolicy
 from hil.runstore import RunRecord
 
 from .params import DeviceParams
@@ -64,6 +64,7 @@ class ProgrammingData:
     pulses: np.ndarray
     status: np.ndarray          # -1: not finished
     before_s: Optional[np.ndarray]     # per plan cell: snapshot read before programming
+    after_s: Optional[np.ndarray]      # per plan cell: snapshot read after programming
     first_read_s: np.ndarray    # per plan cell: the first verify reading (before any pulse; NaN: none)
     pairs: dict                 # per pulse with a reading before and after: cell, iteration, op, v, v_gate, width_s, g0, g1
     params_digest: str = ""
@@ -78,9 +79,14 @@ def read_programming(path) -> ProgrammingData:
             raise DataError(f"{path} is a {rec.kind!r} run, not a programming record made by `hil program`")
         try:
             (plan, attrs), group = rec.dataset(f"{PREFIX}/targets"), rec.group_attrs(PREFIX)
-            cells, verify, pulses = (rec.table(f"{PREFIX}/{t}") for t in ("cells", "verify", "pulses"))
-            snap = (rec.dataset("snapshots/before_programming")[0] if "snapshots/before_programming"
-                    in rec.datasets() else None)
+            cells = rec.table(f"{PREFIX}/cells")
+            # an instrument's own write-verify loop (board firmware, SMU script) journals no pulses
+            verify, pulses = ({k: np.zeros(0, np.int64 if k != "g_s" else float) for k in cols}
+                              if f"{PREFIX}/{t}" not in rec.tables() else rec.table(f"{PREFIX}/{t}")
+                              for t, cols in (("verify", ("iteration", "cell", "g_s")),
+                                              ("pulses", ("iteration", "cell", "op", "v", "v_gate", "width_s"))))
+            snap, after = (rec.dataset(f"snapshots/{w}_programming")[0] if f"snapshots/{w}_programming"
+                           in rec.datasets() else None for w in ("before", "after"))
             params = (rec.station.get("describe") or {}).get("params")
         except (KeyError, DataError, OSError, ValueError) as e:
             raise DataError(f"{path} is not a complete programming record ({type(e).__name__}: {e})") from None
@@ -123,7 +129,8 @@ def read_programming(path) -> ProgrammingData:
         except Exception:
             digest = ""
     return ProgrammingData(str(path), flat, targets, tolerance, policy, final, npulses, status,
-                           None if snap is None else snap.ravel()[flat], first, pairs, digest)
+                           None if snap is None else snap.ravel()[flat], None if after is None else after.ravel()[flat],
+                           first, pairs, digest)
 
 
 # ---- estimators --------------------------------------------------------------------------
@@ -289,9 +296,11 @@ def _fit_set_by_simulation(s: dict, p: DeviceParams, policy: dict, sig2, x0=None
     from .device import DeviceArray
     n_verify = int(policy["n_verify_reads"])
     start, step, vmax = policy["set_gate_start"], policy["set_gate_step"], policy["set_gate_max"]
+    if s["g0"].size < MIN_PULSES:
+        return {}
     r = _set_ramps(s, start)
     n_r = r["g_start"].size
-    if n_r < MIN_CELLS or s["g0"].size < MIN_PULSES:
+    if n_r < MIN_CELLS:
         return {}
     o = r["order"]
     keep = r["ok_ramp"][r["ramp"]]
@@ -391,9 +400,14 @@ def _tables(d: ProgrammingData) -> dict:
     """Tables (each with a `cell` column) the estimators use: first verify reading and snapshot
     before programming per cell, and the SET and RESET pulse pairs (with the cell's band) of cells
     that responded."""
-    before = d.first_read_s if d.before_s is None else d.before_s
-    ok = np.isfinite(d.first_read_s) & np.isfinite(before) & (d.before_s is not None)
-    snap = {"cell": d.cell[ok], "g": before[ok] / US, "d": (d.first_read_s[ok] - before[ok]) / US}
+    if d.before_s is not None and np.isfinite(d.first_read_s).any():
+        ok = np.isfinite(d.first_read_s) & np.isfinite(d.before_s)
+        g, diff = d.before_s, d.first_read_s - d.before_s
+    else:                           # no verify history: final reading vs the snapshot after (in-band cells)
+        after = d.final_s if d.after_s is None else d.after_s
+        ok = (d.status == IN_BAND) & np.isfinite(d.final_s) & np.isfinite(after) & (d.after_s is not None)
+        g, diff = d.final_s, after - d.final_s
+    snap = {"cell": d.cell[ok], "g": g[ok] / US, "d": diff[ok] / US}
     pos = np.zeros(int(d.cell.max()) + 1, np.int64)
     pos[d.cell] = np.arange(d.cell.size)
     plan_i = pos[d.pairs["cell"]]
@@ -506,9 +520,10 @@ def fit_params(record, base: Optional[DeviceParams] = None, *, bootstrap: int = 
     d = read_programming(record)
     tables = _tables(d)
     n_pairs = tables["set"]["g0"].size + tables["reset"]["g0"].size
-    if n_pairs < MIN_PULSES or tables["snap"]["g"].size < MIN_CELLS:
-        raise DataError(f"{record}: too few pulses to fit ({n_pairs} pulses between verify reads, "
-                        f"{tables['snap']['g'].size} in-band cells with a snapshot; need {MIN_PULSES} and {MIN_CELLS})")
+    if d.cell.size < MIN_CELLS or (n_pairs < MIN_PULSES and tables["snap"]["g"].size < MIN_CELLS):
+        raise DataError(f"{record}: too few pulses to fit ({d.cell.size} cells, {n_pairs} pulses between verify "
+                        f"reads, {tables['snap']['g'].size} cells read twice; need {MIN_CELLS} cells and "
+                        f"{MIN_PULSES} pulses or {MIN_CELLS} cells read twice)")
     est = _estimate(tables, base, d.policy)
     names = [k for k in est if not k.startswith("_")]
     x0 = [est.get(k) for k in ("compliance.g_per_v_us", "compliance.vth_v", SET_FACTOR)]
@@ -536,5 +551,8 @@ def fit_params(record, base: Optional[DeviceParams] = None, *, bootstrap: int = 
         if f"reset.mean_dg_us[{k}]" not in est:
             not_constrained.append(f"reset.mean_dg_us[{k}], reset.sigma_dg_us[{k}] (fewer than "
                                    f"{MIN_PULSES_PER_BIN} RESET pulses near {g_us} µS)")
+    if n_pairs == 0:
+        not_constrained.append("every pulse parameter: the record holds no pulse history (programmed by the "
+                               "instrument's own write-verify loop)")
     gof = {k[5:]: v for k, v in est.items() if k.startswith("_gof.")}
     return FitResult(fitted, estimates, not_constrained, gof, str(record))

@@ -111,3 +111,20 @@ def test_bad_input_is_one_line_exit_2(fitted, tmp_path, capsys):
     assert main(["params", "fit", str(fitted[1]), "--out", out, "--base", "nosuch"]) == 2
     assert "--base" in capsys.readouterr().err
     assert not (tmp_path / "p.toml").exists()
+
+
+def test_a_record_made_through_the_emulated_instruments(tmp_path, capsys):
+    """The board firmware runs write-verify itself and journals no pulses: the fit takes read
+    noise from the final verify reading against the snapshot after, and says the rest is not
+    constrained."""
+    from pathlib import Path
+    station = Path(__file__).resolve().parents[1] / "stations" / "sim-instruments.toml"
+    rec = tmp_path / "inst.h5"
+    assert main(["program", "--station", str(station), "--pe", "0", "--levels", "8", "--out", str(rec), "--json"]) == 0
+    capsys.readouterr()
+    assert main(["params", "fit", str(rec), "--out", str(tmp_path / "p.toml"), "--bootstrap", "0", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    est = {e["name"]: e["estimate"] for e in rep["estimates"]}
+    assert est["read_noise.rel"] == pytest.approx(BASE.read_noise.rel, rel=0.15)
+    assert est["read_noise.abs_us"] == pytest.approx(BASE.read_noise.abs_us, rel=0.15)
+    assert any("no pulse history" in n for n in rep["not_constrained"])
