@@ -31,12 +31,14 @@ def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.4):
     return fig, axes
 
 
-def _save(fig, path) -> Path:
+def _save(fig, path, dpi: int = DPI, svg: bool = False) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=dpi, format="png")
+    if svg:
+        fig.savefig(path.with_suffix(".svg"), format="svg")
     return path
 
 
@@ -70,10 +72,11 @@ def _groups(level_index, n: int):
 
 # ---- 1. per-level CDF ------------------------------------------------------------------------
 def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribution per level",
-                   targets_s=None, tolerance_s=None) -> Path:
+                   targets_s=None, tolerance_s=None, dpi: int = DPI, svg: bool = False) -> Path:
     """Cumulative distribution of conductance for each level on one µS axis (one curve per
     level, coloured by level). `targets_s` (one per cell or one per level present) and
-    `tolerance_s` (scalar) add shaded target ± tolerance bands."""
+    `tolerance_s` (scalar) add shaded target ± tolerance bands; cells beyond the axis are
+    counted in its label. `svg` also writes an SVG beside the PNG."""
     g = _as_1d(g_s, "g_s").astype(float)
     li, levels, inv = _groups(level_index, g.size)
     fig, (ax,) = _figure(1, 7.0, 4.6)
@@ -115,17 +118,18 @@ def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribu
         outside = int(np.count_nonzero((g * US_PER_S < lo) | (g * US_PER_S > hi)))
         ax.set_xlim(lo, hi)
         if outside:
-            ax.text(0.99, 0.02, f"{outside} cells outside the axis (write errors, stuck cells)",
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.3")
+            ax.set_xlabel(f"conductance (µS); {outside} cells beyond this axis (write errors, stuck cells)")
     ax.set_title(f"{title}  ({g.size} cells, {levels.size} levels)")
     ax.grid(alpha=0.3)
     _level_colorbar(fig, ax, levels, cmap)
-    return _save(fig, path)
+    return _save(fig, path, dpi, svg)
 
 
 # ---- 2. pulses --------------------------------------------------------------------------------
-def plot_pulse_histogram(pulses, level_index, path, *, title: str = "Write-verify pulses") -> Path:
-    """Two panels: histogram of pulses per cell, and mean (± std) pulses per target level."""
+def plot_pulse_histogram(pulses, level_index, path, *, title: str = "Write-verify pulses", dpi: int = DPI,
+                         svg: bool = False) -> Path:
+    """Two panels: histogram of pulses per cell, and mean (± std) pulses per target level
+    (`svg` also writes an SVG beside the PNG)."""
     p = _as_1d(pulses, "pulses").astype(float)
     li, levels, inv = _groups(level_index, p.size)
     fig, (a1, a2) = _figure(2, 10.0, 4.2)
@@ -153,7 +157,7 @@ def plot_pulse_histogram(pulses, level_index, path, *, title: str = "Write-verif
     a2.set_ylabel("mean pulses (± std)")
     a2.set_title("mean pulses per level")
     a2.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return _save(fig, path, dpi, svg)
 
 
 # ---- 3. distributions over time / reads ---------------------------------------------------------

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 from hil import options as opt
-from hil.cli.common import (add_station_options, cancel_on_sigint, chip_state_path, emit, jsonable, open_from_args,
+from hil.cli.common import (add_station_options, cancel_on_sigint, chip_state_path, emit, open_from_args,
                             progress_bar, show_progress)
 from hil.errors import DataError, HilError
+from hil.stats import parse_seeds
 from hil.yao2020.hybrid import HybridConfig
 from hil.progress import Progress
 from hil.runstore import RunRecord, read_content
@@ -81,22 +82,80 @@ WANG_KEYS = ("wang_cnn_acc", "wang_cnn_software_acc", "wang_cnn_exsitu_acc", "wa
              "wang_convlstm_pulses", "wang_seconds")
 
 
+MAX_SEEDS = 1000
+
+
+def seeds_option(text: str) -> list[int]:
+    """`--seeds`: '0-4', '1,3,7' (hil.stats.parse_seeds), each a valid seed, at most MAX_SEEDS."""
+    try:
+        seeds = parse_seeds(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if len(seeds) > MAX_SEEDS or max(seeds) > opt.MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seeds {text!r}: at most {MAX_SEEDS} seeds, each 0..{opt.MAX_SEED}")
+    return seeds
+
+
+def _keys(papers) -> tuple:
+    """The JSON keys of a finished run of `papers`."""
+    return ("seed", "papers", "report") + ("run_record",) * ("yao2020" in papers) \
+        + ("wang_run_record",) * ("wang2019" in papers)
+
+
 def cmd_demo(args) -> int:
-    """Both papers (or one, --paper) on their stations, one report folder, one JSON object."""
+    """Both papers (or one, --paper) on their stations, one report folder, one JSON object;
+    with --seeds, one folder per seed and a summary over the seeds."""
+    papers = ("yao2020", "wang2019") if args.paper == "all" else (args.paper,)
+    if args.seeds is not None and args.seed is not None:
+        raise HilError("--seeds and --seed exclude each other: give one seed with --seed or several with --seeds")
+    if args.seeds is None:
+        res, human = _demo_one(args, 0 if args.seed is None else args.seed, Path(args.out), papers)
+        keys = _keys(papers) + tuple(k for k in YAO_KEYS + WANG_KEYS if k in res)
+        emit(args, {k: res[k] for k in keys}, human)
+        return 0
+    return _demo_seeds(args, papers)
+
+
+def _demo_seeds(args, papers) -> int:
+    """Every seed of --seeds into OUT/seed-N (a seed whose results.json is whole is kept, so an
+    interrupted run resumes), then the summary over seeds."""
+    from hil.report.provenance import software
+    from hil.report.seeds import finished, seed_dir, write_summary
+    out, say = Path(args.out), _say(args)
+    keys = _keys(papers) + tuple(k for k in (YAO_KEYS if "yao2020" in papers else ())
+                                 + (WANG_KEYS if "wang2019" in papers else ()))
+    results, kept = {}, []
+    for i, seed in enumerate(args.seeds):
+        res = finished(out, seed, keys)
+        if res is not None:
+            kept.append(seed)
+            say(f"seed {seed} ({i + 1} of {len(args.seeds)}): finished before, kept ({seed_dir(out, seed)})")
+        else:
+            say(f"seed {seed} ({i + 1} of {len(args.seeds)})")
+            res = _demo_one(args, seed, seed_dir(out, seed), papers)[0]
+        results[seed] = res
+    figures = tuple(k for k in keys if k not in _keys(papers))
+    md = write_summary(out, results, figures, software())
+    summary = json.loads((out / "summary.json").read_text())
+    emit(args, {"seeds": args.seeds, "papers": list(papers), "kept": kept, "report": str(md),
+                "html": str(md.with_suffix(".html")), "figures": summary["figures"]},
+         md.read_text() + f"\nsummary {md} ({md.with_suffix('.html').name}); kept {kept or 'none'}")
+    return 0
+
+
+def _demo_one(args, seed: int, out: Path, papers) -> tuple[dict, str]:
+    """One seed of the demo into `out`: (the results, the human-readable text)."""
     from hil.wang2019 import stages as wang_stages
     from hil.wang2019.demo import WangDemoConfig
     from hil.yao2020.demo import DemoConfig
-    seed = 0 if args.seed is None else args.seed
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
     hybrid = {"seed": seed} if args.hybrid_fraction is None else {"seed": seed, "fraction": args.hybrid_fraction}
     cfg = cfg.replace(hybrid=cfg.hybrid.replace(**hybrid))     # validated again, before any work
-    papers = ("yao2020", "wang2019") if args.paper == "all" else (args.paper,)
     wcfg = (WangDemoConfig.quick if args.quick else WangDemoConfig.default)(seed, _wang_data(args))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     say = _say(args)
-    args.seed = seed
-    wang_args = argparse.Namespace(station=args.wang_station, seed=args.seed, params=None)
+    run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+    wang_args = argparse.Namespace(station=args.wang_station, seed=seed, params=None)
     res: dict = {"seed": seed, "papers": list(papers)}
     human = []
     with ExitStack() as stack:
@@ -104,7 +163,7 @@ def cmd_demo(args) -> int:
         bars = stack.enter_context(ExitStack())
         bar = (lambda desc, unit: bars.enter_context(progress_bar(args, desc, unit)))
         # Both stations open and both networks checked against them before any work.
-        yao_x = stack.enter_context(open_from_args(args)) if "yao2020" in papers else None
+        yao_x = stack.enter_context(open_from_args(run_args)) if "yao2020" in papers else None
         wang_x = stack.enter_context(open_from_args(wang_args)) if "wang2019" in papers else None
         if yao_x is not None:
             from hil.yao2020.hwnet import plan_mcnn
@@ -114,18 +173,15 @@ def cmd_demo(args) -> int:
             for name in wang_stages.NETS:
                 wang_stages.check_fits(wang_x.geometry, wang_stages.make_net(name))
         if yao_x is not None:
-            res.update(_demo_yao(args, yao_x, cfg, out, bar, cancel, say))
+            res.update(_demo_yao(run_args, yao_x, cfg, out, bar, cancel, say))
             human += [res.pop("table"), "", f"Yao 2020 run record {res['run_record']}"]
         if wang_x is not None:
             res.update(_demo_wang(wang_args, wang_x, wcfg, out, bar, cancel, say))
             human += [res.pop("table"), "", f"Wang 2019 run record {res['wang_run_record']}"]
     res["report"] = str(_demo_report(res, out, papers))
-    human += [f"report {res['report']}", f"wall time {res.get('seconds', 0) + res.get('wang_seconds', 0):.0f} s"]
-    keys = ("seed", "papers", "report") + ("run_record",) * ("yao2020" in papers) \
-        + ("wang_run_record",) * ("wang2019" in papers)
-    keys += tuple(k for k in YAO_KEYS + WANG_KEYS if k in res)
-    emit(args, {k: res[k] for k in keys}, "\n".join(human))
-    return 0
+    human += [f"report {res['report']} ({Path(res['report']).with_suffix('.html').name})",
+              f"wall time {res.get('seconds', 0) + res.get('wang_seconds', 0):.0f} s"]
+    return res, "\n".join(human)
 
 
 def _wang_data(args) -> Optional[str]:
@@ -162,6 +218,8 @@ def _demo_wang(args, xbar, cfg, out: Path, bar, cancel, say) -> dict:
 
 def _demo_report(res: dict, out: Path, papers) -> Path:
     """report.md (the Yao page written by its report, then the Wang section) and results.json."""
+    from hil.report.files import write_json
+    from hil.report.html import write_html
     from hil.wang2019.report import wang_section
     md = out / "report.md"
     lines = md.read_text().splitlines() if "yao2020" in papers else \
@@ -169,7 +227,8 @@ def _demo_report(res: dict, out: Path, papers) -> Path:
     if "wang2019" in papers:
         lines += [""] + wang_section(res, out, read_content(Path(res["wang_run_record"])))
     md.write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=jsonable))
+    write_html(md)
+    write_json(out / "results.json", res)         # last: its presence marks a finished seed
     return md
 
 
@@ -310,6 +369,9 @@ def add_parsers(sub) -> None:
                          "128 x 64 chip); --station is the Yao 2020 one")
     sp.add_argument("--out", default="runs/demo", type=opt.out_dir, help="report folder (default runs/demo)")
     sp.add_argument("--quick", action="store_true", help="shorter runs of both papers (under a minute)")
+    sp.add_argument("--seeds", type=seeds_option, default=None,
+                    help="several seeds, e.g. 0-4 or 1,3,7 (not with --seed): each into OUT/seed-N, then a summary "
+                         "with mean ± sd over seeds; seeds finished before are kept")
     sp.add_argument("--hybrid-fraction", type=opt.fraction, default=None,
                     help="fraction of the training set run through the chip in hybrid training, (0, 1] "
                          "(default 0.1)")

@@ -20,6 +20,7 @@ import numpy as np
 from hil.config import Config, param
 from hil.crossbar import Crossbar
 from hil.progress import Bars, CancelToken, no_bars
+from hil.report.accuracy import add_intervals
 from hil.wang2019 import stages
 from hil.wang2019.data import WangData
 from hil.wang2019.insitu import G_PER_V_S, transfer_open_loop
@@ -28,7 +29,7 @@ from hil.wang2019.train import train_software
 
 log = logging.getLogger(__name__)
 
-#: Wang et al. 2019 (PAPERS.md §B): in-situ CNN test accuracy and weight updates
+#: Wang et al. 2019 (PAPERS.md §B): in-situ CNN test accuracy (test set, 10,000 images [est]) and weight updates
 PAPER = {"cnn_acc": 0.9213, "cnn_updates": stages.PAPER_CNN_UPDATES}
 
 @dataclass
@@ -104,6 +105,10 @@ def _run(xbar, writer, cfg: WangDemoConfig, bars, cancel, say) -> dict:
     say("ConvLSTM in software (float)")
     res["wang_convlstm_software_acc_steps"] = _software(seqs, cfg.convlstm, cfg.seed,
                                                         bars("ConvLSTM software", "batch"), cancel)[1]
+    n_cnn, n_lstm = (int(writer.content.attrs[f"/insitu/{k}"]["test_samples"]) for k in ("cnn", "convlstm"))
+    res["wang_counts"] = {"cnn_test": n_cnn, "convlstm_test": n_lstm}
+    add_intervals(res, {"wang_cnn_acc": n_cnn, "wang_cnn_software_acc": n_cnn, "wang_cnn_exsitu_acc": n_cnn,
+                        "wang_convlstm_acc_steps": n_lstm, "wang_convlstm_software_acc_steps": n_lstm})
     res["wang_seconds"] = time.perf_counter() - t0
     writer.set_attrs("results", **res)
     return res

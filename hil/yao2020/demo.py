@@ -20,6 +20,7 @@ from hil.config import Config, param
 from hil.crossbar import Crossbar
 from hil.nn.datasets import Dataset
 from hil.progress import Bars, CancelToken, no_bars
+from hil.report.accuracy import add_intervals
 from hil.runstore import RunWriter
 from hil.yao2020 import stages
 from hil.yao2020.hwnet import plan_mcnn
@@ -31,8 +32,13 @@ log = logging.getLogger(__name__)
 
 # Yao et al. 2020 figures for the report (PAPERS.md §A).
 PAPER = {"software_acc": 0.9799, "transfer_acc": 0.9507, "hybrid_acc": 0.9619, "parallel_acc": 0.9583,
+         "train_acc_transfer": 1 - 0.0482, "train_acc_hybrid": 1 - 0.0321,
          "group_train_err_transfer": [0.0482, 0.0643, 0.0585], "group_train_err_hybrid": [0.0289, 0.0422, 0.0340],
-         "gops_per_w": 11014.0}
+         "after_change": {600.0: 0.0037, 7200.0: -0.019}, "gops_per_w": 11014.0}
+#: which set each paper figure was measured on ([est]: a secondary summary, PAPERS.md §A)
+PAPER_SET = {"software_acc": "test set [est]", "transfer_acc": "test set", "hybrid_acc": "test set",
+             "parallel_acc": "test set [est]", "train_acc": "training set", "group_train": "training set",
+             "after_change": "test set [est]", "gops_per_w": "[est]"}
 
 @dataclass
 class DemoConfig(Config):
@@ -101,6 +107,7 @@ def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
     res["transfer_acc"] = a.transfer_acc
     res["hybrid_acc"] = a.history[-1]["acc_test"]
     res["hybrid_single_history"] = a.history
+    res["hybrid_single_train_acc"] = [a.history[0]["acc_train"], a.history[-1]["acc_train"]]
 
     # Parallel convolvers: FC back to its ex-situ weights, then hybrid training on all groups.
     say("parallel convolvers: FC transferred again, hybrid training on all groups' outputs")
@@ -126,6 +133,24 @@ def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
     # After training: read disturb on G1's convolution weights, then the clock.
     res["after"] = stages.aging(xbar, writer, sc["aging"], bars("accuracy against time", "point"), cancel, ds)
     res["saturation"] = res["after"].pop("saturation")
+    res["counts"] = {"test_images": len(xt), "hybrid_subset_images": a.n_train, "hybrid_single": a.eval_n,
+                     "hybrid_parallel": p.hybrid.eval_n, "after_images": res["after"]["images"]}
+    _intervals(res, len(xt), a.eval_n, p.hybrid.eval_n, len(groups))
     res["seconds"] = time.perf_counter() - t0
     writer.set_attrs("results", **{k: v for k, v in res.items() if not k.endswith("history")})
     return res
+
+
+def _intervals(res: dict, n_test: int, single: dict, parallel: dict, groups: int) -> None:
+    """Wilson 95 % intervals (`<key>_ci`) beside every accuracy, from the samples behind each."""
+    train_n = [parallel.get(f"train_g{g + 1}", parallel.get("train", 0)) for g in range(groups)]
+    add_intervals(res, {"software_acc": n_test, "software_float_acc": n_test, "transfer_acc": single["test"],
+                        "hybrid_acc": single["test"], "hybrid_single_train_acc": single["train"],
+                        "parallel_transfer_acc": parallel["test"], "parallel_acc": parallel["test"],
+                        "group_acc_transfer": n_test, "group_acc_hybrid": n_test,
+                        "group_train_acc_transfer": train_n, "group_train_acc_hybrid": train_n})
+    after = res["after"]
+    n = after["images"]
+    add_intervals(after, {k: n for k in ("acc_start", "acc") if k in after})
+    if "disturb" in after:
+        add_intervals(after["disturb"], {k: n for k in ("acc_before", "acc_g1_after", "acc_after")})
