@@ -44,9 +44,10 @@ def bitserial_vmm(x: np.ndarray, g_codes: np.ndarray, var_codes: Optional[np.nda
     current, in codes^2 (None: no read noise). Per slot and column the noise is one fresh
     N(0, sum_i b_i var_ij) draw over the rows i driven in that slot (b_i = 1): the exact
     distribution of the sum of independent per-cell Gaussian noises, with the variance computed
-    by the same matmul as the mean, not estimated. Codes are rint(mean + noise) clipped to
-    [0, top]. A vector of all zeros drives no row: its codes are exactly 0 and it draws no noise
-    (that is exact too: zero current, zero variance), so it is skipped."""
+    from the same bit planes by a float32 matmul like the mean, not estimated, and the draw taken
+    from `normals` (fresh for every slot and column, never reused). Codes are rint(mean + noise)
+    clipped to [0, top]. A vector of all zeros drives no row: its codes are exactly 0 and it
+    draws no noise (that is exact too: zero current, zero variance), so it is skipped."""
     nb = INPUT_BITS
     xu = np.asarray(x).astype(np.uint8)                        # validated 0..255 by the contract
     batch, nrow = xu.shape
