@@ -290,7 +290,8 @@ def _fit_set_by_simulation(s: dict, p: DeviceParams, policy: dict, sig2, x0=None
     the record is replayed on simulated cells from its starting reading (gate ramp, verify reads,
     stop in band or above it, as write-verify does), and binned moments (mean ΔG and fraction of
     pulses that moved, per reading and gate bin; ramp length per starting bin) are matched to
-    the record's (common random numbers, Nelder-Mead)."""
+    the record's (common random numbers; Nelder-Mead from `x0`, else from the best point of a
+    coarse grid)."""
     from scipy.optimize import minimize
 
     from .device import DeviceArray
@@ -368,7 +369,12 @@ def _fit_set_by_simulation(s: dict, p: DeviceParams, policy: dict, sig2, x0=None
         return float(np.sum(((obs_m - m) ** 2 / np.maximum(var_m, 1e-6) + (obs_f - f) ** 2 / var_f)[valid])
                      + np.sum(((obs_l - ln) ** 2 / var_l)[valid_l]))
 
-    x0 = list(x0 or (p.compliance.g_per_v_us, p.compliance.vth_v, 1.0))
+    if x0 is None:           # the loss has local minima along V_th x SET factor: start from a coarse grid's best
+        k0, v0 = p.compliance.g_per_v_us, p.compliance.vth_v
+        grid = [(k0 * fk, v0 + dv, f) for fk in (0.8, 1.0, 1.25) for dv in (-0.15, -0.075, 0.0, 0.075, 0.15)
+                for f in (0.5, 0.7, 1.0, 1.4, 2.0)]
+        x0 = min(grid, key=loss)
+    x0 = list(x0)
     res = minimize(loss, x0, method="Nelder-Mead",
                    options={"xatol": 1e-3, "fatol": 1e-2, "maxiter": 300, "initial_simplex": [
                        x0, [x0[0] * 1.2, x0[1], 1.0], [x0[0], x0[1] + 0.1, 1.0], [x0[0], x0[1], 1.3]]})
