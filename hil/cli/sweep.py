@@ -29,12 +29,10 @@ def default_out(spec_path: str) -> Path:
 
 def cmd_run(args) -> int:
     from hil.sweep import load_spec, run_sweep
-    from hil.sweep.statistical import programming_model
     spec = load_spec(args.spec)
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.WARNING)    # the scheduler's chatter
     out = Path(args.out) if args.out else default_out(args.spec)
-    model = programming_model(spec, out) if spec.programming == "statistical" else None
     n_points = len(spec.points())
     bar = None
     if not args.json and sys.stderr.isatty():
@@ -51,7 +49,7 @@ def cmd_run(args) -> int:
     try:
         with cancel_on_sigint() as cancel:
             o = run_sweep(spec, out, scheduler=args.scheduler, workers=args.workers, keep_records=args.keep_records,
-                          programming_model=model, on_point=on_point, cancel=cancel)
+                          on_point=on_point, cancel=cancel)
     except Cancelled as e:
         raise Cancelled(f"{e}; run the same command again to resume") from None
     finally:
@@ -59,8 +57,9 @@ def cmd_run(args) -> int:
             bar.close()
     lost = f", {len(o.lost)} lost (run again to retry them)" if o.lost else ""
     emit(args, o.to_dict(),
-         f"sweep {spec.target}: {n_points} points, {o.skipped} already done, {o.ok} ok, {o.failed} failed{lost} "
-         f"on {o.workers} workers in {o.seconds:.1f} s\ntable: {out / 'results.parquet'}")
+         f"sweep {spec.target}: {n_points} points, {o.skipped} already done, {o.ok} ok, {o.failed} failed{lost}"
+         + (f" on {o.workers} workers in {o.seconds:.1f} s" if o.workers else "")
+         + f"\ntable: {out / 'results.parquet'}")
     return 1 if o.lost else 0
 
 

@@ -27,6 +27,7 @@ from hil.progress import CancelToken, Progress
 from hil.registry import sweep_target
 from hil.sweep.point import PointTask, run_point
 from hil.sweep.spec import SweepSpec
+from hil.sweep.statistical import programming_model
 from hil.sweep.table import SweepTable
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,11 @@ def _load_shared(path: Path):
 
 
 def run_sweep(spec: SweepSpec, out, *, scheduler: Optional[str] = None, workers: Optional[int] = None,
-              keep_records: bool = False, programming_model: Optional[str] = None,
-              on_point: Optional[Callable[[Progress, dict], None]] = None,
+              keep_records: bool = False, on_point: Optional[Callable[[Progress, dict], None]] = None,
               cancel: Optional[CancelToken] = None) -> SweepOutcome:
     """Run every point of `spec` not yet in the table of folder `out`; `on_point(progress, row)`
-    after each. `programming_model`: a fitted statistical programming model file the points'
-    stations use (spec programming = "statistical"). Ends by consolidating the table."""
+    after each. With `programming = "statistical"` the programming model is fitted first (once:
+    it is cached in the folder) and every point's chip opens with it. Ends by consolidating the table."""
     from distributed import as_completed
     t0 = time.perf_counter()
     out = Path(out)
@@ -123,6 +123,7 @@ def run_sweep(spec: SweepSpec, out, *, scheduler: Optional[str] = None, workers:
     if not todo:
         table.consolidate()
         return outcome
+    model = programming_model(spec, out) if spec.programming == "statistical" else None
     preset = spec.preset or target.preset
     geometry = None if spec.geometry is None else spec.geometry.to_dict()
     if keep_records:
@@ -132,7 +133,7 @@ def run_sweep(spec: SweepSpec, out, *, scheduler: Optional[str] = None, workers:
         cfg, dev = spec.settings(p.coords)
         rec = str((out / RECORDS / f"{p.id}.h5").resolve()) if keep_records else None
         tasks.append(PointTask(spec.target, p.id, p.coords, p.seed, cfg, dev, preset, geometry, rec,
-                               programming_model))
+                               model))
     with dask_client(scheduler, workers) as client:
         outcome.workers = len(client.scheduler_info(n_workers=-1)["workers"])
         run = uuid.uuid4().hex[:8]

@@ -60,7 +60,8 @@ def _label(name: str) -> str:
 
 
 def plot_sweep(root, figure: Optional[str] = None, out=None) -> list[Path]:
-    """Draw every figure (or `figure`) of the sweep folder `root` into `out` (default root/plots)."""
+    """Draw every figure of the sweep folder `root` into `out` (default root/plots); `figure`:
+    only this one, or several separated by commas drawn together (one line each)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -73,51 +74,62 @@ def plot_sweep(root, figure: Optional[str] = None, out=None) -> list[Path]:
     if df.empty:
         raise DataError(f"{root} holds no finished point yet")
     axes, figures = axes_and_figures(table, df)
+    groups = [[f] for f in figures]
     if figure is not None:
-        if figure not in figures:
-            raise ConfigError(f"--figure {figure!r} is not a figure of this sweep; figures: {', '.join(figures)}")
-        figures = [figure]
+        wanted = [f.strip() for f in figure.split(",")]
+        bad = [f for f in wanted if f not in figures]
+        if bad:
+            raise ConfigError(f"--figure {bad[0]!r} is not a figure of this sweep; figures: {', '.join(figures)}")
+        groups = [wanted]
     out = Path(out) if out else Path(root) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     title = (table.spec() or {}).get("target", "")
     files: list[Path] = []
-    for fig_name in figures:
+    for group in groups:
+        name = "+".join(group)
         for a in axes:
-            others = [o for o in axes if o != a and df[o].nunique() > 1]
-            combos = df.groupby(others).ngroups if others else 1
-            by = [a] + (others if combos <= MAX_LINES else [])
-            s = summarize(df, by, fig_name)
             fig, ax = plt.subplots(figsize=(5, 3.6))
-            groups = s.groupby(by[1:]) if len(by) > 1 else [((), s)]
-            for key, g in groups:
-                g = g.sort_values(a)
-                key = key if isinstance(key, tuple) else (key,)
-                label = ", ".join(f"{_label(o)}={k:g}" if isinstance(k, (int, float)) else f"{_label(o)}={k}"
-                                  for o, k in zip(by[1:], key)) or None
-                line, = ax.plot(g[a], g["mean"], marker="o", label=label)
-                ax.fill_between(g[a], g["mean"] - g["half"], g["mean"] + g["half"], alpha=0.2,
-                                color=line.get_color())
-            if _log(s[a]):
+            seeds = _lines(ax, df, a, [o for o in axes if o != a and df[o].nunique() > 1], group)
+            if _log(df[a].unique()):
                 ax.set_xscale("log")
-            seeds = int(s["n"].max())
             ax.set_xlabel(_label(a))
-            ax.set_ylabel(fig_name)
+            ax.set_ylabel(name if len(group) == 1 else "value")
             ax.set_title(f"{title}: mean over {seeds} seed(s), 95% CI", fontsize=9)
-            if len(by) > 1:
+            if ax.get_legend_handles_labels()[1]:
                 ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
-            files += _save(fig, out / f"{fig_name}-vs-{_label(a)}")
+            files += _save(fig, out / f"{name}-vs-{_label(a)}")
             plt.close(fig)
-        for a, b in itertools.combinations(axes, 2):
-            s = summarize(df, [a, b], fig_name).pivot(index=b, columns=a, values="mean")
-            fig, ax = plt.subplots(figsize=(5, 4))
-            im = ax.imshow(s.values, origin="lower", aspect="auto", cmap="viridis")
-            ax.set_xticks(range(len(s.columns)), [f"{v:g}" for v in s.columns], rotation=45, fontsize=7)
-            ax.set_yticks(range(len(s.index)), [f"{v:g}" for v in s.index], fontsize=7)
-            ax.set_xlabel(_label(a))
-            ax.set_ylabel(_label(b))
-            fig.colorbar(im, ax=ax, label=f"{fig_name} (mean over seeds)")
-            files += _save(fig, out / f"{fig_name}-{_label(a)}-{_label(b)}")
-            plt.close(fig)
+        for f in group:
+            for a, b in itertools.combinations(axes, 2):
+                s = summarize(df, [a, b], f).pivot(index=b, columns=a, values="mean")
+                fig, ax = plt.subplots(figsize=(5, 4))
+                im = ax.imshow(s.values, origin="lower", aspect="auto", cmap="viridis")
+                ax.set_xticks(range(len(s.columns)), [f"{v:g}" for v in s.columns], rotation=45, fontsize=7)
+                ax.set_yticks(range(len(s.index)), [f"{v:g}" for v in s.index], fontsize=7)
+                ax.set_xlabel(_label(a))
+                ax.set_ylabel(_label(b))
+                fig.colorbar(im, ax=ax, label=f"{f} (mean over seeds)")
+                files += _save(fig, out / f"{f}-{_label(a)}-{_label(b)}")
+                plt.close(fig)
     (out / "index.json").write_text(json.dumps([str(f.name) for f in files], indent=1))
     return files
+
+
+def _lines(ax, df: pd.DataFrame, a: str, others: list[str], group: list[str]) -> int:
+    """One line with its band per figure of `group` and combination of the `others` axes (pooled
+    when there are more than MAX_LINES); returns the most seeds behind a point."""
+    combos = df.groupby(others).ngroups if others else 1
+    by = [a] + (others if combos <= MAX_LINES else [])
+    seeds = 0
+    for f in group:
+        s = summarize(df, by, f)
+        seeds = max(seeds, int(s["n"].max()))
+        for key, g in (s.groupby(by[1:]) if len(by) > 1 else [((), s)]):
+            g = g.sort_values(a)
+            key = key if isinstance(key, tuple) else (key,)
+            parts = ([f] if len(group) > 1 else []) + [
+                f"{_label(o)}={k:g}" if isinstance(k, (int, float)) else f"{_label(o)}={k}" for o, k in zip(by[1:], key)]
+            line, = ax.plot(g[a], g["mean"], marker="o", label=", ".join(parts) or None)
+            ax.fill_between(g[a], g["mean"] - g["half"], g["mean"] + g["half"], alpha=0.2, color=line.get_color())
+    return seeds
