@@ -1,14 +1,19 @@
-"""Wall time of the main job `hil demo` (both papers) on this machine, per paper and in total
-(aim: under 3 minutes on 2 cores), and what the Wang CNN's in-situ training costs on the
+"""Wall time of the main job `hil demo` (both papers, or one with --paper) on this machine, per
+paper and in total (aim: under 3 minutes on 2 cores), optionally against another checkout
+(--base DIR, e.g. a clean checkout of main) in the same run, alternating the two so that a
+changing machine load hits both alike; and what the Wang CNN's in-situ training costs on the
 emulated station through the drivers: bus transactions and station time per batch, and the
 estimated station time of the paper's whole 1,200-update run.
 
-    .venv/bin/python benchmarks/bench_demo.py [--quick] [--skip-demo] [--batches 20]
+    .venv/bin/python benchmarks/bench_demo.py [--quick] [--paper yao2020] [--base /work/base]
+        [--repeat 1] [--skip-demo] [--skip-station] [--batches 20]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,20 +23,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STATION = ROOT / "stations" / "sim-wang-instruments.toml"
 WORLD = "sim-wang-instruments"
+HIL = "import sys; from hil.cli import main; sys.argv[0] = 'hil'; sys.exit(main())"
 
 
-def bench_demo(quick: bool) -> None:
+def run_demo(root: Path, quick: bool, paper: str) -> tuple[float, dict]:
+    """(wall seconds from process start to exit, the JSON) of `hil demo --seed 0` run from the
+    checkout `root` (its `hil` package first on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryDirectory() as out:
-        cmd = [str(Path(sys.executable).with_name("hil")), "demo", "--seed", "0", "--json", "--out", out]
+        cmd = [sys.executable, "-c", HIL, "demo", "--seed", "0", "--json", "--out", out, "--paper", paper]
         cmd += ["--quick"] * quick
         t0 = time.perf_counter()
-        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
-        total = time.perf_counter() - t0
-    print(f"hil demo{' --quick' * quick} --seed 0 (both papers):")
-    print(f"  Yao 2020  {res['seconds']:7.1f} s   (hybrid {res['hybrid_acc']:.2%}, parallel {res['parallel_acc']:.2%})")
-    print(f"  Wang 2019 {res['wang_seconds']:7.1f} s   (CNN in situ {res['wang_cnn_acc']:.2%}, "
-          f"{res['wang_cnn_updates']} updates)")
-    print(f"  total     {total:7.1f} s   wall, process start to exit (aim: under 180 s)")
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root, env=env).stdout)
+        return time.perf_counter() - t0, res
+
+
+def bench_demo(quick: bool, paper: str, base: Path | None, repeat: int) -> None:
+    roots = {"this": ROOT, **({"base": base} if base else {})}
+    runs: dict = {k: [] for k in roots}
+    for _ in range(repeat):
+        for name, root in roots.items():
+            runs[name].append(run_demo(root, quick, paper))
+    print(f"hil demo{' --quick' * quick} --seed 0 --paper {paper}, {repeat} run(s) each, alternating:")
+    for name, rs in runs.items():
+        walls = [w for w, _ in rs]
+        res = rs[-1][1]
+        print(f"  {name:5s} {roots[name]}: wall median {statistics.median(walls):6.1f} s (min {min(walls):.1f})")
+        if "hybrid_acc" in res:
+            print(f"        Yao 2020  {res['seconds']:6.1f} s  software {res['software_acc']:.2%}, "
+                  f"transfer {res['transfer_acc']:.2%}, hybrid {res['hybrid_acc']:.2%}, parallel {res['parallel_acc']:.2%}")
+        if "wang_seconds" in res:
+            print(f"        Wang 2019 {res['wang_seconds']:6.1f} s  (CNN in situ {res['wang_cnn_acc']:.2%}, "
+                  f"{res['wang_cnn_updates']} updates)")
+    if base:
+        this, old = (statistics.median(w for w, _ in runs[k]) for k in ("this", "base"))
+        print(f"  this / base wall time: {this / old:.2f}")
 
 
 def bench_station(batches: int) -> None:
@@ -67,12 +93,17 @@ def bench_station(batches: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="time `hil demo --quick` instead")
+    p.add_argument("--paper", choices=("all", "yao2020", "wang2019"), default="all", help="which paper's demo (default all)")
+    p.add_argument("--base", type=Path, default=None, help="also time the demo of this checkout (e.g. /work/base)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each demo (default 1; the median is shown)")
     p.add_argument("--skip-demo", action="store_true", help="only the emulated-station figures")
+    p.add_argument("--skip-station", action="store_true", help="only the demo wall times")
     p.add_argument("--batches", type=int, default=20, help="training batches on the emulated station (default 20)")
     a = p.parse_args()
     if not a.skip_demo:
-        bench_demo(a.quick)
-    bench_station(a.batches)
+        bench_demo(a.quick, a.paper, a.base, a.repeat)
+    if not a.skip_station:
+        bench_station(a.batches)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,29 @@ def test_hybrid_training_repairs_a_damaged_fc_layer(small, tmp_path):
         assert list(rec.table("hybrid/epochs")["epoch"]) == [0, 1, 2, 3, 4]
 
 
+def test_hybrid_training_keeps_its_best_state_on_the_held_out_part(small, tmp_path):
+    """A step far too large makes every epoch worse on the held-out digits; the stage programs
+    the best state (here the transferred one) back, so it never ends worse than it started."""
+    ds, model = small
+    xbar = SimulatedCrossbar(seed=4)
+    plan = plan_mcnn(xbar.geometry, model, groups=1)
+    with RunWriter.create(tmp_path / "k.h5", "mcnn", {}) as w:
+        transfer(xbar, model, plan, w)
+    hw = HardwareMCNN(xbar, model, plan)
+    hw.calibrate_adc(ds.x_train[:32])
+    sub = ds.subset(0.3, seed=1)
+    codes = hw.features(sub.x_train, 0)
+    cfg = HybridConfig(epochs=2, batch=50, lr_levels=4.0, threshold_levels=0.5, max_pulses=6, holdout=0.3, seed=1)
+    fit, held = cfg.split(len(codes))
+    assert held.size == round(0.3 * len(codes)) and not set(fit) & set(held)
+    hist = hybrid_train(hw, codes, sub.y_train, cfg)
+    start = hist[0]["acc_holdout"]
+    assert [r["kept_epoch"] for r in hist] == [0, 0, 0]
+    assert max(r["acc_holdout_trained"] for r in hist[1:]) < start - 0.2    # training alone ends far worse
+    # the kept state does not: programmed back within tolerance, it scores within 2 digits of the start
+    assert all(r["acc_holdout"] >= start - 2 / held.size for r in hist)
+
+
 def test_bad_inputs_get_clear_errors(small):
     ds, model = small
     with pytest.raises(DataError, match="NaN"):

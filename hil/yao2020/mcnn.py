@@ -317,7 +317,7 @@ def eval_subsets(ds: Dataset, images: int, seed: int) -> tuple[np.ndarray, np.nd
     return _sample(ds.n_train, images, seed, EVAL_STREAM), _sample(ds.n_test, images, seed, EVAL_STREAM + 1)
 
 
-def train_mcnn(ds: Dataset, *, epochs: int = 12, batch: int = 64, lr: float = 5e-3,
+def train_mcnn(ds: Dataset, *, epochs: int = 12, batch: int = 64, lr: float = 1e-2,
                seed: int = 0, qat: bool = True, progress: Optional[ProgressCallback] = None,
                cancel: Optional[CancelToken] = None,
                on_epoch: Optional[Callable[[dict], None]] = None,

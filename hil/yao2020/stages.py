@@ -125,6 +125,7 @@ class HybridResult:
     n_train: int
     n_test: int
     hw: HardwareMCNN = field(repr=False)
+    eval_n: dict = field(default_factory=dict)   # samples behind each history key `acc_<name>`
 
 
 @dataclass
@@ -294,7 +295,8 @@ def check_hybrid(xbar: Crossbar, content, cfg: HybridStageConfig) -> None:
     meas = group_attrs(content, "convolvers")
     if "convolvers/train" in content.datasets:
         _measured_train_name(meas, groups)
-        for k, v in (("fraction", cfg.hybrid.fraction), ("seed", cfg.hybrid.seed), ("test_images", cfg.test_images)):
+        for k, v in (("images", cfg.hybrid.images), ("fraction", cfg.hybrid.fraction), ("seed", cfg.hybrid.seed),
+                     ("test_images", cfg.test_images)):
             if meas.get(k) != v:
                 raise ConfigError(f"{k} {v!r}: the convolver outputs in the record were measured with "
                                   f"{k} {meas.get(k)!r}; use the same")
@@ -320,7 +322,7 @@ def measure(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress:
     hw = hardware(xbar, content)
     groups = _groups(cfg, hw.plan)
     ds = _data(content, cfg.data, dataset)
-    sub = ds.subset(cfg.hybrid.fraction, cfg.hybrid.seed)
+    sub = cfg.hybrid.subset(ds)
     xt = ds.x_test[:cfg.test_images] if cfg.test_images else ds.x_test
     total, done = len(xt) * hw.plan.groups + len(sub.x_train) * (2 if len(groups) > 1 else 1), [0]
 
@@ -341,7 +343,7 @@ def measure(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress:
             sub.x_train[sel], g, progress=part(f"training subset G{g + 1}"), cancel=cancel)
         if g != groups[0]:
             done[0] += int(sel.sum())
-    writer.set_attrs("convolvers", groups=[g + 1 for g in groups], fraction=cfg.hybrid.fraction,
+    writer.set_attrs("convolvers", groups=[g + 1 for g in groups], images=cfg.hybrid.images, fraction=cfg.hybrid.fraction,
                      seed=cfg.hybrid.seed, test_images=cfg.test_images)
     writer.put("convolvers/test", np.stack(test))
     if len(groups) > 1:
@@ -362,7 +364,7 @@ def hybrid(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress: 
     plan, model = hw.plan, hw.model
     groups = _groups(cfg, plan)
     ds = _data(content, cfg.data, dataset)
-    sub = ds.subset(cfg.hybrid.fraction, cfg.hybrid.seed)
+    sub = cfg.hybrid.subset(ds)
     yt = ds.y_test[:cfg.test_images] if cfg.test_images else ds.y_test
     test = content.datasets["convolvers/test"][0]
     codes = content.datasets[_measured_train_name(group_attrs(content, "convolvers"), groups)][0]
@@ -389,7 +391,7 @@ def hybrid(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress: 
     hist = hybrid_train(hw, codes, sub.y_train, cfg.hybrid, evals=evals, writer=writer, prefix=cfg.prefix,
                         progress=progress, cancel=cancel, on_epoch=on_epoch)
     return HybridResult(hist, groups, float(before["transfer_acc"]), list(before["group_acc_transfer"]), start,
-                        len(codes), len(yt), hw)
+                        len(codes), len(yt), hw, {k: len(v[1]) for k, v in evals.items()})
 
 
 def train_accuracy(row: dict, sizes: dict) -> float:
@@ -441,6 +443,7 @@ def aging(xbar: Crossbar, writer: RunWriter, cfg: AgingConfig, progress: Optiona
         return accuracy(hw, hw.parallel_features(x, cancel=cancel), y)
 
     before = score()
+    out["acc_start"] = before
     if xbar.has("read_stress") and cfg.disturb_reads > 0:
         for name in CONV_LAYERS:
             xbar.read_stress(hw.plan.cells(name, 0)[0], cfg.disturb_reads)
