@@ -21,19 +21,13 @@ from hil.ops.write_verify import has_repeats, write_verify
 from hil.runstore import RunRecord, RunWriter, recover
 from sim_backend.chip import SimulatedCrossbar, change_log
 
+try:
+    from tests.test_kill_campaign import SMALL_SIM as SMALL_STATION      # 1 PE of 16 x 8, seed 3
+except ImportError:  # tests/ on sys.path instead of the repository root
+    from test_kill_campaign import SMALL_SIM as SMALL_STATION
+
 WV_GEO = Geometry(n_pe=2, rows=64, cols=16)
 SMALL = Geometry(n_pe=1, rows=16, cols=8)
-SMALL_STATION = """
-[station]
-backend = "sim"
-name = "small simulated chip"
-[geometry]
-n_pe = 1
-rows = 16
-cols = 8
-[sim]
-seed = 3
-"""
 
 
 def digest(a) -> str:
