@@ -23,6 +23,7 @@ from .panels.convolver import ConvolverPanel
 from .panels.experiments import ExperimentsPanel
 from .panels.hybrid import HybridPanel
 from .panels.insitu import InsituPanel
+from .panels.lab import LabPanel
 from .panels.network import NetworkPanel
 from .panels.programming import ProgrammingPanel
 from .panels.runs import RunsPanel
@@ -44,6 +45,7 @@ PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
     ("convolver", "Convolver", ConvolverPanel),
     ("hybrid", "Hybrid training", HybridPanel),
     ("experiments", "Experiments", ExperimentsPanel),
+    ("lab", "Lab modules", LabPanel),
     ("runs", "Runs", RunsPanel),
     ("insitu", "In-situ training", InsituPanel),
     ("sweeps", "Sweeps", SweepsPanel),

@@ -1,0 +1,179 @@
+"""Sequence panel: open a sequence file (hil.modules.sequencer: modules, programming, loops and
+delays), check all of it against the connected station, and run it in a worker into one record
+(kind "sequence", like `hil sequence run`) with a step list that shows each step's progress."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
+                               QPushButton, QVBoxLayout, QWidget)
+
+from hil.errors import HilError
+from hil.modules.sequencer import load_sequence, run_sequence
+from hil.runstore.lifecycle import run_record
+
+from .. import theme
+from ..panels.programming import station_snapshot, unique_path
+from ..session import Session
+from ..widgets import muted
+
+log = logging.getLogger(__name__)
+MARKS = {"pending": "○", "running": "▶", "done": "✓", "stopped": "■"}
+
+
+class SequencePanel(QWidget):
+    def __init__(self, session: Session, folder: Callable[[], Path], parent=None) -> None:
+        super().__init__(parent)
+        self.s, self.folder = session, folder
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("sequences/….toml")
+        self.path_edit.returnPressed.connect(lambda: self.load(self.path_edit.text().strip()))
+        browse = QPushButton("Open…")
+        browse.clicked.connect(self._browse)
+        self.run_btn = QPushButton("Run sequence")
+        self.run_btn.setProperty("primary", "true")
+        self.run_btn.clicked.connect(self.start)
+        self.abort_btn = QPushButton("Abort")
+        self.abort_btn.clicked.connect(lambda: self.s.abort("sequence aborted from its panel"))
+        self.reason = QLabel("")
+        self.reason.setProperty("reason", "true")
+        self.reason.setWordWrap(True)
+        self.title = QLabel("No sequence open")
+        self.title.setStyleSheet(f"font-size: 12pt; font-weight: 600; color: {theme.TEXT};")
+        self.title.setWordWrap(True)
+        self.steps = QListWidget()
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.message = muted("")
+        self.record_label = muted("")
+        top = QHBoxLayout()
+        top.addWidget(self.path_edit, 1)
+        top.addWidget(browse)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_btn, 1)
+        buttons.addWidget(self.abort_btn)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.title)
+        lay.addWidget(muted("A TOML file of [[steps]]: module, program, delay_s, repeat (see `hil sequence check`)."))
+        lay.addLayout(top)
+        lay.addWidget(self.steps, 1)
+        lay.addWidget(self.reason)
+        lay.addLayout(buttons)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.message)
+        lay.addWidget(self.record_label)
+        self.path: Optional[Path] = None
+        self.seq = None
+        self.load_error = ""
+        self.state: list[str] = []
+        self.out: Optional[Path] = None
+        self.s.connection_changed.connect(self._reload)
+        self.s.busy_changed.connect(lambda _: self.refresh())
+        self.refresh()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open sequence", self.path_edit.text() or "sequences",
+                                              "Sequences (*.toml)")
+        if path:
+            self.load(path)
+
+    def load(self, path) -> bool:
+        """Read and check the sequence at `path` against the connected station; the reason inline
+        when it is refused."""
+        self.path = Path(path) if path else None
+        self.path_edit.setText(str(path))
+        return self._reload()
+
+    def _reload(self) -> bool:
+        self.seq, self.load_error = None, ""
+        if self.path is not None and self.s.connected:
+            try:
+                self.seq = load_sequence(self.path, self.s.geometry, self.s.xbar.limits, self.s.xbar.v_read_default)
+            except HilError as e:
+                self.load_error = str(e).split("\n")[0]
+        self.state = ["pending"] * (len(self.seq.steps) if self.seq else 0)
+        self.refresh()
+        return self.seq is not None
+
+    def refresh(self) -> None:
+        self.title.setText(f"Sequence '{self.seq.name}' · {len(self.seq.steps)} steps · {self.path.name}"
+                           if self.seq is not None else "No sequence open")
+        why = ("Connect a station first (Station tab)." if not self.s.connected else
+               "Open a sequence file." if self.path is None else
+               self.load_error if self.seq is None else "")
+        self.reason.setText(why)
+        why = why or ("A job is running." if self.s.busy else "")
+        self.run_btn.setEnabled(not why)
+        self.run_btn.setToolTip(why)
+        self.abort_btn.setEnabled(self.s.busy)
+        self._show_steps()
+
+    def _show_steps(self, progress: Optional[tuple[int, str]] = None) -> None:
+        if self.seq is None:
+            self.steps.clear()
+            return
+        if self.steps.count() != len(self.seq.steps):
+            self.steps.clear()
+            self.steps.addItems(["" for _ in self.seq.steps])
+        for k, (step, st) in enumerate(zip(self.seq.steps, self.state)):
+            extra = f" — {progress[1]}" if progress and progress[0] == k else ""
+            self.steps.item(k).setText(f"{MARKS[st]} {k + 1}. {step.label}  [{st}]{extra}")
+
+    def step_texts(self) -> list[str]:
+        return [self.steps.item(k).text() for k in range(self.steps.count())]
+
+    def start(self) -> bool:
+        """Run the sequence (checked again against the station now connected) in a worker."""
+        if not self._reload() or self.s.busy:
+            return False
+        seq, xbar = self.seq, self.s.xbar
+        out = unique_path(Path(self.folder()), f"sequence-{self.path.stem}")
+        snapshot = station_snapshot(self.s)
+
+        def job(ctx):
+            started = iter(range(len(seq.steps)))
+
+            def bars(desc, unit):
+                k = next(started)
+                ctx.partial((k, "running", ""))
+
+                def report(p):
+                    ctx.progress(p)
+                    if ctx.want_partial():
+                        ctx.partial((k, "running", f"{100 * p.fraction:.0f}% {p.message}"))
+                return report
+            with run_record(out, "sequence", station=snapshot) as writer:
+                steps = run_sequence(xbar, writer, seq, bars=bars, cancel=ctx.cancel)
+                writer.set_attrs("/", summary={"sequence": seq.name, "steps": len(seq.steps)})
+                return steps
+
+        def on_step(data):
+            k, st, text = data
+            for j in range(k):
+                self.state[j] = "done"
+            self.state[k] = st
+            self._show_steps((k, text))
+            self.bar.setValue(int(1000 * k / len(seq.steps)))
+
+        def on_end(outcome):
+            if outcome == "done":
+                self.state = ["done"] * len(seq.steps)
+                self.bar.setValue(1000)
+            else:
+                self.state = [("stopped" if s == "running" else s) for s in self.state]
+            self._show_steps()
+            if out.exists():
+                word = {"done": "finished", "cancelled": "aborted — partial record", "failed": "failed — record"}[outcome]
+                self.record_label.setText(f"{word}: {out}")
+                log.info("sequence %s %s: record %s", seq.name, word, out)
+
+        self.out = out
+        self.state = ["pending"] * len(seq.steps)
+        self._show_steps()
+        self.bar.setValue(0)
+        self.record_label.setText("")
+        return self.s.start_job(f"sequence {seq.name}", job, on_progress=lambda p: self.message.setText(p.message),
+                                on_partial=on_step, on_end=on_end, needs_station=True)
