@@ -6,17 +6,22 @@ import ctypes
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from ctypes.util import find_library
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
+#: how often Python gets the chance to run a signal handler while Qt's loop runs, ms
+SIGNAL_POLL_MS = 200
 
-OPTIONS = ("station", "run", "screenshot", "seed", "geometry")
+OPTIONS = ("station", "run", "screenshot", "seed", "geometry", "size")
 GEOMETRIES = ("yao", "wang", "small")
 SHOT_SIZE = (1560, 980)
+#: window sizes `--size` accepts, pixels (the layout holds from 1280 × 800 up)
+MIN_SIZE, MAX_SIZE = (1280, 800), (7680, 4320)
 MAX_GUI_SEED = 2**31 - 1        # the station panel's seed box is a 32-bit signed spin box
 
 #: libraries Qt's xcb platform plugin loads on Linux (find_library name -> Debian/Ubuntu package)
@@ -120,6 +125,22 @@ def check_options(opts: dict) -> None:
             raise ConfigError(f"--seed: the GUI takes seeds 0..{MAX_GUI_SEED}, got {opts['seed']!r}")
     if opts["geometry"] is not None and opts["geometry"] not in GEOMETRIES:
         raise ConfigError(f"--geometry must be one of {', '.join(GEOMETRIES)}, got {opts['geometry']!r}")
+    if opts["size"] is not None:
+        parse_size(opts["size"])
+
+
+def parse_size(text) -> tuple[int, int]:
+    """'1280x800' -> (1280, 800); ConfigError names what is wrong."""
+    from hil.errors import ConfigError
+    if isinstance(text, tuple):
+        text = "x".join(map(str, text))
+    m = re.fullmatch(r"\s*(\d{1,5})\s*[x×]\s*(\d{1,5})\s*", str(text))
+    if not m:
+        raise ConfigError(f"--size must be WIDTHxHEIGHT in pixels, e.g. 1280x800; got {text!r}")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (MIN_SIZE[0] <= w <= MAX_SIZE[0] and MIN_SIZE[1] <= h <= MAX_SIZE[1]):
+        raise ConfigError(f"--size {w}x{h} is outside {MIN_SIZE[0]}x{MIN_SIZE[1]} … {MAX_SIZE[0]}x{MAX_SIZE[1]}")
+    return w, h
 
 
 def _options(args, kwargs) -> dict:
@@ -161,12 +182,41 @@ def main(args=None, /, **kwargs) -> int:
     theme.apply(app)
     if opts["screenshot"]:
         return screenshot_session(Path(opts["screenshot"]), station=opts["station"] or "sim",
-                                  seed=opts["seed"] or 0, geometry=opts["geometry"] or "yao")
+                                  seed=opts["seed"] or 0, geometry=opts["geometry"] or "yao",
+                                  size=parse_size(opts["size"]) if opts["size"] else SHOT_SIZE)
     from .mainwindow import MainWindow
     win = MainWindow()
+    if opts["size"]:
+        win.resize(*parse_size(opts["size"]))
     _startup(win, opts)
+    restore = close_on_sigint(win)
     win.show()
-    return int(app.exec())
+    try:
+        return int(app.exec())
+    finally:
+        restore()
+
+
+def close_on_sigint(win) -> Callable[[], None]:
+    """Ctrl+C in the launching terminal closes `win` (running job aborted, outputs off). Qt's
+    event loop does not run Python code by itself, so a timer lets Python see the signal.
+    Returns the function that restores the previous handler."""
+    from PySide6.QtCore import QTimer
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame) -> None:
+        log.warning("Ctrl+C: closing the window (the running job is aborted, outputs off)")
+        QTimer.singleShot(0, win.close)
+
+    signal.signal(signal.SIGINT, handler)
+    timer = QTimer(win)
+    timer.timeout.connect(lambda: None)
+    timer.start(SIGNAL_POLL_MS)
+
+    def restore() -> None:
+        timer.stop()
+        signal.signal(signal.SIGINT, previous)
+    return restore
 
 
 def _fail(message: str) -> int:
@@ -282,7 +332,7 @@ def insitu_session(win, runs_dir: Path, *, train_samples: int = 1000, epochs: in
 
 
 def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, geometry: str = "yao",
-                       settings=None) -> int:
+                       settings=None, size: tuple[int, int] = SHOT_SIZE) -> int:
     """Scripted session on the (simulated) station, then every tab rendered to `out_dir`/NN-key.png.
 
     Reads the array, runs an I–V sweep on one cell, programs PE 0 to 32 levels, runs a read
@@ -291,7 +341,6 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
     a short CNN session (`cnn_session`) for the Network, Convolver and Hybrid-training tabs, and
     on a Wang-geometry station a short in-situ training (`insitu_session`) for the In-situ tab."""
     from PySide6.QtCore import QSettings
-    from PySide6.QtWidgets import QApplication
 
     from hil.geometry import Cells
 
@@ -305,7 +354,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
     win = MainWindow(settings=settings)
     win.s.error.disconnect(win.show_error)      # no modal dialog in a scripted session: it would wait forever
     win.s.error.connect(lambda title, text: _record_error(win, title, text))
-    win.resize(*SHOT_SIZE)
+    win.resize(*size)
     win.show()
     try:
         st = win.panels["station"]
@@ -340,8 +389,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         exp.start_drift()
         _wait(win, "drift")
 
-        amap.lo.setValue(0.0)
-        amap.hi.setValue(22.0)
+        amap.auto_range()
         g = win.s.geometry
         win.s.select_cells(Cells(0, min(10, g.rows - 1), min(5, g.cols - 1)))
         amap._hover(0, min(10, g.rows - 1), min(5, g.cols - 1))     # as if the mouse rested there
@@ -350,17 +398,8 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         cnn_session(win, runs_dir)
         insitu_session(win, runs_dir)
 
-        files = []
-        for i in range(win.tabs.count()):
-            win.tabs.setCurrentIndex(i)
-            for _ in range(3):
-                QApplication.processEvents()
-            key = list(win.panels)[i]
-            path = out_dir / f"{i + 1:02d}-{key}.png"
-            win.grab().save(str(path), "PNG")
-            files.append(path)
         win.tabs.setCurrentIndex(1)
-        QApplication.processEvents()
+        files = win.save_screenshots(out_dir)
         for p in files:
             print(p)
         return 0

@@ -153,6 +153,10 @@ class ChipState(QObject):
                 return w
         return None
 
+    def holds(self, w: Optional[Write]) -> bool:
+        """True if `w` is a write on this chip (not on a station connected before)."""
+        return w is not None and w.id < len(self.writes) and self.writes[w.id] is w
+
     def overwritten(self, w: Write) -> np.ndarray:
         """Cells of `w` written again since."""
         if self.last_writer is None:

@@ -50,11 +50,29 @@ class JobContext:
         self._thread.partial.emit(data)
 
 
+class TimedCancelToken(CancelToken):
+    """A CancelToken that, the first time the stage sees it set, notes the time and calls
+    `on_seen` in the worker (the GUI makes the outputs safe there, before the record is saved)."""
+
+    def __init__(self, on_seen: Optional[Callable[[], None]] = None) -> None:
+        super().__init__()
+        self.seen_at: Optional[float] = None
+        self.on_seen = on_seen
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled and self.seen_at is None:
+            if self.on_seen is not None:
+                self.on_seen()
+            self.seen_at = time.monotonic()
+        super().raise_if_cancelled()
+
+
 class JobThread(QThread):
     """Runs `fn(ctx)` once; emits `succeeded(result)`, `cancelled(reason)` or `failed(exc)`."""
 
     progressed = Signal(object)
     partial = Signal(object)
+    stopping = Signal()          # the stage saw the abort; outputs are safe, the record is being saved
     succeeded = Signal(object)
     cancelled = Signal(str)
     failed = Signal(object)

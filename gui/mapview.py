@@ -18,6 +18,8 @@ MODES = ("cell", "rectangle", "row", "column")
 #: at most this many PEs side by side; more wrap to the next row
 MAX_PE_COLUMNS = 8
 SELECT_RGBA = (255, 255, 255, 120)
+#: outline around the selection's bounding box on each PE
+SELECT_OUTLINE = "#ffd24a"
 
 
 class PEImage(pg.ImageItem):
@@ -77,6 +79,7 @@ class MapView(pg.GraphicsLayoutWidget):
         self.mode = "cell"
         self.images: list[PEImage] = []
         self.overlays: list[pg.ImageItem] = []
+        self.outlines: list = []
         self.views: list[pg.ViewBox] = []
         self.bands: list[QGraphicsRectItem] = []
         self.levels = (0.0, 25.0)
@@ -87,7 +90,7 @@ class MapView(pg.GraphicsLayoutWidget):
     # ---- building ----------------------------------------------------------------------
     def set_geometry(self, g: Optional[Geometry]) -> None:
         self.clear()
-        self.images, self.overlays, self.views, self.bands = [], [], [], []
+        self.images, self.overlays, self.views, self.bands, self.outlines = [], [], [], [], []
         self.bar = None
         self.geometry = g
         if g is None:
@@ -116,8 +119,16 @@ class MapView(pg.GraphicsLayoutWidget):
             band.setPen(pen)
             band.setZValue(10)
             band.hide()
-            for item in (img, ov, band):
+            outline = QGraphicsRectItem()
+            pen = QPen(QColor(SELECT_OUTLINE))
+            pen.setCosmetic(True)
+            pen.setWidth(2)
+            outline.setPen(pen)
+            outline.setZValue(9)
+            outline.hide()
+            for item in (img, ov, band, outline):
                 vb.addItem(item)
+            self.outlines.append(outline)
             vb.setRange(QRectF(0, 0, g.cols, g.rows), padding=0.02)
             self.images.append(img)
             self.overlays.append(ov)
@@ -154,10 +165,18 @@ class MapView(pg.GraphicsLayoutWidget):
             self.bar.setColorMap(self.cmap)
 
     def set_selection(self, mask: Optional[np.ndarray]) -> None:
+        """Tint the selected cells and outline their bounding box on each PE."""
         for pe, ov in enumerate(self.overlays):
             rgba = np.zeros(ov.image.shape, np.uint8)
+            outline = self.outlines[pe]
+            outline.hide()
             if mask is not None:
                 rgba[mask[pe]] = SELECT_RGBA
+                rows, cols = np.nonzero(mask[pe])
+                if rows.size:
+                    outline.setRect(QRectF(cols.min(), rows.min(), cols.max() - cols.min() + 1,
+                                           rows.max() - rows.min() + 1))
+                    outline.show()
             ov.setImage(rgba, autoLevels=False, levels=(0, 255))
 
     # ---- interaction ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ from hil.geometry import Cells, Geometry
 from hil.progress import CancelToken
 
 from .chipstate import ChipState
-from .jobs import JobContext, JobThread
+from .jobs import JobContext, JobThread, TimedCancelToken
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class Session(QObject):
         self.job: Optional[JobThread] = None
         self.cancel_token: Optional[CancelToken] = None
         self.abort_requested_at: Optional[float] = None
-        self.last_abort_latency_s: Optional[float] = None
+        self.last_abort_latency_s: Optional[float] = None   # abort -> job ended (UI thread)
+        self.last_abort_stop_s: Optional[float] = None      # abort -> stage stopped, outputs safe (worker)
         self.g_map: Optional[np.ndarray] = None         # (n_pe, rows, cols) siemens, NaN = unknown
         self.selection: Optional[np.ndarray] = None     # bool, same shape
         self.run_path: Optional[Path] = None
@@ -171,8 +172,8 @@ class Session(QObject):
         if needs_station and self.xbar is None:
             self.error.emit("No station", "Connect a station on the Station tab first.")
             return False
-        token = CancelToken()
         xbar = self.xbar
+        token = TimedCancelToken()
 
         def guarded(ctx: JobContext):
             try:
@@ -183,9 +184,16 @@ class Session(QObject):
                 raise
 
         th = JobThread(name, guarded, token)
+
+        def stopped_safe() -> None:           # worker thread, at the stage's first look at the abort
+            if xbar is not None:
+                xbar.safe()
+            th.stopping.emit()
+        token.on_seen = stopped_safe
         self.job, self.cancel_token = th, token
         self.abort_requested_at = None
         relay = _Relay(self, th, on_result, on_progress, on_partial, on_end)
+        th.stopping.connect(relay.stopping)
         th.progressed.connect(relay.progressed)
         th.partial.connect(relay.partial)
         th.succeeded.connect(relay.succeeded)
@@ -201,7 +209,11 @@ class Session(QObject):
         outcome = th.outcome or "failed"
         if outcome == "cancelled" and self.abort_requested_at is not None:
             self.last_abort_latency_s = time.monotonic() - self.abort_requested_at
-            log.info("%s aborted; stopped %.0f ms after the abort", th.name, 1e3 * self.last_abort_latency_s)
+            seen = th.ctx.cancel.seen_at or time.monotonic()
+            self.last_abort_stop_s = seen - self.abort_requested_at
+            log.info("%s aborted: stopped with the outputs safe %.0f ms and the record saved %.0f ms "
+                     "after the abort",
+                     th.name, 1e3 * self.last_abort_stop_s, 1e3 * self.last_abort_latency_s)
         self.job, self.cancel_token = None, None
         th.wait()
         self._finished_threads.append((th, relay))     # keep the objects alive until reaped
@@ -297,6 +309,13 @@ class _Relay(QObject):
         super().__init__(session)
         self._s, self._th = session, th
         self._cb = (on_result, on_progress, on_partial, on_end)
+
+    def stopping(self) -> None:
+        s = self._s
+        if s.abort_requested_at is not None:
+            ms = 1e3 * (time.monotonic() - s.abort_requested_at)
+            s.status_message.emit(f"{self._th.name} stopped {ms:.0f} ms after the abort, outputs safe; "
+                                  f"saving the record…")
 
     def progressed(self, p) -> None:
         if self._cb[1] is not None:

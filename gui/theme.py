@@ -83,19 +83,28 @@ def configure_pyqtgraph() -> None:
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background=PANEL, foreground=TEXT)
 
 
+#: axis titles: as bright as the text, not dim
+LABEL_STYLE = {"color": TEXT, "font-size": "9.5pt"}
+#: SI base units an axis may carry (values in them; the prefix is chosen for the range)
+SI_UNITS = ("S", "A", "V", "s", "Ω", "W", "J")
+
+
 def style_plot(plot: pg.PlotItem, title: str = "", x: tuple = ("", ""), y: tuple = ("", "")) -> pg.PlotItem:
     """Title, axis labels with units and a faint grid, consistently."""
     if title:
         plot.setTitle(f"<span style='color:{TEXT};font-size:10.5pt;font-weight:600'>{title}</span>")
-    label_style = {"color": MUTED, "font-size": "9.5pt"}
-    if x[0]:
-        plot.setLabel("bottom", f"{x[0]} ({x[1]})" if x[1] else x[0], **label_style)
-    if y[0]:
-        plot.setLabel("left", f"{y[0]} ({y[1]})" if y[1] else y[0], **label_style)
+    for ax, (name, unit) in (("bottom", x), ("left", y)):
+        axis = plot.getAxis(ax)
+        if unit in SI_UNITS:              # data in SI: pyqtgraph picks the prefix (µS, ns, mV)
+            axis.enableAutoSIPrefix(True)
+            plot.setLabel(ax, name, units=unit, **LABEL_STYLE)
+        else:                             # display units or a count: never a '(×0.001)' scale
+            axis.enableAutoSIPrefix(False)
+            if name:
+                plot.setLabel(ax, f"{name} ({unit})" if unit else name, **LABEL_STYLE)
+        axis.setTextPen(TEXT)
+        axis.setPen("#4a5059")
     plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
-    for ax in ("left", "bottom"):
-        plot.getAxis(ax).setTextPen(MUTED)
-        plot.getAxis(ax).setPen("#4a5059")
     return plot
 
 

@@ -113,6 +113,10 @@ class OpGroup(QGroupBox):
         self.button.setToolTip(why or ctx or "")
 
 
+#: entries per row of a plot's legend
+LEGEND_COLUMNS = 4
+
+
 def plot_widget(title: str, x=("", ""), y=("", ""), *, log_x: bool = False, legend: bool = False,
                 min_height: int = 200) -> pg.PlotWidget:
     """A styled pyqtgraph PlotWidget with title and axis labels (units in parentheses)."""
@@ -121,9 +125,12 @@ def plot_widget(title: str, x=("", ""), y=("", ""), *, log_x: bool = False, lege
     theme.style_plot(w.getPlotItem(), title, x, y)
     if log_x:
         w.setLogMode(x=True, y=False)
-    if legend:
-        leg = w.addLegend(offset=(-10, 10), labelTextColor=theme.TEXT, brush=pg.mkBrush(27, 29, 33, 200))
+    if legend:                       # below the axis, never over the data; named curves join it
+        item = w.getPlotItem()
+        leg = pg.LegendItem(labelTextColor=theme.TEXT, colCount=LEGEND_COLUMNS)
         leg.setLabelTextSize("8.5pt")
+        item.layout.addItem(leg, 4, 1)
+        item.legend = leg
     w.setMenuEnabled(False)
     return w
 

@@ -240,7 +240,7 @@ def test_hybrid_training_stops_mid_run(win, qtbot, errors, monkeypatch):
     qtbot.mouseClick(hyb.stop_btn, Qt.LeftButton)
     gate.set()
     wait_idle(qtbot, win)
-    assert outcomes == ["cancelled"] and win.s.last_abort_latency_s < 0.5
+    assert outcomes == ["cancelled"] and win.s.last_abort_stop_s < 0.5
     assert [r["epoch"] for r in hyb.history] == [0, 1, 2]
     assert "stopped after 2 epoch(s)" in hyb.phase.text() and "stopped" in hyb.message.text()
     assert hyb.start_btn.isEnabled() and not hyb.stop_btn.isEnabled()

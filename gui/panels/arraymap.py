@@ -170,6 +170,9 @@ class ArrayMapPanel(QWidget):
         known = np.isfinite(g_us)
         if known.any():
             v = g_us[known]
+            if v.min() < self.lo.value() or v.max() > self.hi.value():     # the colours cover the data
+                self.lo.setValue(min(self.lo.value(), np.floor(v.min())))
+                self.hi.setValue(max(self.hi.value(), np.ceil(v.max())))
             self.stats.setText(f"{known.sum():,} of {g_us.size:,} cells read · mean {v.mean():.2f} µS · "
                                f"min {v.min():.2f} · max {v.max():.2f}")
         else:
@@ -179,9 +182,8 @@ class ArrayMapPanel(QWidget):
         if self.s.g_map is None or not np.isfinite(self.s.g_map).any():
             return
         v = self.s.g_map[np.isfinite(self.s.g_map)] * US_PER_S
-        lo, hi = np.percentile(v, [0.5, 99.5])
-        self.lo.setValue(np.floor(lo))
-        self.hi.setValue(max(np.ceil(hi), np.floor(lo) + 1))
+        self.lo.setValue(np.floor(v.min()))
+        self.hi.setValue(max(np.ceil(v.max()), np.floor(v.min()) + 1))
 
     def _levels_from_boxes(self, *_) -> None:
         self.map.set_levels(self.lo.value(), self.hi.value())
@@ -266,7 +268,7 @@ class ArrayMapPanel(QWidget):
         v_read = self.s.xbar.v_read_default if self.s.xbar is not None else 0.2
         y = conv(tl.g_s, v_read)
         self.g_plot.setLogMode(y=self.log_y.isChecked())
-        self.g_plot.setLabel("left", name, units=unit)
+        self.g_plot.setLabel("left", name, units=unit, **theme.LABEL_STYLE)
         self.g_curve.setData(tl.pulse, y)
         w = tl.written_by
         parts = [f"{len(tl.points)} reads", f"{int(tl.pulse[-1])} pulses",
@@ -299,7 +301,7 @@ class ArrayMapPanel(QWidget):
             self.hist_info.setText(f"This cell was not programmed in {rh.path.name}.")
             return
         self.g_plot.setLogMode(y=False)
-        self.g_plot.setLabel("left", "G", units="S")
+        self.g_plot.setLabel("left", "G", units="S", **theme.LABEL_STYLE)
         self.g_curve.setData(h.verify_iter.astype(float), h.verify_g_s)
         self._show_pulses(h)
         parts = [f"{h.verify_iter.size} verify reads", f"{h.n_pulses} pulses"]

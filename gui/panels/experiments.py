@@ -51,7 +51,7 @@ class _ExperimentView:
         self.metric = plot_widget(title, (x_label, ""), (y_label, "%"), log_x=True)
         self.curve = self.metric.plot([], [], pen=pg.mkPen(theme.ACCENT, width=2), symbol="o", symbolSize=7,
                                       symbolBrush=theme.ACCENT, symbolPen=None)
-        self.dist = plot_widget("Deviation from target per snapshot", ("G − target", "µS"),
+        self.dist = plot_widget(f"{title.split(':')[0]}: deviation from target per snapshot", ("G − target", "µS"),
                                 ("cells", ""), legend=True)
         self.band = pg.LinearRegionItem(movable=False, brush=pg.mkBrush(62, 207, 142, 30), pen=pg.mkPen(None))
         self.xs: list = []
@@ -197,6 +197,8 @@ class ExperimentsPanel(QWidget):
         return ""
 
     def refresh(self) -> None:
+        if not self.s.chip.holds(self.target):     # a write of the station connected before
+            self.target = None
         why = self._why_not()
         for b in (self.rd_btn, self.dr_btn):
             b.setEnabled(not why)

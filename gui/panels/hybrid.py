@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout
                                QVBoxLayout, QWidget)
 
 from hil.runstore.lifecycle import run_record
+from hil.stats import accuracy_interval
 from hil.yao2020.hybrid import HybridConfig
 from hil.yao2020.stages import train_accuracy
 
@@ -110,7 +111,6 @@ class HybridPanel(QWidget):
         QVBoxLayout(tg).addWidget(self.table)
 
         self.acc_plot = plot_widget("Accuracy per epoch (live)", ("epoch", ""), ("accuracy", "%"), legend=True)
-        self.acc_plot.getPlotItem().legend.setOffset((-10, -10))
         self.curve_test = self.acc_plot.plot([], [], pen=pg.mkPen(theme.CURVE_COLORS[0], width=2), symbol="o",
                                              symbolSize=7, symbolBrush=theme.CURVE_COLORS[0], name="test")
         self.curve_train = self.acc_plot.plot([], [], pen=pg.mkPen(theme.CURVE_COLORS[1], width=2), symbol="o",
@@ -121,12 +121,14 @@ class HybridPanel(QWidget):
         self.curve_loss = self.loss_plot.plot([], [], pen=pg.mkPen(theme.CURVE_COLORS[2], width=2), symbol="o",
                                               symbolSize=7, symbolBrush=theme.CURVE_COLORS[2])
         self.bar_plot = plot_widget(
-            f"Test accuracy per group: <span style='color:{BAR_BEFORE}'>■</span> transfer "
+            f"Test accuracy per group (95% Wilson): <span style='color:{BAR_BEFORE}'>■</span> transfer "
             f"<span style='color:{BAR_AFTER}'>■</span> hybrid", ("", ""), ("accuracy", "%"))
         self.bars_before = pg.BarGraphItem(x=[], height=[], width=0.36, brush=BAR_BEFORE, pen=pg.mkPen(None))
         self.bars_after = pg.BarGraphItem(x=[], height=[], width=0.36, brush=BAR_AFTER, pen=pg.mkPen(None))
         self.bar_plot.addItem(self.bars_before)
         self.bar_plot.addItem(self.bars_after)
+        self.error_bars = pg.ErrorBarItem(x=np.zeros(0), y=np.zeros(0), pen=pg.mkPen(theme.TEXT, width=1.2), beam=0.12)
+        self.bar_plot.addItem(self.error_bars)
         self.bar_labels: list[pg.TextItem] = []
 
         left = QVBoxLayout()
@@ -148,6 +150,7 @@ class HybridPanel(QWidget):
         self.groups_used: list[int] = []
         self.train_sizes: dict = {}          # group (1-based) -> training digits it measured
         self.n_groups = 0
+        self.n_test = 0                      # test digits each group's accuracy is measured on
         self.out: Optional[Path] = None
         self._t0 = 0.0
         self.cnn.changed.connect(self._cnn_changed)
@@ -228,6 +231,7 @@ class HybridPanel(QWidget):
                                      on_epoch=lambda row: ctx.partial(dict(row))).history
 
         self.history, self.groups_used, self.n_groups = [], groups, plan.groups
+        self.n_test = cfg.test_images
         self.software_acc = c.software_acc
         self.out = out
         self._t0 = time.monotonic()
@@ -285,14 +289,18 @@ class HybridPanel(QWidget):
             self.bars_after.setOpts(x=[], height=[], width=0.36)
         self.bar_plot.getAxis("bottom").setTicks([[(i, f"G{i + 1}") for i in range(len(before))]])
         vals = list(before) + (list(after) if trained else [])
-        for xi, v in zip(list(x - 0.19) + (list(x + 0.19) if trained else []), vals):
+        xs = list(x - 0.19) + (list(x + 0.19) if trained else [])
+        ivs = [accuracy_interval(v, self.n_test) for v in vals] if self.n_test else []
+        self.error_bars.setData(x=np.array(xs if ivs else [], float), y=np.array([100 * v for v in vals] if ivs else []),
+                                top=np.array([100 * (i.hi - i.value) for i in ivs]),
+                                bottom=np.array([100 * (i.value - i.lo) for i in ivs]))
+        for xi, v, top in zip(xs, vals, [i.hi for i in ivs] or vals):
             t = pg.TextItem(f"{100 * v:.1f}", color=theme.TEXT, anchor=(0.5, 1.0))
-            t.setPos(xi, 100 * v)
+            t.setPos(xi, 100 * top)
             self.bar_plot.addItem(t)
             self.bar_labels.append(t)
-        if vals:
-            lo = max(0.0, 100 * min(vals) - 15)
-            self.bar_plot.setYRange(lo, min(100, 100 * max(vals) + 6), padding=0)
+        if vals:                          # from 0: bar heights compare honestly
+            self.bar_plot.setYRange(0, 112, padding=0)
             self.bar_plot.setXRange(-0.6, len(before) - 0.4, padding=0)
 
     def _fill_table(self) -> None:

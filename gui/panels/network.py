@@ -372,7 +372,6 @@ class NetworkPanel(QWidget):
         self.curve_train = self.train_plot.plot([], [], pen=pg.mkPen(theme.CURVE_COLORS[0], width=2),
                                                 symbol="o", symbolSize=6, symbolBrush=theme.CURVE_COLORS[0],
                                                 name="train (quantized)")
-        self.train_plot.getPlotItem().legend.setOffset((-10, -10))
         self.curve_test = self.train_plot.plot([], [], pen=pg.mkPen(theme.CURVE_COLORS[1], width=2),
                                                symbol="o", symbolSize=6, symbolBrush=theme.CURVE_COLORS[1],
                                                name="test (quantized)")

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
 from hil.errors import ConfigError, DataError
 from hil.ops.jobs import (CELLS, ProgramConfig, ProgramPlan, plan_for, plan_from_content, program,
                           stored_program_config)
-from hil.programming import WriteVerifyPolicy
+from hil.programming import ProgramReport, WriteVerifyPolicy
 from hil.runstore import lifecycle, read_content
 from hil.runstore.lifecycle import run_record
 
@@ -189,6 +189,7 @@ class ProgrammingPanel(QWidget):
         self.out: Optional[Path] = None
         self._t0 = 0.0
         self._inv: Optional[np.ndarray] = None
+        self._writer = None            # RunWriter of the running (or last) job
         self._seen = 0
         self.s.connection_changed.connect(self._enable)
         self.s.busy_changed.connect(lambda _: self._enable())
@@ -273,8 +274,12 @@ class ProgrammingPanel(QWidget):
     def _run(self, cfg: ProgramConfig, plan: ProgramPlan, out: Path, *, resume: bool) -> bool:
         xbar, snapshot = self.s.xbar, station_snapshot(self.s)
 
+        self._writer = None
+
         def job(ctx):
             with run_record(out, "programming", station=snapshot, resume=resume) as writer:
+                self._writer = writer                  # its cells table fills the Summary after an abort
+
                 def progress(p):
                     ctx.progress(p)
                     if ctx.want_partial(force=p.done >= p.total):
@@ -318,8 +323,7 @@ class ProgrammingPanel(QWidget):
     def _progress(self, p) -> None:
         self.bar.setValue(int(1000 * p.fraction))
         el = time.monotonic() - self._t0
-        eta = "—" if p.done <= 0 else _fmt_s(el * (p.total - p.done) / p.done)
-        self.eta.setText(f"{int(p.done):,} / {int(p.total):,} cells · {_fmt_s(el)} elapsed · ETA {eta}")
+        self.eta.setText(f"{int(p.done):,} / {int(p.total):,} cells · {_fmt_s(el)} elapsed · {eta_text(p, el)}")
         if p.message:
             self.message.setText(p.message)
 
@@ -345,19 +349,45 @@ class ProgrammingPanel(QWidget):
     def _done(self, result) -> None:
         report, after, self._history = result
         self.report = report
-        s = report.summary()
         self.s.set_map(after)
-        rows = (("cells", f"{s['cells']:,}"), ("in band", f"{100 * s['in_band_fraction']:.2f} %"),
+        self._fill_summary(report.summary())
+
+    def _fill_summary(self, s: dict, finished_of: Optional[int] = None) -> None:
+        done = f"{s['cells']:,}" + ("" if finished_of is None else f" finished of {finished_of:,} (aborted)")
+        rows = (("cells", done), ("in band", f"{100 * s['in_band_fraction']:.2f} %"),
                 ("write errors", f"{s['write_errors']} ({s['unresponsive']} unresponsive, "
                                  f"{s['max_pulses_errors']} at max pulses)"),
                 ("pulses / cell", f"mean {s['mean_pulses']:.1f} · median {s['median_pulses']:.0f} · "
                                   f"max {s['max_pulses']}"),
-                ("iterations", str(s["iterations"])), ("wall time", f"{s['seconds']:.2f} s"),
-                ("time at the station", _fmt_s(s["backend_seconds"])), ("run record", str(self.out)))
+                ("iterations", str(s.get("iterations", "—"))), ("wall time", _fmt_s(s["seconds"])),
+                ("time at the station", _fmt_s(s["backend_seconds"]) if s["backend_seconds"] else "—"),
+                ("run record", str(self.out)))
+        self._set_rows(rows)
+
+    def _set_rows(self, rows) -> None:
         self.summary.setRowCount(len(rows))
         for i, (k, v) in enumerate(rows):
             self.summary.setItem(i, 0, QTableWidgetItem(k))
             self.summary.setItem(i, 1, QTableWidgetItem(v))
+
+    def _summary_of_finished(self) -> None:
+        """After an abort: the Summary of the cells finished before it (from the record's cells
+        table); the chip model learns that they were written."""
+        t = self._writer.content.tables.get(CELLS) if self._writer is not None else None
+        if self.plan is None:
+            return
+        if not t:
+            self._set_rows((("cells", f"0 finished of {self.plan.flat.size:,} (aborted)"), ("run record", str(self.out))))
+            return
+        pos = self._inv[t["cell"]]
+        rep = ProgramReport(self.plan.targets_s[pos], t["final_g_s"], t["pulses"], t["status"],
+                            wall_seconds=time.monotonic() - self._t0)
+        self._fill_summary(rep.summary(), finished_of=self.plan.flat.size)
+        p = self.plan
+        part = ProgramPlan(p.flat[pos], p.level_index[pos], p.targets_s[pos], p.tolerance_s)
+        self.s.chip.add_write("programming", part.flat, record=self.out, plan=part,
+                              history=RunHistory(self.out, self._writer.content),
+                              label=f"programming run {self.out.name} (aborted)")
 
     def _end(self, outcome: str) -> None:
         if self.out is None or not self.out.exists():
@@ -369,13 +399,23 @@ class ProgrammingPanel(QWidget):
             self.message.setText(f"aborted — finished cells are kept in {self.out}; continue with "
                                  f"'Resume a run…' or `hil program --resume {self.out}`")
             self.eta.setText(self.eta.text().split(" · ETA")[0] + " · aborted")
+            self._summary_of_finished()
         self.s.set_run(self.out, self._history)
+
+
+def eta_text(p, elapsed_s: float) -> str:
+    """'ETA 1:20 min' from progress `p` after `elapsed_s`; 'ETA —' before the first unit, never 'ETA 0'."""
+    if p.done >= p.total:
+        return "finishing…"
+    return "ETA —" if p.done <= 0 else f"ETA {_fmt_s(elapsed_s * (p.total - p.done) / p.done)}"
 
 
 def _fmt_s(t: float) -> str:
     t = float(t)
+    if t <= 0:
+        return "0 s"
     if t < 1e-3:
-        return f"{t * 1e6:.0f} µs"
+        return f"{t * 1e6:.0f} µs" if t >= 0.5e-6 else "< 1 µs"
     if t < 1:
         return f"{t * 1e3:.0f} ms"
     if t < 120:

@@ -25,6 +25,7 @@ from hil.geometry import Cells
 from hil.analog.energy import EnergyModel, VmmLedger
 from hil.analog.mapping import AllocationPlan, Tile, tile_cells
 from hil.ops.vmm import bit_planes
+from hil.progress import CancelToken
 
 VMM_CHUNK = 65536             # input vectors per vmm call (bounds memory)
 ENCODINGS = ("bit_serial", "amplitude")
@@ -84,9 +85,10 @@ class MappedLayer:
         return self.n_in, self.n_out
 
     # ---- forward ----------------------------------------------------------------------------
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, cancel: Optional[CancelToken] = None) -> np.ndarray:
         """Σ_i x_i W_ij measured on the chip for inputs x (batch, n_in) — unsigned integers
-        (bit-serial) or signed volts (amplitude): (batch, n_out) in input units × weight units."""
+        (bit-serial) or signed volts (amplitude): (batch, n_out) in input units × weight units.
+        `cancel` is checked before every VMM (an abort stops within one chunk)."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise DataError(f"layer {self.name!r} takes {self.n_in} inputs per vector, got shape {x.shape}")
@@ -98,6 +100,8 @@ class MappedLayer:
             xt = x[:, t.in0:t.in0 + t.n_in]
             for s in range(0, x.shape[0], VMM_CHUNK):
                 chunk = xt[s:s + VMM_CHUNK]
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
                 r = read(t.pe, chunk, t.rows, t.cols, adc_full_scale_a=self.adc_full_scale_a)
                 c = r.currents
                 out[s:s + len(chunk), t.out0:t.out0 + t.n_out] += (c[:, t.pos_cols] - c[:, t.neg_cols]) * scale

@@ -22,6 +22,7 @@ from hil.errors import ConfigError, DataError
 from hil.nn import core as nn
 from hil.analog.energy import EnergyModel, VmmLedger
 from hil.analog.layer import MappedLayer
+from hil.progress import CancelToken
 from hil.analog.mapping import SHARED, AllocationPlan, PairEncoding
 
 MatVec = Callable[[str, np.ndarray], np.ndarray]    # (layer name, inputs (batch, n_in)) -> (batch, n_out)
@@ -259,9 +260,10 @@ class MappedNetwork:
         return [self._layers[name, g] for g in self.plan.groups_of(name, groups)]
 
     def forward(self, net: Network, x: np.ndarray, group: int = 0, start: Optional[str] = None,
-                stop: Optional[str] = None):
-        """`net` from `start` through `stop` with every weighted layer on the chip (replica `group`)."""
-        return net.run(x, lambda name, v: self.layer(name, group).forward(v), start, stop)
+                stop: Optional[str] = None, cancel: Optional[CancelToken] = None):
+        """`net` from `start` through `stop` with every weighted layer on the chip (replica `group`);
+        `cancel` is checked before every VMM."""
+        return net.run(x, lambda name, v: self.layer(name, group).forward(v, cancel), start, stop)
 
     @property
     def adc_full_scale_a(self) -> dict:

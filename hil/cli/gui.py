@@ -30,4 +30,6 @@ def add_parsers(sub) -> None:
     sp.add_argument("--run", type=opt.record_path, help="run record (.h5) to open")
     sp.add_argument("--screenshot", metavar="DIR", type=opt.out_dir,
                     help="scripted session, every panel as PNG into DIR, then exit (works without a display)")
+    sp.add_argument("--size", metavar="WxH",
+                    help="window size in pixels, e.g. 1280x800 (with --screenshot: every panel at that size)")
     sp.set_defaults(func=cmd_gui)

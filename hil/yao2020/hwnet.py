@@ -94,7 +94,7 @@ class HardwareMCNN:
         for s in range(0, len(x), batch):
             cancel.raise_if_cancelled()
             out.append(self.mapped.forward(self.net, x[s:s + batch, None].astype(np.int64), group,
-                                           stop=STAGES["c3"][1]))
+                                           stop=STAGES["c3"][1], cancel=cancel))
             progress(Progress(min(s + batch, len(x)), len(x), f"convolver G{group + 1}", "img"))
         return np.concatenate(out) if out else np.zeros((0, FEATURES), np.int64)
 
