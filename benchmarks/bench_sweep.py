@@ -1,7 +1,7 @@
 """Benchmark: `hil sweep` throughput on this machine's cores, and the statistical fast mode.
 
-1. Points per minute of a write-verify sweep (32 levels on one 32 x 16 PE per point; 4 pulse
-   budgets x N seeds) on a LocalCluster of 1 and of 2 single-threaded worker processes, the
+1. Points per minute of a write-verify sweep (32 levels on one 128 x 16 PE per point; 4 read
+   noise levels x N seeds) on a LocalCluster of 1 and of 2 single-threaded worker processes, the
    cluster started and warmed up (imports, first point) before the clock starts; the ratio is
    measured in this one run.
 2. The statistical fast programming mode: median wall time per point of the same sweep with
@@ -29,9 +29,10 @@ SPEC = """
 target = "write_verify"
 seeds = "0-{last}"
 programming = "{programming}"
+geometry = {{n_pe = 1, rows = 128, cols = 16}}
 [[axis]]
-name = "config.program.max_pulses"
-values = [10, 20, 40, 100]
+name = "device.read_noise.rel"
+values = [0.002, 0.004, 0.01, 0.02]
 """
 
 
@@ -76,7 +77,7 @@ def fast_mode(seeds: int, tmp: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=6, help="seeds per pulse budget (points = 4 x seeds)")
+    ap.add_argument("--seeds", type=int, default=6, help="seeds per read-noise level (points = 4 x seeds)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     configure_blas()

@@ -69,6 +69,8 @@ def _complete_once(table: SweepTable, spec) -> "object":
     ('[sweep]\ntarget = "write_verify"\n[[axis]]\nname = "config.program.levls"\nvalues = [4]',
      "unknown ProgramConfig setting(s) levls"),
     ('[sweep]\ntarget = "write_verify"\nseeds = "3-1"', "seeds '3-1'"),
+    ('[sweep]\ntarget = "write_verify"\nprogramming = "statistical"\n[[axis]]\nname = "config.program.max_pulses"\n'
+     'values = [5, 40]', "the programming (policy) changes at config.program.max_pulses = 40"),
 ])
 def test_bad_spec_is_one_line_exit_2_before_any_task(tmp_path, capsys, body, message):
     out = tmp_path / "out"
@@ -186,3 +188,31 @@ def test_band_is_the_95_percent_interval_of_the_mean_over_seeds():
     assert s.loc[1, "mean"] == pytest.approx(0.2) and s.loc[1, "n"] == 3
     assert s.loc[1, "half"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5)       # t(0.975, 2 dof) * sd / sqrt(n)
     assert s.loc[2, "half"] == 0.0
+
+
+def test_statistical_fast_mode_agrees_with_pulse_level_within_the_intervals(tmp_path, cluster):
+    from hil.sweep.plot import summarize
+    address, _ = cluster
+    # programming stays the same at every point (the model is fitted once); drift does not touch it
+    text = SPEC.format(seeds="0-3").replace("rows = 8, cols = 8", "rows = 16, cols = 16").replace(
+        'name = "config.program.max_pulses"\nvalues = [5, 40]', 'name = "device.drift.pull_per_decade"\nvalues = [0.006, 0.02]')
+    means = {}
+    for mode in ("pulse", "statistical"):
+        spec = load_spec(spec_file(tmp_path, text.replace("[sweep]", f'[sweep]\nprogramming = "{mode}"'), f"{mode}.toml"))
+        assert run_sweep(spec, tmp_path / mode, scheduler=address).ok == len(spec.points())
+        df = SweepTable(tmp_path / mode).frame()
+        means[mode] = {f: summarize(df, ["device.drift.pull_per_decade", "device.read_noise.rel"], f)
+                       for f in ("in_band_fraction", "mean_pulses")}
+    assert list((tmp_path / "statistical" / "cache").glob("programming-*.npz"))     # fitted once, kept
+    for f in ("in_band_fraction", "mean_pulses"):
+        p, s = means["pulse"][f], means["statistical"][f]
+        assert ((p["mean"] - s["mean"]).abs() <= p["half"] + s["half"]).all(), (f, p, s)
+
+
+def test_hil_gui_without_the_gui_extra_names_the_extra(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "PySide6" else real(name, *a))
+    assert main(["gui"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'memristor-hil[gui]'" in err and err.count("\n") == 1

@@ -270,6 +270,8 @@ def parse_spec(data: dict, where: str = "sweep spec", path: Optional[str] = None
         if n > MAX_POINTS:
             raise ConfigError(f"the sweep has {n} points; at most {MAX_POINTS}")
         check_points(spec)
+        if spec.programming == "statistical":
+            programming_settings(spec)
     except SchemaError as e:
         raise ConfigError(f"{where}: {e}") from None
     except ConfigError as e:
@@ -299,6 +301,26 @@ def check_points(spec: SweepSpec) -> None:
             params.from_dict({"preset": preset, **dev})
         except ConfigError as e:
             raise ConfigError(f"device parameters: {e}{at}") from None
+
+
+def programming_settings(spec: SweepSpec) -> dict:
+    """The write-verify every point does (levels, window, band, policy) for the statistical
+    programming model, which is fitted once per sweep: ConfigError if the target has no
+    statistical mode or an axis changes it."""
+    target = sweep_target(spec.target)
+    if target.programming is None:
+        raise ConfigError(f"sweep.programming: target {spec.target} has no statistical programming mode; "
+                          f"use programming = \"pulse\"")
+    first = None
+    for coords in spec.coordinates():
+        s = target.programming(target.config.from_dict(spec.settings(coords)[0], "config"))
+        if first is None:
+            first = s
+        elif s != first:
+            at = ", ".join(f"{k} = {v}" for k, v in coords.items())
+            raise ConfigError(f"sweep.programming = \"statistical\": the programming ({', '.join(k for k in s if s[k] != first[k])}) "
+                              f"changes at {at}; the model is fitted once per sweep, so sweep it with programming = \"pulse\"")
+    return first
 
 
 def load_spec(path) -> SweepSpec:
