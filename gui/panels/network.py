@@ -242,7 +242,7 @@ def _table(cols: int, headers: list[str], rows_min: int = 4) -> QTableWidget:
     t.verticalHeader().setDefaultSectionSize(21)
     t.setEditTriggers(QTableWidget.NoEditTriggers)
     t.setSelectionMode(QTableWidget.NoSelection)
-    t.setMinimumHeight(rows_min * 21 + 28)
+    t.setMinimumHeight(rows_min * 21 + t.horizontalHeader().sizeHint().height() + 6)
     return t
 
 
@@ -336,7 +336,7 @@ class NetworkPanel(QWidget):
         self.eta.setStyleSheet("font-family: monospace;")
         self.summary_label = QLabel("")
         self.summary_label.setWordWrap(True)
-        self.summary = _table(4, ["layer", "in band", "RMS error (levels)", "mean |error| (levels)"], 4)
+        self.summary = _table(4, ["layer", "in band", "RMS error\n(levels)", "mean |error|\n(levels)"], 4)
         tg = QGroupBox("Weight transfer")
         tl = QVBoxLayout(tg)
         r1 = QHBoxLayout()

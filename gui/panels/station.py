@@ -78,8 +78,8 @@ class StationPanel(QWidget):
         self.geometry_label = QLabel("")
         self.geometry_label.setStyleSheet("font-size: 11pt;")
         self.limits = QTableWidget(4, 5)
-        self.limits.setHorizontalHeaderLabels(["max |V| (V)", "max gate (V)", "compliance (µA)",
-                                               "min width (ns)", "max width (µs)"])
+        self.limits.setHorizontalHeaderLabels(["max |V|\n(V)", "max gate\n(V)", "compliance\n(µA)",
+                                               "min width\n(ns)", "max width\n(µs)"])
         self.limits.setVerticalHeaderLabels([op.value for op in (Op.READ, Op.SET, Op.RESET, Op.FORM)])
         self.limits.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.limits.setEditTriggers(QTableWidget.NoEditTriggers)
