@@ -91,21 +91,23 @@ class ModulePanel(QWidget):
         form_area.setWidget(self.form)
         form_area.setWidgetResizable(True)
         form_area.setFrameShape(QFrame.NoFrame)
-        form_area.setMinimumHeight(160)
+        form_area.setMinimumHeight(140)
         settings = QGroupBox("Settings (SI units)")
         QVBoxLayout(settings).addWidget(form_area)
 
         self.cells = QLineEdit("0:0-3:0-1")
         self.cells.setToolTip("PE:rows:cols — numbers, ranges a-b, lists a,b or * (all); blocks joined by ;")
         self.cells.textChanged.connect(self.refresh)
-        self.use_sel = QPushButton("Use Array-map selection")
+        self.use_sel = QPushButton("Map selection")
         self.use_sel.setToolTip("take the cells selected on the Array map tab")
         self.use_sel.clicked.connect(self.use_selection)
         self.cells_note = muted("")
-        cells_box = QGroupBox("Cells")
+        cells_box = QGroupBox("Cells (PE:rows:cols)")
         cl = QVBoxLayout(cells_box)
-        cl.addWidget(self.cells)
-        cl.addWidget(self.use_sel)
+        row = QHBoxLayout()
+        row.addWidget(self.cells, 1)
+        row.addWidget(self.use_sel)
+        cl.addLayout(row)
         cl.addWidget(self.cells_note)
 
         self.reason = QLabel("")
@@ -125,15 +127,16 @@ class ModulePanel(QWidget):
         buttons.addWidget(self.abort_btn)
 
         left = QVBoxLayout()
+        left.setContentsMargins(0, 0, 0, 0)
         left.addWidget(title)
         left.addWidget(desc)
-        left.addWidget(settings, 1)
         left.addWidget(cells_box)
         left.addWidget(self.reason)
         left.addLayout(buttons)
         left.addWidget(self.bar)
         left.addWidget(self.message)
         left.addWidget(self.record_label)
+        left.addWidget(settings, 1)
         left_w = QWidget()
         left_w.setLayout(left)
         left_w.setMinimumWidth(300)
@@ -279,9 +282,15 @@ class ModulePanel(QWidget):
             cell, g = self.rows["cell"].astype(np.int64), self.rows["g_s"]
             last = {c: v for c, v in zip(cell.tolist(), g.tolist())}
             self.s.set_map_values(np.array(list(last), np.int64), np.array(list(last.values())))
-        if self.s.xbar is not None:
-            pulses = int(self.s.xbar.describe().get("counters", {}).get("pulses", 0))
-            if pulses > pulses_before:
-                self.s.chip.add_write(self.module.name, flat, record=out,
-                                      label=f"{self.module.title or self.module.name} {out.name}")
+        note_write(self.s, self.module.name, flat, out, f"{self.module.title or self.module.name} {out.name}",
+                   pulses_before)
+
+
+def note_write(session: Session, kind: str, flat: np.ndarray, out: Path, label: str, pulses_before: int) -> None:
+    """Tell the chip model that `flat` was written by the run recorded in `out` — when the run
+    applied pulses (the crossbar's pulse counter moved past `pulses_before`)."""
+    if session.xbar is not None:
+        pulses = int(session.xbar.describe().get("counters", {}).get("pulses", 0))
+        if pulses > pulses_before:
+            session.chip.add_write(kind, flat, record=out, label=label)
 

@@ -10,9 +10,8 @@ from .. import theme
 from ..widgets import plot_widget
 from .base import MAX_CURVES, ModulePanel
 
-UA_PER_A = 1e6
 #: view -> (y label, unit, log y)
-VIEWS = {"log |I|": ("|I|", "A", True), "I": ("I", "µA", False), "R = V/I": ("R", "Ω", True)}
+VIEWS = {"log |I|": ("|I|", "A", True), "I": ("I", "A", False), "R = V/I": ("R", "Ω", True)}
 
 
 class CurveTracerPanel(ModulePanel):
@@ -46,7 +45,7 @@ class CurveTracerPanel(ModulePanel):
         v, i = self.rows["v"].astype(float), self.rows["i_a"].astype(float)
         name = self.view.currentText()
         with np.errstate(divide="ignore", invalid="ignore"):
-            y = {"log |I|": np.abs(i), "I": i * UA_PER_A, "R = V/I": np.abs(v / i)}[name]
+            y = {"log |I|": np.abs(i), "I": i, "R = V/I": np.abs(v / i)}[name]
         out = []
         for c in np.unique(cyc):
             for k in list(dict.fromkeys(cell[cyc == c].tolist()))[:MAX_CURVES]:

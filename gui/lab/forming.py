@@ -46,6 +46,6 @@ class FormingPanel(ModulePanel):
         step = float(levels[1] - levels[0]) if levels.size > 1 else 0.1
         self.counts = (levels, counts)
         self.bars.setOpts(x=levels, height=counts, width=0.8 * step)
-        theme.style_plot(self.hist.getPlotItem(), f"Forming voltages: {int(np.sum(res.status == FORMED))} formed, "
-                           f"{int(np.sum(res.status == FAILED))} failed, "
-                           f"{int(np.sum(res.status == ALREADY))} already formed")
+        already = int(np.sum(res.status == ALREADY))
+        theme.style_plot(self.hist.getPlotItem(), f"V_FORM: {int(np.sum(res.status == FORMED))} formed, "
+                         f"{int(np.sum(res.status == FAILED))} failed" + (f", {already} skipped" if already else ""))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import numpy as np
 from typing import Callable, Optional
 
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
@@ -18,6 +20,7 @@ from .. import theme
 from ..panels.programming import station_snapshot, unique_path
 from ..session import Session
 from ..widgets import muted
+from .base import note_write
 
 log = logging.getLogger(__name__)
 MARKS = {"pending": "○", "running": "▶", "done": "✓", "stopped": "■"}
@@ -59,12 +62,12 @@ class SequencePanel(QWidget):
         lay.addWidget(self.title)
         lay.addWidget(muted("A TOML file of [[steps]]: module, program, delay_s, repeat (see `hil sequence check`)."))
         lay.addLayout(top)
-        lay.addWidget(self.steps, 1)
         lay.addWidget(self.reason)
         lay.addLayout(buttons)
         lay.addWidget(self.bar)
         lay.addWidget(self.message)
         lay.addWidget(self.record_label)
+        lay.addWidget(self.steps, 1)
         self.path: Optional[Path] = None
         self.seq = None
         self.load_error = ""
@@ -132,6 +135,9 @@ class SequencePanel(QWidget):
         seq, xbar = self.seq, self.s.xbar
         out = unique_path(Path(self.folder()), f"sequence-{self.path.stem}")
         snapshot = station_snapshot(self.s)
+        pulses_before = int(self.s.chip.counters.get("pulses", 0))
+        flat = np.unique(np.concatenate([s.cells.flat(self.s.geometry) for s in seq.steps if s.cells is not None]
+                                        or [np.zeros(0, np.int64)]))
 
         def job(ctx):
             started = iter(range(len(seq.steps)))
@@ -169,6 +175,7 @@ class SequencePanel(QWidget):
                 word = {"done": "finished", "cancelled": "aborted — partial record", "failed": "failed — record"}[outcome]
                 self.record_label.setText(f"{word}: {out}")
                 log.info("sequence %s %s: record %s", seq.name, word, out)
+                note_write(self.s, "sequence", flat, out, f"sequence {seq.name} {out.name}", pulses_before)
 
         self.out = out
         self.state = ["pending"] * len(seq.steps)

@@ -114,6 +114,7 @@ class RunsPanel(QWidget):
         self.table.itemSelectionChanged.connect(self._row_selected)
         self.header = QLabel("No run open")
         self.header.setStyleSheet("font-size: 12pt; font-weight: 600;")
+        self.header.setWordWrap(True)
         self.sub = muted("")
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["item", "details"])
@@ -154,6 +155,7 @@ class RunsPanel(QWidget):
         split.addWidget(right)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
+        split.setSizes([460, 740])
         detail = QWidget()
         dl = QVBoxLayout(detail)
         dl.setContentsMargins(0, 0, 0, 0)
@@ -270,6 +272,11 @@ class RunsPanel(QWidget):
                          f"station {info['station'].get('label') or info['station'].get('spec', '?')}")
         self.tree.clear()
         root = self.tree.invisibleRootItem()
+        steps = sequence_steps(info["groups"])
+        if steps:
+            sec = _item(root, "sequence steps", f"{len(steps)}")
+            for label, detail in steps:
+                _item(sec, label, detail)
         sec = _item(root, "datasets", f"{len(info['datasets'])}")
         for d, shape in info["datasets"].items():
             _item(sec, d, "shape " + " × ".join(map(str, shape)), ("dataset", d))
@@ -290,11 +297,6 @@ class RunsPanel(QWidget):
                             _item(vi, kk, f"{vv:.4g}" if isinstance(vv, float) else str(vv))
                 else:
                     _item(gi, k, str(v)[:200])
-        steps = sequence_steps(info["groups"])
-        if steps:
-            sec = _item(root, "sequence steps", f"{len(steps)}")
-            for label, detail in steps:
-                _item(sec, label, detail)
         sec = _item(root, "events", f"{len(info['marks'])}")
         for m in info["marks"]:
             _item(sec, str(m.get("event")), str(m.get("time", "")))
@@ -308,6 +310,7 @@ class RunsPanel(QWidget):
             if name in info["datasets"]:
                 self.select_item("dataset", name)
                 break
+        self.tree.scrollToTop()
         if Path(self.folder.text().strip() or ".").resolve() != self.path.parent.resolve():
             self.list_folder(self.path.parent)          # show the record among its neighbours
         log.info("opened run record %s (%s, %s)", self.path, info["kind"], info["status"])
@@ -377,7 +380,7 @@ class RunsPanel(QWidget):
             self._img = pg.ImageItem(img)
             pi.addItem(self._img)
             self.preview.getViewBox().invertY(True)
-            self.preview.getViewBox().setAspectLocked(True)
+            self.preview.getViewBox().setAspectLocked(0.5 <= img.shape[0] / img.shape[1] <= 2)
             finite = img[np.isfinite(img)]
             lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0, 1))
             self._cbar = pg.ColorBarItem(values=(float(lo), float(max(hi, lo + 1e-9))),
