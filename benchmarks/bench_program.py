@@ -48,30 +48,31 @@ def one_size(code: str, n_pe: int, rows: int, cols: int) -> dict:
     cells = Cells.all(geo)
     table = LevelTable.linear()
     _, targets = make_pattern("levels32", len(cells), table)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rep = write_verify(xbar, cells, targets, table.tolerance_s)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     s = rep.summary()
     return {"cells": geo.n_cells, "seconds": wall, "us_per_cell": 1e6 * wall / geo.n_cells,
+            "cpu_us_per_cell": 1e6 * cpu / geo.n_cells,
             "peak_bytes_per_cell": (peak - start) / geo.n_cells, "maxrss_bytes": peak,
             "mean_pulses": s["mean_pulses"], "in_band_fraction": s["in_band_fraction"],
             "iterations": s["iterations"]}
 
 
-def _child(argv: list[str], env: dict, out: Path) -> tuple[int, float, int]:
-    """Run argv; (exit status, wall seconds, that child's maxrss in bytes)."""
+def _child(argv: list[str], env: dict, out: Path) -> tuple[int, float, float, int]:
+    """Run argv; (exit status, wall seconds, CPU seconds, that child's maxrss in bytes)."""
     t0 = time.perf_counter()
     with open(out, "w") as f:
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, time.perf_counter() - t0, usage.ru_maxrss * 1024
+    return p.returncode, time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def measure(code: Path, label: str, tmp: Path) -> dict:
     out = tmp / f"wv-{label}.json"
-    rc, _, _ = _child([sys.executable, __file__, "--one", str(code), *map(str, SIZES[label])], dict(os.environ), out)
+    rc, *_ = _child([sys.executable, __file__, "--one", str(code), *map(str, SIZES[label])], dict(os.environ), out)
     if rc != 0:
         raise SystemExit(f"write-verify at {label} with {code} failed (exit {rc})")
     return {"size": label, **json.loads(out.read_text())}
@@ -86,7 +87,7 @@ def measure_cli(code: Path, label: str, tmp: Path) -> dict:
     argv = [sys.executable, "-c", "import sys; from hil.cli import main; sys.exit(main())",
             "program", "--station", str(station), "--out", str(rec), "--json"]
     out = tmp / f"cli-{label}.json"
-    rc, wall, rss = _child(argv, env, out)
+    rc, wall, cpu, rss = _child(argv, env, out)
     if rc != 0:
         raise SystemExit(f"hil program at {label} with {code} failed (exit {rc})")
     summary = json.loads(out.read_text())
@@ -94,6 +95,7 @@ def measure_cli(code: Path, label: str, tmp: Path) -> dict:
     for p in tmp.glob(rec.name + "*"):
         p.unlink()
     return {"size": label, "cells": cells, "seconds": wall, "us_per_cell": 1e6 * wall / cells,
+            "cpu_us_per_cell": 1e6 * cpu / cells,
             "program_seconds": summary["seconds"], "maxrss_bytes": rss, "bytes_per_cell": rss / cells}
 
 
@@ -104,22 +106,24 @@ def run(code: Path, labels, cli_labels) -> dict:
         cli = [measure_cli(code, lab, tmp) for lab in cli_labels]
     by = {r["size"]: r for r in wv}
     cby = {r["size"]: r for r in cli}
-    ratios = {f"wv_{big}_over_16k": by[big]["us_per_cell"] / by["16k"]["us_per_cell"]
-              for big in ("1M", "4M") if big in by and "16k" in by}
-    if "1M" in cby and "16k" in cby:
-        ratios["cli_1M_over_16k"] = cby["1M"]["us_per_cell"] / cby["16k"]["us_per_cell"]
+    ratios = {}
+    for kind, rows in (("wv", by), ("cli", cby)):
+        for big in ("1M", "4M"):
+            if big in rows and "16k" in rows:
+                for key, name in (("us_per_cell", "wall"), ("cpu_us_per_cell", "cpu")):
+                    ratios[f"{kind}_{big}_over_16k_{name}"] = rows[big][key] / rows["16k"][key]
     return {"code": str(code), "write_verify": wv, "program_cli": cli, "ratios": ratios}
 
 
 def _print(res: dict) -> None:
     print(f"code: {res['code']}")
-    print(f"  {'write-verify':14s} {'cells':>9s} {'s':>8s} {'µs/cell':>8s} {'peak B/cell':>11s} {'pulses':>7s}")
+    print(f"  {'write-verify':14s} {'cells':>9s} {'s':>8s} {'µs/cell':>8s} {'cpu µs':>8s} {'peak B/cell':>11s}")
     for r in res["write_verify"]:
         print(f"  {r['size']:14s} {r['cells']:9d} {r['seconds']:8.2f} {r['us_per_cell']:8.2f} "
-              f"{r['peak_bytes_per_cell']:11.0f} {r['mean_pulses']:7.2f}")
+              f"{r['cpu_us_per_cell']:8.2f} {r['peak_bytes_per_cell']:11.0f}")
     for r in res["program_cli"]:
         print(f"  hil program {r['size']:4s} {r['cells']:9d} {r['seconds']:8.2f} {r['us_per_cell']:8.2f} "
-              f"{r['bytes_per_cell']:11.0f}   peak {r['maxrss_bytes'] / 2**20:.0f} MiB")
+              f"{r['cpu_us_per_cell']:8.2f} {r['bytes_per_cell']:11.0f}   peak {r['maxrss_bytes'] / 2**20:.0f} MiB")
     for k, v in res["ratios"].items():
         print(f"  {k}: {v:.2f}")
 

@@ -21,14 +21,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: small/fast options of the scripts that have no --quick (script -> option -> value)
 QUICK = {
-    "bench_vmm.py": {"--batch": "1000", "--repeats": "3"},
-    "bench_inference.py": {"--images": "1000", "--epochs": "1"},
     "bench_gui.py": {"--frames": "20", "--runs": "1", "--repeats": "2", "--busy": "0"},
     "bench_wang.py": {"--batches": "5"},
     "bench_station.py": {"--cells": "256", "--host-cells": "16", "--target": "256"},
     "bench_board.py": {"--cells": "256"},
     "bench_smu.py": {"--cells": "16"},
-    "bench_program.py": {"--skip-4m": None},
 }
 
 
@@ -46,7 +43,7 @@ def arguments(script: Path, quick: bool) -> list[str]:
         else:
             for opt, val in QUICK.get(script.name, {}).items():
                 if declares(src, opt):
-                    args += [opt] if val is None else [opt, val]
+                    args += [opt, val]
     return args
 
 
