@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                QPushButton, QScrollArea, QFrame, QVBoxLayout, QWidget)
 
@@ -71,6 +70,45 @@ def per_cell(x: np.ndarray, y: np.ndarray, cell: np.ndarray) -> list[tuple[np.nd
     return [(x[cell == c], y[cell == c]) for c in cells]
 
 
+class RunControls(QWidget):
+    """Run and Abort, the refusal, a progress bar, the last message and the record of the run."""
+
+    def __init__(self, session: Session, run: Callable[[], bool], abort_reason: str) -> None:
+        super().__init__()
+        self.reason = QLabel("")
+        self.reason.setProperty("reason", "true")
+        self.reason.setWordWrap(True)
+        self.run_btn = QPushButton("Run")
+        self.run_btn.setProperty("primary", "true")
+        self.run_btn.clicked.connect(run)
+        self.abort_btn = QPushButton("Abort")
+        self.abort_btn.clicked.connect(lambda: session.abort(abort_reason))
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.message = muted("")
+        self.record_label = muted("")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_btn, 1)
+        buttons.addWidget(self.abort_btn)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.reason)
+        lay.addLayout(buttons)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.message)
+        lay.addWidget(self.record_label)
+
+    def ended(self, what: str, outcome: str, out: Path) -> bool:
+        """Show (and log) how the run of `what` ended and its record; False if none was written."""
+        if not out.exists():
+            self.message.setText(f"{what} {outcome}; no record was written")
+            return False
+        word = {"done": "finished", "cancelled": "aborted — partial record", "failed": "failed — record"}[outcome]
+        self.record_label.setText(f"{word}: {out}")
+        log.info("%s %s: record %s", what, word, out)
+        return True
+
+
 class ModulePanel(QWidget):
     """Generic panel of a lab module; subclasses override `make_plots`, `clear_plots`, `redraw`
     and `show_result`."""
@@ -110,32 +148,17 @@ class ModulePanel(QWidget):
         cl.addLayout(row)
         cl.addWidget(self.cells_note)
 
-        self.reason = QLabel("")
-        self.reason.setProperty("reason", "true")
-        self.reason.setWordWrap(True)
-        self.run_btn = QPushButton("Run")
-        self.run_btn.setProperty("primary", "true")
-        self.run_btn.clicked.connect(self.start)
-        self.abort_btn = QPushButton("Abort")
-        self.abort_btn.clicked.connect(lambda: self.s.abort(f"{module.name} aborted from its panel"))
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1000)
-        self.message = muted("")
-        self.record_label = muted("")
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn, 1)
-        buttons.addWidget(self.abort_btn)
+        self.controls = RunControls(self.s, self.start, f"{module.name} aborted from its panel")
+        c = self.controls
+        self.reason, self.run_btn, self.abort_btn, self.bar, self.message, self.record_label = \
+            c.reason, c.run_btn, c.abort_btn, c.bar, c.message, c.record_label
 
         left = QVBoxLayout()
         left.setContentsMargins(0, 0, 0, 0)
         left.addWidget(title)
         left.addWidget(desc)
         left.addWidget(cells_box)
-        left.addWidget(self.reason)
-        left.addLayout(buttons)
-        left.addWidget(self.bar)
-        left.addWidget(self.message)
-        left.addWidget(self.record_label)
+        left.addWidget(self.controls)
         left.addWidget(settings, 1)
         left_w = QWidget()
         left_w.setLayout(left)
@@ -272,12 +295,8 @@ class ModulePanel(QWidget):
     def _after_run(self, outcome: str, out: Path, flat: np.ndarray, pulses_before: int) -> None:
         """Say where the record is; put the cells' last conductances on the map and, when the run
         applied pulses, the write on the chip model."""
-        if not out.exists():
-            self.message.setText(f"{self.module.name} {outcome}; no record was written")
+        if not self.controls.ended(self.module.name, outcome, out):
             return
-        word = {"done": "finished", "cancelled": "aborted — partial record", "failed": "failed — record"}[outcome]
-        self.record_label.setText(f"{word}: {out}")
-        log.info("%s %s: record %s", self.module.name, word, out)
         if "cell" in self.rows and "g_s" in self.rows:
             cell, g = self.rows["cell"].astype(np.int64), self.rows["g_s"]
             last = {c: v for c, v in zip(cell.tolist(), g.tolist())}

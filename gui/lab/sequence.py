@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import numpy as np
 from typing import Callable, Optional
 
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QProgressBar,
-                               QPushButton, QVBoxLayout, QWidget)
+import numpy as np
+
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QPushButton,
+                               QVBoxLayout, QWidget)
 
 from hil.errors import HilError
 from hil.modules.sequencer import load_sequence, run_sequence
@@ -20,7 +20,7 @@ from .. import theme
 from ..panels.programming import station_snapshot, unique_path
 from ..session import Session
 from ..widgets import muted
-from .base import note_write
+from .base import RunControls, note_write
 
 log = logging.getLogger(__name__)
 MARKS = {"pending": "○", "running": "▶", "done": "✓", "stopped": "■"}
@@ -35,38 +35,24 @@ class SequencePanel(QWidget):
         self.path_edit.returnPressed.connect(lambda: self.load(self.path_edit.text().strip()))
         browse = QPushButton("Open…")
         browse.clicked.connect(self._browse)
-        self.run_btn = QPushButton("Run sequence")
-        self.run_btn.setProperty("primary", "true")
-        self.run_btn.clicked.connect(self.start)
-        self.abort_btn = QPushButton("Abort")
-        self.abort_btn.clicked.connect(lambda: self.s.abort("sequence aborted from its panel"))
-        self.reason = QLabel("")
-        self.reason.setProperty("reason", "true")
-        self.reason.setWordWrap(True)
         self.title = QLabel("No sequence open")
         self.title.setStyleSheet(f"font-size: 12pt; font-weight: 600; color: {theme.TEXT};")
         self.title.setWordWrap(True)
         self.steps = QListWidget()
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1000)
-        self.message = muted("")
-        self.record_label = muted("")
+        self.controls = RunControls(session, self.start, "sequence aborted from its panel")
+        self.controls.run_btn.setText("Run sequence")
+        c = self.controls
+        self.reason, self.run_btn, self.abort_btn, self.bar, self.message, self.record_label = \
+            c.reason, c.run_btn, c.abort_btn, c.bar, c.message, c.record_label
         top = QHBoxLayout()
         top.addWidget(self.path_edit, 1)
         top.addWidget(browse)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_btn, 1)
-        buttons.addWidget(self.abort_btn)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.title)
         lay.addWidget(muted("A TOML file of [[steps]]: module, program, delay_s, repeat (see `hil sequence check`)."))
         lay.addLayout(top)
-        lay.addWidget(self.reason)
-        lay.addLayout(buttons)
-        lay.addWidget(self.bar)
-        lay.addWidget(self.message)
-        lay.addWidget(self.record_label)
+        lay.addWidget(self.controls)
         lay.addWidget(self.steps, 1)
         self.path: Optional[Path] = None
         self.seq = None
@@ -171,10 +157,7 @@ class SequencePanel(QWidget):
             else:
                 self.state = [("stopped" if s == "running" else s) for s in self.state]
             self._show_steps()
-            if out.exists():
-                word = {"done": "finished", "cancelled": "aborted — partial record", "failed": "failed — record"}[outcome]
-                self.record_label.setText(f"{word}: {out}")
-                log.info("sequence %s %s: record %s", seq.name, word, out)
+            if self.controls.ended(f"sequence {seq.name}", outcome, out):
                 note_write(self.s, "sequence", flat, out, f"sequence {seq.name} {out.name}", pulses_before)
 
         self.out = out
