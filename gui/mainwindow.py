@@ -52,6 +52,10 @@ PANELS: list[tuple[str, str, Callable[[Session], QWidget]]] = [
 ]
 
 
+#: first-launch height of the log pane
+LOG_HEIGHT_PX = 130
+
+
 def default_settings() -> QSettings:
     return QSettings("memristor-hil", "hil-gui")
 
@@ -218,6 +222,8 @@ class MainWindow(QMainWindow):
             self.resize(1480, 940)
         if state is not None:
             self.restoreState(state)
+        else:                            # the tabs get the height; the log a few lines
+            self.resizeDocks([self.log_dock], [LOG_HEIGHT_PX], Qt.Vertical)
         tab = st.value("window/tab")
         if tab is not None:
             self.tabs.setCurrentIndex(int(tab))

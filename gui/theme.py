@@ -30,7 +30,7 @@ QGroupBox {{ background: {PANEL}; border: 1px solid #343840; border-radius: 6px;
             margin-top: 14px; padding: 8px 6px 6px 6px; font-weight: 600; }}
 QGroupBox::title {{ subcontrol-origin: margin; left: 10px; padding: 0 4px; color: {ACCENT}; }}
 QTabWidget::pane {{ border: 1px solid #343840; border-radius: 4px; top: -1px; }}
-QTabBar::tab {{ background: {PANEL}; padding: 7px 14px; border: 1px solid #343840;
+QTabBar::tab {{ background: {PANEL}; padding: 6px 9px; border: 1px solid #343840;
                border-bottom: none; border-top-left-radius: 4px; border-top-right-radius: 4px;
                margin-right: 2px; color: {MUTED}; }}
 QTabBar::tab:selected {{ background: {BG}; color: {TEXT}; border-bottom: 2px solid {ACCENT}; }}
@@ -83,6 +83,7 @@ def configure_pyqtgraph() -> None:
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background=PANEL, foreground=TEXT)
 
 
+AXIS_LINE = "#4a5059"
 #: axis titles: as bright as the text, not dim
 LABEL_STYLE = {"color": TEXT, "font-size": "9.5pt"}
 #: SI base units an axis may carry (values in them; the prefix is chosen for the range)
@@ -95,6 +96,8 @@ def style_plot(plot: pg.PlotItem, title: str = "", x: tuple = ("", ""), y: tuple
         plot.setTitle(f"<span style='color:{TEXT};font-size:10.5pt;font-weight:600'>{title}</span>")
     for ax, (name, unit) in (("bottom", x), ("left", y)):
         axis = plot.getAxis(ax)
+        axis.setPen(AXIS_LINE)            # (pyqtgraph colours the title with the last pen set:
+        axis.setTextPen(TEXT)             # line first, text last, or the titles come out dim)
         if unit in SI_UNITS:              # data in SI: pyqtgraph picks the prefix (µS, ns, mV)
             axis.enableAutoSIPrefix(True)
             plot.setLabel(ax, name, units=unit, **LABEL_STYLE)
@@ -102,8 +105,6 @@ def style_plot(plot: pg.PlotItem, title: str = "", x: tuple = ("", ""), y: tuple
             axis.enableAutoSIPrefix(False)
             if name:
                 plot.setLabel(ax, f"{name} ({unit})" if unit else name, **LABEL_STYLE)
-        axis.setTextPen(TEXT)
-        axis.setPen("#4a5059")
     plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
     return plot
 

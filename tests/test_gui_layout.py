@@ -108,8 +108,29 @@ def test_every_tab_fits_1280x800_without_clipped_text(laptop, qtbot, errors):
         w.tabs.setCurrentIndex(i)
         QApplication.processEvents()
         found = clipped(w)
+        area = w.tabs.currentWidget()            # the tab's scroll area: no sideways scrolling
+        if area.horizontalScrollBar().maximum() > 0:
+            found.append(f"needs {area.widget().minimumSizeHint().width()} px wide, has {area.viewport().width()}")
         if found:
             problems[w.tabs.tabText(i)] = found
     assert problems == {}
     assert (w.width(), w.height()) == SIZE          # no self-resizing after the jobs
     assert errors == []
+
+
+def test_plot_axis_titles_are_bright_and_unscaled(qapp):
+    """Axis titles in the text colour (not the dim axis-line colour), no '(×0.001)' scale on a
+    count axis, SI prefixes on an SI axis."""
+    from gui import theme
+    from gui.widgets import plot_widget
+    w = plot_widget("t", ("pulses", ""), ("G", "S"), legend=True)
+    left, bottom = w.getAxis("left"), w.getAxis("bottom")
+    assert left.labelStyle["color"].lower() == bottom.labelStyle["color"].lower() == theme.TEXT
+    w.plot([0, 1, 2], [1e-6, 5e-6, 2e-5], name="cell")
+    w.getPlotItem().vb.autoRange()
+    left.updateAutoSIPrefix()
+    assert "µS" in left.labelString() or "uS" in left.labelString()
+    w2 = plot_widget("t", ("cells", ""), ("fraction", ""))
+    w2.plot([0, 1e-3], [0, 1e-3])
+    w2.getPlotItem().vb.autoRange()
+    assert "x0.001" not in w2.getAxis("bottom").labelString() and not w2.getAxis("bottom").autoSIPrefix

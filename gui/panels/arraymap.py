@@ -64,15 +64,14 @@ class ArrayMapPanel(QWidget):
         self.sel_label = muted("no cells selected")
         self.stats = muted("")
         info = QHBoxLayout()
-        info.addWidget(self.hover, 2)
-        info.addWidget(self.sel_label, 2)
+        info.addWidget(self.sel_label, 1)
         info.addWidget(self.stats, 2)
 
         left = QWidget()
         ll = QVBoxLayout(left)
         ll.setContentsMargins(0, 0, 0, 0)
-        ll.addLayout(bar)
         ll.addWidget(self.map, 1)
+        ll.addWidget(self.hover)
         ll.addLayout(info)
 
         # history of the selected cell
@@ -121,7 +120,8 @@ class ArrayMapPanel(QWidget):
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 2)
         lay = QVBoxLayout(self)
-        lay.addWidget(split)
+        lay.addLayout(bar)               # above both halves: the map keeps the width it needs
+        lay.addWidget(split, 1)
 
         self._history: Optional[RunHistory] = None
         self._history_error = ""

@@ -64,8 +64,10 @@ class ConvolverPanel(QWidget):
         vb.addItem(self.digit_img)
         vb.setRange(xRange=(0, 28), yRange=(0, 28), padding=0)
         self.label_text = QLabel("")
+        self.label_text.setWordWrap(True)
         self.label_text.setStyleSheet("font-size: 12pt; font-weight: 600;")
         self.pred_text = QLabel("")
+        self.pred_text.setWordWrap(True)
         self.pred_text.setTextFormat(Qt.RichText)
         self.pred_text.setWordWrap(True)
         self.pred_text.setStyleSheet("font-size: 11pt;")
@@ -117,6 +119,7 @@ class ConvolverPanel(QWidget):
         for bar in (self.code_bar, self.diff_bar):
             bar.getAxis("right").setTextPen(theme.MUTED)
         self.maps_title = QLabel("C1 feature maps (8 × 14 × 14 after ReLU, pooling and 8-bit requantization)")
+        self.maps_title.setWordWrap(True)
         self.maps_title.setStyleSheet("font-size: 11pt; font-weight: 600;")
         self.stats = muted("")
         mg = QGroupBox("Feature maps: software vs chip")

@@ -81,6 +81,7 @@ class HybridPanel(QWidget):
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.phase = QLabel("idle")
+        self.phase.setWordWrap(True)
         self.phase.setStyleSheet("font-family: monospace;")
         self.message = muted("")
 

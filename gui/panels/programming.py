@@ -140,6 +140,7 @@ class ProgrammingPanel(QWidget):
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.eta = QLabel("idle")
+        self.eta.setWordWrap(True)
         self.eta.setStyleSheet("font-family: monospace;")
         self.message = muted("")
         run = QGroupBox("Run")
