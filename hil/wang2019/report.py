@@ -55,7 +55,8 @@ def _curves(res: dict, content, path: Path) -> Path:
     n = _n_test(content, "cnn")
     a_acc.errorbar(t["batch"][ev], 100 * t["test_acc"][ev], yerr=_yerr(t["test_acc"][ev], n), fmt="o-",
                    color="C0", ms=4, capsize=2, label=f"test ({n} digits, 95% CI)")
-    a_acc.axhline(100 * PAPER["cnn_acc"], color="C3", ls="--", lw=1, label=f"paper {100 * PAPER['cnn_acc']:.2f}%")
+    a_acc.axhline(100 * PAPER["cnn_acc"], color="C3", ls="--", lw=1,
+                  label=f"Wang 2019 in situ {100 * PAPER['cnn_acc']:.2f}% (test set)")
     a_acc.axhline(100 * res["wang_cnn_software_acc"], color="C2", ls=":", lw=1.2, label="software (float)")
     a_acc.set_xlabel("batch (weight update)")
     a_acc.set_ylabel("accuracy (%)")
@@ -87,7 +88,7 @@ def _accuracy(res: dict, content, path: Path) -> Path:
     for xi, a in zip(x, accs):
         ax.text(xi, 2, f"{100 * a:.2f}%", ha="center", va="bottom", color="white", fontsize=9, fontweight="bold")
     ax.axhline(100 * PAPER["cnn_acc"], color="C3", ls="--", lw=1,
-               label=f"Wang 2019 in situ {100 * PAPER['cnn_acc']:.2f}%")
+               label=f"Wang 2019 in situ {100 * PAPER['cnn_acc']:.2f}% (test set)")
     ax.set_xticks(x, names)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -211,8 +212,7 @@ def wang_section(res: dict, out: Path, content) -> list[str]:
               "| — | — |",
               f"| CNN trained ex situ, transferred open loop (no in-situ training) | "
               f"{fmt(ci('wang_cnn_exsitu_acc'))} | {n_cnn:,} | — | — |",
-              f"| CNN weight updates (batches) | {res['wang_cnn_updates']:,} | — | ≈{PAPER['cnn_updates']:,} | "
-              "training set |",
+              f"| CNN weight updates (batches) | {res['wang_cnn_updates']:,} | — | ≈{PAPER['cnn_updates']:,} | — |",
               f"| CNN pulses (RESET + SET, initialization included) | {res['wang_cnn_pulses']:,} | — | — | — |"]
     for t, (a, s) in enumerate(zip(res["wang_convlstm_acc_steps"], res["wang_convlstm_software_acc_steps"])):
         lines.append(f"| ConvLSTM after frame {t + 1}: in situ / software | {_acc_ci(a, n_lstm)} / "

@@ -11,7 +11,7 @@ import numpy as np
 
 from hil.plots import plot_level_cdf, plot_pulse_histogram
 from hil.report.accuracy import as_interval, compare, fmt, interval, verdict, yerr
-from hil.report.figures import broken_axis, figure, integer_ticks, legend_below, legend_outside, save
+from hil.report.figures import broken_axis, figure, integer_ticks, legend_outside, save
 from hil.report.files import write_json
 from hil.report.methods import count, duration, listing
 from hil.report.provenance import provenance, provenance_lines
@@ -168,40 +168,40 @@ def _groups_fig(res: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def _curve(ax, hist: list, key: str, n: int, label: str, fmt_: str, color=None) -> list:
+def _curve(ax, hist: list, key: str, n: int, label: str, fmt_: str, color=None, dx: float = 0.0) -> None:
+    """One accuracy per epoch with its error bars, shifted by `dx` epochs so bars do not overlap."""
     ivs = [interval(r[key], n) for r in hist]
-    ax.errorbar([r["epoch"] for r in hist], [100 * iv.value for iv in ivs], yerr=yerr(ivs), fmt=fmt_, capsize=2,
-                ms=4, color=color, label=label)
-    return ivs
+    ax.errorbar([r["epoch"] + dx for r in hist], [100 * iv.value for iv in ivs], yerr=yerr(ivs), fmt=fmt_,
+                capsize=2, ms=4, color=color, label=label)
 
 
 def _hybrid_curves(res: dict, path: Path) -> Path:
     counts = res["counts"]
     ha, hb = res["hybrid_single_history"], res["hybrid_parallel_history"]
     ns, np_ = counts["hybrid_single"], counts["hybrid_parallel"]
-    ivs = []
-    fig, axes = figure(2, 11.5, 4.2)
-    a1, a2 = axes
-    ivs += _curve(a1, ha, "acc_test", ns["test"], f"G1, test digits ({ns['test']:,})", "o-", "tab:blue")
+    curves = [(0, ha, "acc_test", ns["test"], f"G1, test digits ({ns['test']:,})", "o-", "tab:blue")]
     if "acc_train" in ha[0]:
-        ivs += _curve(a1, ha, "acc_train", ns["train"], f"G1, hybrid-training digits ({ns['train']:,})", "s--",
-                      "tab:cyan")
-    for g in range(_groups(res)):
-        k = f"g{g + 1}"
-        if f"acc_{k}" in hb[0]:
-            ivs += _curve(a2, hb, f"acc_{k}", np_[k], f"G{g + 1} alone", "o-", f"C{g + 1}")
-    ivs += _curve(a2, hb, "acc_test", np_["test"], "parallel (inputs shared by the groups)", "s-", "k")
-    panels = [(a1, "single convolver G1"), (a2, f"parallel convolvers, {np_['test']:,} test digits")]
-    lo = _zoom_lo([100 * iv.lo for iv in ivs] + [100 * res["software_acc"]])
-    for ax, title in panels:
-        ax.axhline(100 * res["software_acc"], color="k", ls=":", lw=1, label="software (15 levels)")
-        ax.set_xlabel("hybrid-training epoch (0 = after transfer)")
-        ax.set_ylabel(f"accuracy (%), axis from {lo:.0f}%")
-        ax.set_ylim(lo, 100)
-        ax.set_title(title + ", 95% CI", fontsize=10)
-        integer_ticks(ax)
-        ax.grid(alpha=0.3)
-        legend_below(ax)
+        curves.append((0, ha, "acc_train", ns["train"], f"G1, hybrid-training digits ({ns['train']:,})", "s--",
+                       "tab:cyan"))
+    curves += [(1, hb, f"acc_g{g + 1}", np_[f"g{g + 1}"], f"G{g + 1} alone", "o-", f"C{g + 1}")
+               for g in range(_groups(res)) if f"acc_g{g + 1}" in hb[0]]
+    curves.append((1, hb, "acc_test", np_["test"], "parallel (inputs shared by the groups)", "s-", "k"))
+    lows = [100 * interval(r[c[2]], c[3]).lo for c in curves for r in c[1]]
+    fig, tops, bottoms = broken_axis(11.5, 4.8, _zoom_lo(lows + [100 * res["software_acc"]]), ncols=2)
+    for col in (0, 1):
+        mine = [c for c in curves if c[0] == col]
+        for i, (_, hist, key, n, label, style, color) in enumerate(mine):
+            _curve(tops[col], hist, key, n, label, style, color, dx=0.05 * (i - (len(mine) - 1) / 2))
+    titles = ("single convolver G1", f"parallel convolvers, {np_['test']:,} test digits")
+    for top, bottom, title in zip(tops, bottoms, titles):
+        top.axhline(100 * res["software_acc"], color="k", ls=":", lw=1, label="software (15 levels)")
+        top.set_ylabel("accuracy (%)")
+        top.set_title(title + ", 95% CI", fontsize=10)
+        top.grid(alpha=0.3)
+        bottom.set_xlabel("hybrid-training epoch (0 = after transfer)")
+        integer_ticks(bottom)
+        bottom.legend(*top.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, -0.9), ncol=2,
+                      fontsize=8, frameon=False)
     return save(fig, path)
 
 
