@@ -17,51 +17,30 @@ every point, vectorized over the swept cells:
 - a fresh cell forms where V reaches its forming voltage (onto G_lim); stuck and open cells never
   switch.
 
-The state (G, programming time) is written back to the device when the sweep ends, so reads,
+The parameters are the device's `iv` section (sim_backend.params.IVParams: saved, loaded and
+fitted with the rest of the parameter set). The state (G, programming time) is written back to the device when the sweep ends, so reads,
 relaxation and drift continue from it. Read noise is added to every current.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import numpy as np
-
-from hil.errors import ConfigError
 
 from .device import S_PER_US, STUCK_NONE, DeviceArray
 
 
-@dataclass(frozen=True)
-class IVParams:
-    """Parameters of the DC I–V model (volts, seconds, V⁻²)."""
-
-    beta_per_v2: float = 0.4          # nonlinearity: I = G V (1 + β V²)
-    v_set: float = 0.9                # median SET voltage of a cell, V
-    v_set_per_ln_strength: float = 0.1  # V lower per e-fold of the cell's SET strength
-    v_reset: float = 0.7              # |V| where RESET starts, V
-    reset_rate: float = 0.2           # e-folds of (G − G_floor) lost per point just beyond v_reset
-    reset_slope_v: float = 0.15       # V per e-fold of the RESET rate
-    dwell_ref_s: float = 1e-3         # dwell of the reference rate
-    dwell_exponent: float = 0.3       # rate ∝ (dwell / dwell_ref) ** exponent
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not (np.isfinite(v) and v > 0):
-                raise ConfigError(f"IVParams.{f.name} must be a positive finite number, got {v!r}")
-
-
-def set_voltage(device: DeviceArray, idx: np.ndarray, iv: IVParams) -> np.ndarray:
+def set_voltage(device: DeviceArray, idx: np.ndarray) -> np.ndarray:
     """The SET voltage of cells `idx` under a DC sweep (V)."""
+    iv = device.p.iv
     return iv.v_set - iv.v_set_per_ln_strength * np.log(device.set_scale[idx])
 
 
 def dc_sweep(device: DeviceArray, idx: np.ndarray, v_cell: np.ndarray, v_gate: np.ndarray,
-             compliance_a: np.ndarray, dwell_s: float, t: float, iv: IVParams = IVParams()) -> np.ndarray:
+             compliance_a: np.ndarray, dwell_s: float, t: float) -> np.ndarray:
     """Sweep cells `idx` through cell voltages `v_cell` (one per point, with `v_gate` and
-    `compliance_a` per point) at time `t`; returns the currents (points, cells) in amperes and
-    leaves the cells in their final state."""
+    `compliance_a` per point) at time `t` with the device's `iv` parameters; returns the currents
+    (points, cells) in amperes and leaves the cells in their final state."""
     p = device.p
+    iv = p.iv
     cp = p.compliance
     g_floor, g_max = p.defects.g_floor_us * S_PER_US, p.defects.g_max_us * S_PER_US
     g = device.conductance(idx, t)
@@ -69,7 +48,7 @@ def dc_sweep(device: DeviceArray, idx: np.ndarray, v_cell: np.ndarray, v_gate: n
     working = device.stuck[idx] == STUCK_NONE
     formed = device.formed[idx].copy()
     vth = device.vth[idx]
-    v_set = set_voltage(device, idx, iv)
+    v_set = set_voltage(device, idx)
     v_form = device.v_form[idx]
     v_set0 = iv.v_set
     dwell = (dwell_s / iv.dwell_ref_s) ** iv.dwell_exponent

@@ -205,6 +205,24 @@ class TimingParams:
 
 
 @dataclass
+class IVParams:
+    """DC I–V sweep (sim_backend.iv_physics): nonlinear conduction, threshold SET, gradual RESET."""
+
+    beta_per_v2: float = _f(0.4, 1e-3, 10.0, "nonlinearity β of I = G·V·(1 + β·V²), V⁻² [est] "
+                                              "(R at 1 V about 30% below R at 0.2 V)")
+    v_set: float = _f(0.9, 0.1, 5.0, "median SET voltage of a DC sweep, V [est] (below set.v_ref: "
+                                     "a 1 ms DC dwell is 2e4× a 50 ns pulse)")
+    v_set_per_ln_strength: float = _f(0.1, 1e-3, 1.0, "SET voltage lower per e-fold of the cell's SET "
+                                                      "strength (variation.set_sigma_ln), V [est]")
+    v_reset: float = _f(0.7, 0.1, 5.0, "|V| where RESET starts in a DC sweep, V [est]")
+    reset_rate: float = _f(0.2, 1e-3, 10.0, "e-folds of (G − G_floor) lost per point just beyond v_reset [est]")
+    reset_slope_v: float = _f(0.15, 0.01, 2.0, "V per e-fold of the RESET rate [est] (as reset.v_slope)")
+    dwell_ref_s: float = _f(1e-3, 1e-9, 10.0, "dwell per point of the reference RESET rate, s [est]")
+    dwell_exponent: float = _f(0.3, 1e-3, 1.0, "RESET rate ∝ (dwell/dwell_ref)**exponent [est] "
+                                               "(as reset.width_exponent)")
+
+
+@dataclass
 class DeviceParams:
     """Complete parameter set of the simulated 1T1R chip."""
 
@@ -223,6 +241,7 @@ class DeviceParams:
     adc: AdcParams = field(default_factory=AdcParams)
     lines: LineParams = field(default_factory=LineParams)
     timing: TimingParams = field(default_factory=TimingParams)
+    iv: IVParams = field(default_factory=IVParams)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,6 +1,8 @@
 """DC sweep capability (Crossbar.dc_sweep) on the simulated chip, its limits, and the curve tracer."""
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from hil.runstore import RunRecord
 from hil.runstore.lifecycle import run_record
 from sim_backend import iv_physics
 from sim_backend.chip import SimulatedCrossbar
+from sim_backend.params import DeviceParams, IVParams
 
 CELLS = Cells.block(0, range(2), range(2))
 
@@ -35,6 +38,30 @@ def test_dc_sweep_is_nonlinear_and_switches():
     # the transistor's gate-limited compliance caps the SET current well below the SMU compliance
     assert np.all(res.i_a[top] < 30e-6)
     assert res.i_a.shape == (v.size, 4) and x.now() > 0
+
+
+def test_iv_parameters_are_part_of_the_documented_device_parameter_set(tmp_path):
+    """The DC I–V model's parameters are the `iv` section of DeviceParams: each documented with a
+    source tag, saved and loaded, listed, range-checked, and the ones the sweep uses."""
+    p = DeviceParams()
+    for f in fields(IVParams):
+        assert "[est]" in f.metadata["doc"] or "§" in f.metadata["doc"], f.name
+    assert "[iv]" in p.describe() and "v_set_per_ln_strength" in p.describe()
+    q = replace(p, iv=replace(p.iv, v_set=1.2))
+    assert DeviceParams.load(q.save(tmp_path / "p.toml")).iv.v_set == 1.2
+    with pytest.raises(ConfigError, match=r"iv\.beta_per_v2"):
+        DeviceParams.from_dict({"iv": {"beta_per_v2": -1.0}})
+    idx = CELLS.flat(SimulatedCrossbar().geometry)
+    v0 = iv_physics.set_voltage(SimulatedCrossbar(seed=4).device, idx)
+    x = SimulatedCrossbar(params=q, seed=4)
+    assert np.allclose(iv_physics.set_voltage(x.device, idx), v0 + 0.3)
+    # a sweep to 1.1 V sets the default cells (threshold about 0.9 V) but none of these
+    v = np.array([0.0, 0.5, 1.1, 0.5, 0.3, 0.0])
+    for xb, sets in ((SimulatedCrossbar(seed=4), True), (x, False)):
+        xb.dc_sweep(CELLS, [0.0, -1.5, 0.0], v_gate=5.0, compliance_a=100e-6)      # HRS first
+        i = xb.dc_sweep(CELLS, v, v_gate=1.6, compliance_a=100e-6).i_a
+        ratio = (i[4] / 0.3) / (i[1] / 0.5)                     # G after the 1.1 V point over G before
+        assert np.all(ratio > 10) if sets else np.all(ratio < 2)
 
 
 def test_dc_sweep_checks_every_point_before_anything():
@@ -68,7 +95,7 @@ def test_curve_tracer_loop_closes_and_sets_at_the_model_threshold(tmp_path):
         res = run_module(module, x, writer, cfg, cells)
     # cycles 2 and 3 start from the HRS the previous RESET left: SET seen in every cell, at the
     # model's SET voltage (the first sweep point at or above it)
-    v_model = iv_physics.set_voltage(x.device, cells.flat(x.geometry), iv_physics.IVParams())
+    v_model = iv_physics.set_voltage(x.device, cells.flat(x.geometry))
     for c in (1, 2):
         assert np.all(res.v_set[c] >= v_model - 1e-9) and np.all(res.v_set[c] < v_model + cfg.v_step + 1e-9)
         assert np.all(res.v_reset[c] < -0.7) and np.all(res.v_reset[c] > -1.5)
