@@ -12,7 +12,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-__all__ = ["plot_level_cdf", "plot_pulse_histogram", "plot_distributions_over_time"]
+__all__ = ["new_figure", "save_png", "plot_level_cdf", "plot_pulse_histogram", "plot_distributions_over_time"]
 
 US_PER_S = 1e6
 DPI = 120
@@ -20,7 +20,8 @@ DPI = 120
 HIST_MIN_CELLS = 4000
 
 
-def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.4):
+def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.4):
+    """A figure of `ncols` axes side by side (inches, constrained layout, Agg canvas, no pyplot)."""
     # Lazy import: hil stays importable (and fast) without touching matplotlib.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -31,7 +32,9 @@ def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.4):
     return fig, axes
 
 
-def _save(fig, path, dpi: int = DPI, svg: bool = False) -> Path:
+def save_png(fig, path, dpi: int = DPI, svg: bool = False) -> Path:
+    """Write `fig` as a PNG at `path` (".png" added if missing, folders created), and an SVG
+    beside it if `svg`; returns the PNG path."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         path = path.with_suffix(path.suffix + ".png") if path.suffix else path.with_suffix(".png")
@@ -79,7 +82,7 @@ def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribu
     counted in its label. `svg` also writes an SVG beside the PNG."""
     g = _as_1d(g_s, "g_s").astype(float)
     li, levels, inv = _groups(level_index, g.size)
-    fig, (ax,) = _figure(1, 7.0, 4.6)
+    fig, (ax,) = new_figure(1, 7.0, 4.6)
     cmap = _cmap("viridis")
     span = max(levels.max() - levels.min(), 1) if levels.size else 1
 
@@ -122,7 +125,7 @@ def plot_level_cdf(g_s, level_index, path, *, title: str = "Conductance distribu
     ax.set_title(f"{title}  ({g.size} cells, {levels.size} levels)")
     ax.grid(alpha=0.3)
     _level_colorbar(fig, ax, levels, cmap)
-    return _save(fig, path, dpi, svg)
+    return save_png(fig, path, dpi, svg)
 
 
 # ---- 2. pulses --------------------------------------------------------------------------------
@@ -132,7 +135,7 @@ def plot_pulse_histogram(pulses, level_index, path, *, title: str = "Write-verif
     (`svg` also writes an SVG beside the PNG)."""
     p = _as_1d(pulses, "pulses").astype(float)
     li, levels, inv = _groups(level_index, p.size)
-    fig, (a1, a2) = _figure(2, 10.0, 4.2)
+    fig, (a1, a2) = new_figure(2, 10.0, 4.2)
     finite = p[np.isfinite(p)]
     if finite.size:
         mx = int(finite.max())
@@ -157,7 +160,7 @@ def plot_pulse_histogram(pulses, level_index, path, *, title: str = "Write-verif
     a2.set_ylabel("mean pulses (± std)")
     a2.set_title("mean pulses per level")
     a2.grid(alpha=0.3, axis="y")
-    return _save(fig, path, dpi, svg)
+    return save_png(fig, path, dpi, svg)
 
 
 # ---- 3. distributions over time / reads ---------------------------------------------------------
@@ -178,7 +181,7 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
             raise ValueError(f"snapshot {k!r} has {a.size} cells, the first one has {n}")
     li, levels, inv = _groups(level_index, n)
 
-    fig, (a1, a2) = _figure(2, 11.0, 4.4)
+    fig, (a1, a2) = new_figure(2, 11.0, 4.4)
     if kind == "auto":
         kind = "hist" if n >= HIST_MIN_CELLS else "cdf"
     if kind not in ("hist", "cdf"):
@@ -219,7 +222,7 @@ def plot_distributions_over_time(snapshots: Mapping[str, np.ndarray], level_inde
     a2.set_title("per-level mean")
     a2.grid(alpha=0.3)
     _level_colorbar(fig, a2, levels, cmap)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_heatmaps(g_s, pes, path, *, title: str = "Conductance map") -> Path:
@@ -228,7 +231,7 @@ def plot_heatmaps(g_s, pes, path, *, title: str = "Conductance map") -> Path:
     if g.ndim != 3 or g.shape[0] != len(pes):
         raise ValueError(f"expected (PEs, rows, cols) conductances for {len(pes)} PEs, got shape {g.shape}")
     n = len(pes)
-    fig, axes = _figure(ncols=n, width=max(3.0, 1.4 * n + 1.5), height=4.4)
+    fig, axes = new_figure(ncols=n, width=max(3.0, 1.4 * n + 1.5), height=4.4)
     axes = np.atleast_1d(axes)
     vmin, vmax = np.nanpercentile(g, 0.5), np.nanpercentile(g, 99.5)
     im = None
@@ -240,4 +243,4 @@ def plot_heatmaps(g_s, pes, path, *, title: str = "Conductance map") -> Path:
     axes[0].set_ylabel("row")
     fig.colorbar(im, ax=list(axes), label="conductance (µS)")
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -26,7 +26,7 @@ from hil.crossbar import Crossbar
 from hil.errors import AddressError, BackendError, ConfigError
 from hil.geometry import Cells, Geometry
 from hil.limits import SafetyLimits
-from hil.modules.stability import _wait_real
+from hil.modules.stability import wait_real
 from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 from hil.runstore import RunWriter
 
@@ -83,7 +83,7 @@ class ModuleContext:
             self.check()
             self.xbar.advance(seconds)
         else:
-            _wait_real(seconds, self.cancel)
+            wait_real(seconds, self.cancel)
 
     def read(self, n_avg: int = 1, v_read: Optional[float] = None, cells: Optional[Cells] = None) -> np.ndarray:
         """Conductance (S) of the module's cells (or `cells`), one value per cell."""

@@ -179,8 +179,8 @@ class CurveTracer(LabModule):
         return out
 
     def plot(self, result: CurveTracerResult, path: Path) -> list[Path]:
-        from hil.plots import _figure, _save
-        fig, (ax_i, ax_r) = _figure(ncols=2, width=11.0)
+        from hil.plots import new_figure, save_png
+        fig, (ax_i, ax_r) = new_figure(ncols=2, width=11.0)
         cycles = result.i_a.shape[0]
         for c in range(cycles):
             colour = f"C{c % 10}"
@@ -194,4 +194,4 @@ class CurveTracer(LabModule):
         ax_r.set_ylabel("R = V / I (Ω)")
         ax_i.set_title(f"I–V ({result.mode}), {cycles} cycles, {result.i_a.shape[2]} cells")
         ax_r.set_title("Resistance")
-        return [_save(fig, Path(f"{path}-curve-tracer.png"))]
+        return [save_png(fig, Path(f"{path}-curve-tracer.png"))]

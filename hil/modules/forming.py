@@ -114,8 +114,8 @@ class Forming(LabModule):
         return FormingResult(status.astype(np.int64), v_form, g0, g, levels)
 
     def plot(self, result: FormingResult, path: Path) -> list[Path]:
-        from hil.plots import _figure, _save
-        fig, (ax,) = _figure()
+        from hil.plots import new_figure, save_png
+        fig, (ax,) = new_figure()
         v = result.v_form[result.status == FORMED]
         step = result.levels[1] - result.levels[0] if result.levels.size > 1 else 0.1
         ax.hist(v, bins=np.append(result.levels, result.levels[-1] + step) - step / 2, color="tab:red")
@@ -123,4 +123,4 @@ class Forming(LabModule):
         ax.set_xlabel("forming voltage (V)")
         ax.set_ylabel("cells")
         ax.set_title(f"Forming: {d['formed']} formed, {d['failed']} failed, {d['already_formed']} already formed")
-        return [_save(fig, Path(f"{path}-forming.png"))]
+        return [save_png(fig, Path(f"{path}-forming.png"))]

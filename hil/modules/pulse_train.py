@@ -178,8 +178,8 @@ class PulseTrain(LabModule):
         return _result("ramp", rows)
 
     def plot(self, result: PulseTrainResult, path: Path) -> list[Path]:
-        from hil.plots import _figure, _save
-        fig, (ax,) = _figure()
+        from hil.plots import new_figure, save_png
+        fig, (ax,) = new_figure()
         g = result.g_s * US_PER_S
         if result.mode == "endurance":
             for mask, label, colour in ((result.v > 0, "after SET", "tab:red"), (result.v < 0, "after RESET",
@@ -195,7 +195,7 @@ class PulseTrain(LabModule):
         ax.set_ylabel("conductance (µS)")
         ax.set_title(f"Pulse train ({result.mode}), {g.shape[1]} cells")
         ax.legend(loc="best")
-        return [_save(fig, Path(f"{path}-pulse-train.png"))]
+        return [save_png(fig, Path(f"{path}-pulse-train.png"))]
 
 
 def _result(mode: str, rows: list) -> PulseTrainResult:

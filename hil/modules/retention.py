@@ -110,8 +110,8 @@ class Retention(LabModule):
         return RetentionResult(np.asarray(t), np.vstack(g), ctx.virtual_clock)
 
     def plot(self, result: RetentionResult, path: Path) -> list[Path]:
-        from hil.plots import _figure, _save
-        fig, (ax,) = _figure()
+        from hil.plots import new_figure, save_png
+        fig, (ax,) = new_figure()
         t = np.maximum(result.t_s, result.t_s[1] / 10 if result.t_s.size > 1 else 1.0)   # t = 0 on a log axis
         g = result.g_s * US_PER_S
         ax.plot(t, g, "-", color="0.7", lw=0.8)
@@ -122,4 +122,4 @@ class Retention(LabModule):
         ax.set_ylabel("conductance (µS)")
         ax.set_title(f"Retention, {g.shape[1]} cells over {format_duration(result.t_s[-1])}")
         ax.legend(loc="best")
-        return [_save(fig, Path(f"{path}-retention.png"))]
+        return [save_png(fig, Path(f"{path}-retention.png"))]

@@ -44,7 +44,7 @@ from hil.geometry import Cells, Geometry
 from hil.limits import SafetyLimits
 from hil.modules.base import LabModule, parse_cells, run_module
 from hil.modules.plugins import get_module
-from hil.modules.stability import DAY, MAX_DRIFT_DAYS, _wait_real, format_duration
+from hil.modules.stability import DAY, MAX_DRIFT_DAYS, format_duration, wait_real
 from hil.ops.jobs import ProgramConfig, ProgramPlan, plan_for, program_job
 from hil.progress import Bars, CancelToken, Progress, no_bars
 from hil.runstore import RunWriter
@@ -258,6 +258,6 @@ def _run_step(xbar: Crossbar, writer: RunWriter, step: Step, group: str, progres
     if xbar.has("advance"):
         xbar.advance(step.delay_s)
     else:
-        _wait_real(step.delay_s, cancel)
+        wait_real(step.delay_s, cancel)
     progress(Progress(1, 1, step.label, unit="steps"))
     return {"type": "delay", "delay_s": step.delay_s, "elapsed_s": float(xbar.now() - t0)}

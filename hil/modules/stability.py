@@ -372,7 +372,9 @@ def _group_stats(g: np.ndarray, inv: np.ndarray, n_groups: int) -> tuple[np.ndar
     return mean, spread
 
 
-def _wait_real(seconds: float, cancel: CancelToken) -> None:
+def wait_real(seconds: float, cancel: CancelToken) -> None:
+    """Wait `seconds` of wall-clock time in slices of at most MAX_SLEEP_S, raising as soon as
+    `cancel` is set (the waits of a retention or a sequence delay on an instrument station)."""
     end = time.monotonic() + seconds
     while True:
         cancel.raise_if_cancelled()
@@ -414,7 +416,7 @@ def drift(xbar: Crossbar, cells: Cells, targets_s, tolerance_s, *, days: float =
             if use_advance:
                 xbar.advance(dt)
             else:
-                _wait_real(dt, cancel)
+                wait_real(dt, cancel)
         elapsed.append(clock())
         g = _read(xbar, cells, n_avg)
         label = format_duration(t)

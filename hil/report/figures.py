@@ -5,19 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hil.plots import _figure, _save
+from hil.plots import new_figure, save_png
 
 DPI = 300
 
 
 def save(fig, path) -> Path:
     """`path` as a 300 dpi PNG and the same figure as `.svg` beside it; returns the PNG path."""
-    return _save(fig, path, DPI, svg=True)
+    return save_png(fig, path, DPI, svg=True)
 
 
 def figure(ncols: int = 1, width: float = 6.4, height: float = 4.2):
     """A figure and its axes (constrained layout, no pyplot)."""
-    return _figure(ncols, width, height)
+    return new_figure(ncols, width, height)
 
 
 def legend_outside(ax, ncol: int = 2) -> None:
