@@ -96,7 +96,8 @@ def test_seeds_write_a_summary_with_mean_and_sd(tmp_path, capsys, small_yao):
         assert summary[key]["mean"] == pytest.approx(expect.mean) and summary[key]["sd"] == pytest.approx(expect.sd)
     assert summary["group_acc_hybrid G3"]["n"] == 2 and "after.acc at 10 min" in summary
     text = (tmp_path / "summary.md").read_text()
-    assert f"| hybrid_acc | {100 * summary['hybrid_acc']['mean']:.2f}% ± {100 * summary['hybrid_acc']['sd']:.2f} |" in text
+    m = summary["hybrid_acc"]
+    assert f"| G1 after hybrid training, test digits (`hybrid_acc`) | {100 * m['mean']:.2f}% ± {100 * m['sd']:.2f} |" in text
     assert (tmp_path / "seed-1" / "report.html").exists() and (tmp_path / "summary.html").exists()
 
 

@@ -105,10 +105,13 @@ def _keys(papers) -> tuple:
 def cmd_demo(args) -> int:
     """Both papers (or one, --paper) on their stations, one report folder, one JSON object;
     with --seeds, one folder per seed and a summary over the seeds."""
-    papers = ("yao2020", "wang2019") if args.paper == "all" else (args.paper,)
-    if args.seeds is not None and args.seed is not None:
+    seeds = getattr(args, "seeds", None)
+    if seeds is not None and args.seed is not None:
         raise HilError("--seeds and --seed exclude each other: give one seed with --seed or several with --seeds")
-    if args.seeds is None:
+    for seed in seeds or [0 if args.seed is None else args.seed]:
+        _configs(args, seed)                      # every seed's settings validated before any work
+    papers = ("yao2020", "wang2019") if args.paper == "all" else (args.paper,)
+    if seeds is None:
         res, human = _demo_one(args, 0 if args.seed is None else args.seed, Path(args.out), papers)
         keys = _keys(papers) + tuple(k for k in YAO_KEYS + WANG_KEYS if k in res)
         emit(args, {k: res[k] for k in keys}, human)
@@ -135,7 +138,9 @@ def _demo_seeds(args, papers) -> int:
             res = _demo_one(args, seed, seed_dir(out, seed), papers)[0]
         results[seed] = res
     figures = tuple(k for k in keys if k not in _keys(papers))
-    md = write_summary(out, results, figures, software())
+    from hil.wang2019.report import SUMMARY_NAMES as WANG_NAMES
+    from hil.yao2020.report import SUMMARY_NAMES as YAO_NAMES
+    md = write_summary(out, results, figures, software(), {**YAO_NAMES, **WANG_NAMES})
     summary = json.loads((out / "summary.json").read_text())
     emit(args, {"seeds": args.seeds, "papers": list(papers), "kept": kept, "report": str(md),
                 "html": str(md.with_suffix(".html")), "figures": summary["figures"]},
@@ -143,15 +148,20 @@ def _demo_seeds(args, papers) -> int:
     return 0
 
 
-def _demo_one(args, seed: int, out: Path, papers) -> tuple[dict, str]:
-    """One seed of the demo into `out`: (the results, the human-readable text)."""
-    from hil.wang2019 import stages as wang_stages
+def _configs(args, seed: int):
+    """The Yao and Wang demo configs of one seed (ConfigError on a bad setting)."""
     from hil.wang2019.demo import WangDemoConfig
     from hil.yao2020.demo import DemoConfig
     cfg = DemoConfig.quick(seed) if args.quick else DemoConfig(seed=seed)
     hybrid = {"seed": seed} if args.hybrid_fraction is None else {"seed": seed, "fraction": args.hybrid_fraction}
     cfg = cfg.replace(hybrid=cfg.hybrid.replace(**hybrid))     # validated again, before any work
-    wcfg = (WangDemoConfig.quick if args.quick else WangDemoConfig.default)(seed, _wang_data(args))
+    return cfg, (WangDemoConfig.quick if args.quick else WangDemoConfig.default)(seed, _wang_data(args))
+
+
+def _demo_one(args, seed: int, out: Path, papers) -> tuple[dict, str]:
+    """One seed of the demo into `out`: (the results, the human-readable text)."""
+    from hil.wang2019 import stages as wang_stages
+    cfg, wcfg = _configs(args, seed)
     out.mkdir(parents=True, exist_ok=True)
     say = _say(args)
     run_args = argparse.Namespace(**{**vars(args), "seed": seed})

@@ -67,11 +67,19 @@ def _value(name: str, x: float) -> str:
 def _spread(name: str, m: dict) -> str:
     if "acc" in name:
         return f"{100 * m['mean']:.2f}% ± {100 * m['sd']:.2f}"
-    return f"{m['mean']:,.4g} ± {m['sd']:,.2g}"
+    sd = 0.0 if m["sd"] <= 1e-9 * abs(m["mean"]) else m["sd"]      # float noise of equal values
+    return f"{m['mean']:,.4g} ± {sd:,.2g}"
 
 
-def write_summary(out: Path, results: Mapping[int, dict], keys: Iterable[str], provenance: dict) -> Path:
-    """summary.json, summary.md and summary.html in `out`; returns the markdown path."""
+def _title(name: str, names: Mapping[str, str]) -> str:
+    head, _, rest = name.partition(" ")
+    return f"{names.get(head, head)} {rest}".strip() + f" (`{head}`)" * (head in names)
+
+
+def write_summary(out: Path, results: Mapping[int, dict], keys: Iterable[str], provenance: dict,
+                  names: Mapping[str, str] = {}) -> Path:
+    """summary.json, summary.md and summary.html in `out` (`names`: readable titles of the
+    figures' keys for the page); returns the markdown path."""
     out = Path(out)
     seeds = sorted(results)
     keys = list(keys)
@@ -88,7 +96,7 @@ def write_summary(out: Path, results: Mapping[int, dict], keys: Iterable[str], p
              "| figure | mean ± sd | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|---:|" + "---:|" * len(seeds)]
     for name, m in summary.items():
-        lines.append(f"| {name} | {_spread(name, m)} | "
+        lines.append(f"| {_title(name, names)} | {_spread(name, m)} | "
                      + " | ".join(_value(name, per_seed[s][name]) if name in per_seed[s] else "—" for s in seeds)
                      + " |")
     md = out / "summary.md"

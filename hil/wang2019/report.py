@@ -23,6 +23,17 @@ from hil.wang2019.demo import PAPER
 CHANCE_CONVLSTM = 1 / 6
 
 
+#: readable titles of the figures in a multi-seed summary
+SUMMARY_NAMES = {"wang_cnn_acc": "Wang CNN in situ, test digits",
+                 "wang_cnn_software_acc": "Wang CNN in software (float), test digits",
+                 "wang_cnn_exsitu_acc": "Wang CNN ex situ, open loop, test digits",
+                 "wang_cnn_updates": "Wang CNN weight updates", "wang_cnn_pulses": "Wang CNN pulses",
+                 "wang_convlstm_acc_steps": "ConvLSTM in situ, test sequences,",
+                 "wang_convlstm_software_acc_steps": "ConvLSTM in software, test sequences,",
+                 "wang_convlstm_updates": "ConvLSTM weight updates", "wang_convlstm_pulses": "ConvLSTM pulses",
+                 "wang_seconds": "Wang wall time (s)"}
+
+
 def _acc_ci(acc: float, n: int) -> str:
     return fmt(interval(acc, n))
 

@@ -33,6 +33,24 @@ def _groups(res: dict) -> int:
     return len(res["group_acc_transfer"])
 
 
+#: readable titles of the figures in a multi-seed summary
+SUMMARY_NAMES = {"software_acc": "software baseline (15 levels), test digits",
+                 "software_float_acc": "software, float weights, test digits",
+                 "transfer_acc": "G1 after weight transfer, test digits",
+                 "hybrid_acc": "G1 after hybrid training, test digits",
+                 "group_acc_transfer": "parallel system after transfer, test digits,",
+                 "group_acc_hybrid": "parallel system after hybrid training, test digits,",
+                 "parallel_acc": "parallel system after hybrid training, test digits",
+                 "conv_throughput_ratio": "convolution throughput, all groups vs 1",
+                 "gops_per_w": "energy efficiency (GOP/s/W)", "seconds": "Yao wall time (s)",
+                 "after.acc_start": "parallel system right after hybrid training, aging digits",
+                 "after.acc": "parallel system after hybrid training, aging digits,",
+                 "after.disturb.reads": "read pulses on G1's convolution weights",
+                 "after.disturb.acc_before": "before the read pulses",
+                 "after.disturb.acc_g1_after": "G1 alone after the read pulses",
+                 "after.disturb.acc_after": "parallel system after the read pulses"}
+
+
 def accuracy_rows(res: dict) -> list[tuple[str, str, str, str, str]]:
     """(quantity, this run with its 95 % interval, samples, paper, the paper's set) rows."""
     n = lambda key, k=None: f"{_ci(res, key, k).n:,}"           # noqa: E731
@@ -258,7 +276,8 @@ def methods(res: dict, content) -> str:
                   f"write-verify tolerance ±{tgt[1]['tolerance_s'] * 1e6:.2f} µS)")
     after = res.get("after", {})
     times = listing([duration(t) for t in after.get("time_s", [])]) if after.get("time_s") else ""
-    hyb = [count(h["epochs"], "epoch")] if "epochs" in h else []
+    hyb = [f"{100 * h['holdout']:g}% of them held out to keep the best epoch's weights"] if h.get("holdout") else []
+    hyb += [count(h["epochs"], "epoch")] if "epochs" in h else []
     hyb += [f"mini-batch {h['batch']}"] if "batch" in h else []
     hyb += [f"step {h['lr_levels']:g} weight levels"] if "lr_levels" in h else []
     hyb += [f"update threshold {h['threshold_levels']:g} levels"] if "threshold_levels" in h else []
