@@ -9,6 +9,7 @@ import pytest
 from hil.errors import BackendError, ConfigError, SafetyViolation
 from hil.geometry import Cells
 from hil.modules.base import parse_cells, run_module
+from hil.modules.curve_tracer import switching_voltages
 from hil.modules.plugins import get_module
 from hil.ops.iv import sweep_voltages
 from hil.runstore import RunRecord
@@ -110,14 +111,38 @@ def test_curve_tracer_loop_closes_and_sets_at_the_model_threshold(tmp_path):
     assert rec.dataset("modules/curve-tracer/result/i_a")[0].shape == res.i_a.shape
 
 
+def test_switching_voltages_of_a_gradual_set():
+    """Pulsed mode: G rising a little per pulse has no 2x jump between points, yet its SET voltage
+    is where G has covered half its rise; a cell that barely changes or starts high has none."""
+    v = np.array([0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 1.0, 0.0, -0.4, -0.8, -1.2, -1.6, -2.0, -1.0, 0.0])
+    g_us = np.array([[0, 1.0, 1.2, 1.6, 1.5, 1.6, 1.6, 0, 1.6, 1.5, 1.6, 1.4, 1.4, 1.5, 0],      # no switching
+                     [0, 1.0, 1.8, 3.2, 5.6, 9.5, 9.5, 0, 9.5, 8.0, 6.0, 4.5, 3.0, 3.0, 0],      # gradual SET, RESET
+                     [0, 20., 21., 22., 21., 21., 21., 0, 21., 21., 21., 21., 21., 21., 0]]).T  # stays high
+    i_a = g_us * 1e-6 * v[:, None]
+    v_set, v_reset = switching_voltages(v, i_a, gradual=True)
+    assert np.array_equal(v_set, [np.nan, 1.6, np.nan], equal_nan=True)     # 5.6 µS ≥ 1 + (9.5 − 1) / 2
+    assert np.array_equal(v_reset, [np.nan, -1.2, np.nan], equal_nan=True)  # 6.0 µS ≤ 9.5 − (9.5 − 3) / 2
+    dc_set, dc_reset = switching_voltages(v, i_a)                   # the abrupt criterion sees no 2x step
+    assert np.isnan(dc_set).all() and np.isnan(dc_reset).all()
+
+
 def test_curve_tracer_pulsed_mode_and_refusals(tmp_path):
     x = SimulatedCrossbar(seed=6)
     module = get_module("curve-tracer")
-    cfg = module.config({"mode": "pulsed", "cycles": 1, "v_step": 0.25, "v_set_max": 2.0, "v_reset_max": 2.0})
+    cfg = module.config({"mode": "pulsed", "cycles": 2, "v_step": 0.1, "v_set_max": 2.0, "v_reset_max": 2.0})
     with run_record(tmp_path / "p.h5", "module") as writer:
-        res = run_module(module, x, writer, cfg, parse_cells("0:0:0-1", x.geometry))
-    assert np.all(np.isfinite(res.v_reset[0]))                     # the RESET half lowers G
-    assert np.allclose(res.i_a[0, res.v == 0], 0.0)
+        res = run_module(module, x, writer, cfg, parse_cells("0:0-1:0-1", x.geometry))
+    assert np.all(np.isfinite(res.v_reset))                        # the RESET half lowers G
+    assert np.allclose(res.i_a[:, res.v == 0], 0.0)
+    # cycle 2 starts in the HRS the first RESET left: the gradual pulsed SET is found in every cell,
+    # at the first amplitude where the read G has covered half its rise on the way up
+    top = int(np.argmax(res.v))
+    g = res.i_a[1, 1:top + 1] / res.v[1:top + 1, None]
+    half = g[0] + 0.5 * (g.max(axis=0) - g[0])
+    for i, vs in enumerate(res.v_set[1]):
+        k = int(np.flatnonzero(np.isclose(res.v[1:top + 1], vs))[0])
+        assert g[k, i] >= half[i] > g[:k, i].max() and 1.0 < vs < 2.0
+    assert res.to_dict()["set_seen_fraction"] >= 0.5
     with pytest.raises(SafetyViolation, match="SET rejected"):
         module.check(x.limits, x.geometry, module.config({"v_set_max": 3.5}))
     with pytest.raises(ConfigError, match="too fine"):

@@ -6,8 +6,13 @@ V_BL − V_SL; the gate is `v_gate_set` on the positive half, `v_gate_reset` on 
 and `dwell_s` per point, one branch per call so an abort lands within a branch. `pulsed`: a pulse
 of each amplitude then a read (hil.ops.iv), the current estimated as G·V. Rows (cycle, point, v,
 cell, i_a) stream into `<group>/series`. The result holds I and R = V/I per cycle and each
-cycle's SET voltage (first positive point where V/I jumps by more than `SET_JUMP`) and RESET
-voltage (first negative point where it falls by more than `RESET_DROP`).
+cycle's SET and RESET voltages. `dc` (abrupt SET at a threshold): the first positive point where
+I/V jumps by more than `SET_JUMP` over the point before, the first negative point where it falls
+by more than `RESET_DROP`. `pulsed` (switching may be gradual, a little per pulse, as on the
+simulated Yao chip): the first amplitude where G (read after the pulse) has covered
+`SWITCH_FRACTION` of the way from its value after the branch's first pulse to the branch's
+extreme (highest G going up, lowest going down), counted only where that extreme is at least
+`SET_JUMP` times (`RESET_DROP` times below) the starting G; NaN where the cell did not switch.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ from hil.options import MAX_N_AVG
 UA_PER_A = 1e6
 SET_JUMP = 2.0        # V/I rises by this factor from one point to the next at SET
 RESET_DROP = 2.0      # ... and falls by this factor at RESET
+#: pulsed mode: the switching voltage is where G has covered this fraction of its change on the branch
+SWITCH_FRACTION = 0.5
 #: the read voltage at which R_on and R_off are quoted (the sweep point nearest to it)
 R_READ_V = 0.2
 
@@ -109,18 +116,26 @@ class CurveTracerResult(ModuleResult):
                 "max_abs_i_ua": float(np.nanmax(np.abs(self.i_a)) * UA_PER_A)}
 
 
-def switching_voltages(v: np.ndarray, i_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell (i_a: points × cells) the SET voltage (first rise of V/I by SET_JUMP on V > 0) and
-    the RESET voltage (first fall by RESET_DROP on V < 0); NaN where none."""
+def switching_voltages(v: np.ndarray, i_a: np.ndarray, gradual: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell (i_a: points × cells) the SET voltage (on V > 0) and the RESET voltage (on V < 0),
+    NaN where none: the first rise of I/V by SET_JUMP (fall by RESET_DROP) from one point to the
+    next, or with `gradual` the first point past SWITCH_FRACTION of the branch's change (see the
+    module docstring)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         g = np.abs(i_a / v[:, None])
     out = []
-    for sign, test in ((1, lambda a, b: b > SET_JUMP * a), (-1, lambda a, b: a > RESET_DROP * b)):
+    for sign, factor in ((1, SET_JUMP), (-1, RESET_DROP)):
         k = np.flatnonzero(sign * v > 0)
         k = k[: int(np.argmax(np.diff(np.append(sign * v[k], -np.inf)) < 0)) + 1]   # the outgoing branch
-        hit = test(g[k[:-1]], g[k[1:]])
-        first = np.argmax(hit, axis=0)
-        out.append(np.where(hit.any(axis=0), v[k[1:]][first], np.nan))
+        gk = g[k]
+        switched = (lambda a, b: b > factor * a) if sign > 0 else (lambda a, b: a > factor * b)  # noqa: E731
+        if gradual:
+            start, end = gk[0], (gk.max(axis=0) if sign > 0 else gk.min(axis=0))
+            hit = (sign * (gk - (start + SWITCH_FRACTION * (end - start))) >= 0) & switched(start, end)
+            at = v[k]
+        else:
+            hit, at = switched(gk[:-1], gk[1:]), v[k[1:]]
+        out.append(np.where(hit.any(axis=0), at[np.argmax(hit, axis=0)], np.nan))
     return out[0], out[1]
 
 
@@ -162,7 +177,7 @@ class CurveTracer(LabModule):
                          cycle=np.repeat(np.int64(c), cur.size), point=np.repeat(np.arange(k0, k0 + part.size), cur.shape[1]),
                          v=np.repeat(part, cur.shape[1]), cell=np.tile(ctx.flat, part.size), i_a=cur.ravel())
                 k0 += part.size
-        v_set, v_reset = zip(*(switching_voltages(v, i_a[c]) for c in range(cfg.cycles)))
+        v_set, v_reset = zip(*(switching_voltages(v, i_a[c], gradual=cfg.mode == "pulsed") for c in range(cfg.cycles)))
         return CurveTracerResult(cfg.mode, v, i_a, np.vstack(v_set), np.vstack(v_reset))
 
     def _branch(self, ctx: ModuleContext, part: np.ndarray) -> np.ndarray:
