@@ -111,3 +111,16 @@ def test_qt_import_failure_names_the_library_package(x11, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     msg = app.qt_problem()
     assert "libEGL.so.1" in msg and "apt install libegl1" in msg
+
+
+@pytest.mark.parametrize("size, what", [("1280x", "WIDTHxHEIGHT"), ("640x480", "outside 1280x800")])
+def test_bad_size_is_one_line_exit_2(size, what, tmp_path):
+    r = _run(["-m", "hil", "gui", "--size", size, "--screenshot", str(tmp_path / "shots")],
+             {"QT_QPA_PLATFORM": "offscreen"}, tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert _last_line(r).startswith("hil gui: error: --size") and what in _last_line(r)
+    assert not (tmp_path / "shots").exists()
+
+
+def test_parse_size():
+    assert app.parse_size("1920x1080") == (1920, 1080) and app.parse_size(" 1280 × 800 ") == (1280, 800)
