@@ -56,6 +56,8 @@ def test_all_papers_give_one_object_and_one_report(tmp_path, capsys, small_yao):
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["wang_cnn_acc"] == res["wang_cnn_acc"] and stored["hybrid_acc"] == res["hybrid_acc"]
     _check_intervals(stored)
+    assert {k: v for k, v in stored.items() if k.endswith("_ci") and k in res} == \
+        {k: v for k, v in res.items() if k.endswith("_ci")} and "hybrid_acc_ci" in res     # printed JSON too
     for words in (("date (UTC)", "git commit", "device parameter set", "seed(s) | 0", "## Methods"),
                   ("yao2020_device_params.json", "wang2019_device_params.json", "paper's set", "### Methods")):
         assert all(w in text for w in words), [w for w in words if w not in text]

@@ -113,7 +113,8 @@ def cmd_demo(args) -> int:
     papers = ("yao2020", "wang2019") if args.paper == "all" else (args.paper,)
     if seeds is None:
         res, human = _demo_one(args, 0 if args.seed is None else args.seed, Path(args.out), papers)
-        keys = _keys(papers) + tuple(k for k in YAO_KEYS + WANG_KEYS if k in res)
+        figures = tuple(k for k in YAO_KEYS + WANG_KEYS if k in res)
+        keys = _keys(papers) + figures + tuple(f"{k}_ci" for k in figures if f"{k}_ci" in res)
         emit(args, {k: res[k] for k in keys}, human)
         return 0
     return _demo_seeds(args, papers)
