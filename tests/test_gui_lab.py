@@ -188,12 +188,17 @@ class Echo(LabModule):
         return EchoResult(np.vstack(rows))
 
 
-def test_a_plugin_module_gets_a_generated_panel(qtbot, qapp, runs_dir, monkeypatch):
+def add_plugin(monkeypatch, cls) -> None:
+    """Declare the module class `cls` of this file as an installed plugin (an entry point)."""
     real = metadata.entry_points
-    echo = metadata.EntryPoint("echo", f"{__name__}:Echo", plugins.GROUP)
+    ep = metadata.EntryPoint(cls.name, f"{__name__}:{cls.__name__}", plugins.GROUP)
     monkeypatch.setattr(plugins.metadata, "entry_points",
-                        lambda group=None, **kw: (*real(group=group), echo) if group == plugins.GROUP
+                        lambda group=None, **kw: (*real(group=group), ep) if group == plugins.GROUP
                         else real(group=group, **kw))
+
+
+def test_a_plugin_module_gets_a_generated_panel(qtbot, qapp, runs_dir, monkeypatch):
+    add_plugin(monkeypatch, Echo)
     win = Lab(qtbot, qapp, runs_dir)
     p = win.panel.show_module("echo")
     assert type(p).__name__ == "ModulePanel"
@@ -251,3 +256,57 @@ def test_a_sequence_runs_from_its_panel_with_a_step_list(lab, qtbot, tmp_path):
     bad.write_text('[[steps]]\nmodule = "nope"\n')
     assert not p.load(bad) and "unknown lab module 'nope'" in p.reason.text() and not p.run_btn.isEnabled()
     assert win.errors == []
+
+
+class Hold(Echo):
+    """Reads its cells until the run is aborted while `holding` is set (a step that is surely
+    running when Abort is pressed), then works as Echo."""
+    name = "hold"
+    holding = True
+
+    def execute(self, ctx: ModuleContext) -> EchoResult:
+        while Hold.holding:
+            ctx.check()
+            ctx.read()
+        return super().execute(ctx)
+
+
+def test_a_sequence_stopped_from_its_panel_resumes_with_every_step_done_once(qtbot, qapp, runs_dir, tmp_path,
+                                                                             monkeypatch):
+    add_plugin(monkeypatch, Hold)
+    win = Lab(qtbot, qapp, runs_dir)
+    seq = tmp_path / "s.toml"
+    seq.write_text('[sequence]\nname = "cut"\ncells = "0:0-1:0-1"\n'
+                   '[[steps]]\nmodule = "pulse-train"\n[steps.config]\ncycles = 5\n'
+                   '[[steps]]\nmodule = "hold"\n'
+                   '[[steps]]\nmodule = "retention"\n[steps.config]\ninterval_s = 10\nduration_s = 30\n'
+                   '[[steps]]\ndelay_s = 60\n')
+    p = win.panel.show_module("Sequence")
+    assert p.load(seq) and p.start()
+    qtbot.waitUntil(lambda: p.state[1] == "running", timeout=20_000)
+    p.abort_btn.click()
+    qtbot.waitUntil(lambda: not win.s.busy, timeout=20_000)
+    out = p.out
+    assert [t[0] for t in p.step_texts()] == ["✓", "■", "○", "○"]
+    with RunRecord.open(out) as rec:
+        assert rec.status == "stopped"
+        endurance_rows = rec.table_rows("sequence/steps/0000/series")
+        assert rec.group_attrs("sequence/steps/0000")["done"] and not rec.group_attrs("sequence/steps/0001").get("done")
+    assert p.resume_btn.isEnabled()
+    monkeypatch.setattr(Hold, "holding", False)
+    assert p.resume(out)
+    qtbot.waitUntil(lambda: not win.s.busy, timeout=20_000)
+    assert p.out == out and all(t.startswith("✓") and t.endswith("[done]") for t in p.step_texts())
+    with RunRecord.open(out) as rec:
+        assert rec.status == "complete"
+        assert [rec.group_attrs(f"sequence/steps/{k:04d}").get("done") for k in range(4)] == [True] * 4
+        assert rec.table_rows("sequence/steps/0000/series") == endurance_rows      # the done step did not run again
+        assert rec.group_attrs("sequence/steps/0001")["retried_in"] == "sequence/steps/0001-retry1"
+        assert rec.table_rows("sequence/steps/0001-retry1/series") == 3 * 4       # the cut step, run once more
+        groups = [g.strip("/") for g in rec.groups() if g.startswith("/sequence/steps/") and g.count("/") == 3]
+    assert sorted(groups) == ["sequence/steps/0000", "sequence/steps/0001", "sequence/steps/0001-retry1",
+                              "sequence/steps/0002", "sequence/steps/0003"]
+    # nothing left to resume: refused inline, nothing started
+    assert not p.resume(out) and "is complete: nothing to resume" in p.reason.text() and not win.s.busy
+    assert win.errors == []
+    win.s.shutdown()

@@ -1,6 +1,7 @@
 """Sequence panel: open a sequence file (hil.modules.sequencer: modules, programming, loops and
 delays), check all of it against the connected station, and run it in a worker into one record
-(kind "sequence", like `hil sequence run`) with a step list that shows each step's progress."""
+(kind "sequence", like `hil sequence run`) with a step list that shows each step's progress;
+"Resume…" continues a cut-off sequence record (like `hil sequence run --resume`)."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QLineEdit, QLis
                                QVBoxLayout, QWidget)
 
 from hil.errors import HilError
-from hil.modules.sequencer import load_sequence, run_sequence
+from hil.modules.sequencer import load_sequence, run_sequence, stored_sequence
 from hil.runstore.lifecycle import run_record
 
 from .. import theme
@@ -35,6 +36,9 @@ class SequencePanel(QWidget):
         self.path_edit.returnPressed.connect(lambda: self.load(self.path_edit.text().strip()))
         browse = QPushButton("Open…")
         browse.clicked.connect(self._browse)
+        self.resume_btn = QPushButton("Resume…")
+        self.resume_btn.setToolTip("Continue a cut-off sequence record: its done steps are kept, the rest run")
+        self.resume_btn.clicked.connect(self._browse_record)
         self.title = QLabel("No sequence open")
         self.title.setStyleSheet(f"font-size: 12pt; font-weight: 600; color: {theme.TEXT};")
         self.title.setWordWrap(True)
@@ -47,6 +51,7 @@ class SequencePanel(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.path_edit, 1)
         top.addWidget(browse)
+        top.addWidget(self.resume_btn)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.title)
@@ -55,6 +60,7 @@ class SequencePanel(QWidget):
         lay.addWidget(self.controls)
         lay.addWidget(self.steps, 1)
         self.path: Optional[Path] = None
+        self.source = None              # what load_sequence reads: the file, or a record's stored sequence
         self.seq = None
         self.load_error = ""
         self.state: list[str] = []
@@ -69,18 +75,24 @@ class SequencePanel(QWidget):
         if path:
             self.load(path)
 
+    def _browse_record(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Resume a sequence record", str(self.folder()),
+                                              "Run records (*.h5)")
+        if path:
+            self.resume(path)
+
     def load(self, path) -> bool:
         """Read and check the sequence at `path` against the connected station; the reason inline
         when it is refused."""
-        self.path = Path(path) if path else None
+        self.path = self.source = Path(path) if path else None
         self.path_edit.setText(str(path))
         return self._reload()
 
     def _reload(self) -> bool:
         self.seq, self.load_error = None, ""
-        if self.path is not None and self.s.connected:
+        if self.source is not None and self.s.connected:
             try:
-                self.seq = load_sequence(self.path, self.s.geometry, self.s.xbar.limits, self.s.xbar.v_read_default)
+                self.seq = load_sequence(self.source, self.s.geometry, self.s.xbar.limits, self.s.xbar.v_read_default)
             except HilError as e:
                 self.load_error = str(e).split("\n")[0]
         self.state = ["pending"] * (len(self.seq.steps) if self.seq else 0)
@@ -98,6 +110,7 @@ class SequencePanel(QWidget):
         self.run_btn.setEnabled(not why)
         self.run_btn.setToolTip(why)
         self.abort_btn.setEnabled(self.s.busy)
+        self.resume_btn.setEnabled(self.s.connected and not self.s.busy)
         self._show_steps()
 
     def _show_steps(self, progress: Optional[tuple[int, str]] = None) -> None:
@@ -118,15 +131,34 @@ class SequencePanel(QWidget):
         """Run the sequence (checked again against the station now connected) in a worker."""
         if not self._reload() or self.s.busy:
             return False
+        return self._run(unique_path(Path(self.folder()), f"sequence-{self.path.stem}"), None)
+
+    def resume(self, record) -> bool:
+        """Continue the cut-off sequence record `record` on the connected station, as `hil sequence
+        run --resume`: the sequence stored in it is checked again, its done steps are kept and the
+        others run into the same record. False, with the reason inline, when it cannot."""
+        if self.s.busy or not self.s.connected:
+            return False
+        try:
+            source, done = stored_sequence(record)
+        except HilError as e:
+            self.reason.setText(str(e).split("\n")[0])
+            return False
+        self.path, self.source = Path(record), source
+        self.path_edit.setText(str(record))
+        return self._reload() and self._run(self.path, done)
+
+    def _run(self, out: Path, done: Optional[set]) -> bool:
+        """Run the steps not in `done` into `out` (a new record, or with `done` the record resumed)."""
         seq, xbar = self.seq, self.s.xbar
-        out = unique_path(Path(self.folder()), f"sequence-{self.path.stem}")
+        todo = [k for k in range(len(seq.steps)) if k not in (done or ())]
         snapshot = station_snapshot(self.s)
         pulses_before = int(self.s.chip.counters.get("pulses", 0))
         flat = np.unique(np.concatenate([s.cells.flat(self.s.geometry) for s in seq.steps if s.cells is not None]
                                         or [np.zeros(0, np.int64)]))
 
         def job(ctx):
-            started = iter(range(len(seq.steps)))
+            started = iter(todo)
 
             def bars(desc, unit):
                 k = next(started)
@@ -137,7 +169,7 @@ class SequencePanel(QWidget):
                     if ctx.want_partial():
                         ctx.partial((k, "running", f"{100 * p.fraction:.0f}% {p.message}"))
                 return report
-            with run_record(out, "sequence", station=snapshot) as writer:
+            with run_record(out, "sequence", station=snapshot, resume=done is not None) as writer:
                 steps = run_sequence(xbar, writer, seq, bars=bars, cancel=ctx.cancel)
                 writer.set_attrs("/", summary={"sequence": seq.name, "steps": len(seq.steps)})
                 return steps
@@ -161,9 +193,9 @@ class SequencePanel(QWidget):
                 note_write(self.s, "sequence", flat, out, f"sequence {seq.name} {out.name}", pulses_before)
 
         self.out = out
-        self.state = ["pending"] * len(seq.steps)
+        self.state = ["pending" if k in todo else "done" for k in range(len(seq.steps))]
         self._show_steps()
-        self.bar.setValue(0)
+        self.bar.setValue(int(1000 * (len(seq.steps) - len(todo)) / len(seq.steps)))
         self.record_label.setText("")
         return self.s.start_job(f"sequence {seq.name}", job, on_progress=lambda p: self.message.setText(p.message),
                                 on_partial=on_step, on_end=on_end, needs_station=True)

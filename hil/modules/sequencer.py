@@ -39,7 +39,7 @@ import numpy as np
 
 from hil.config import Config
 from hil.crossbar import Crossbar, check_policy
-from hil.errors import ConfigError
+from hil.errors import ConfigError, DataError
 from hil.geometry import Cells, Geometry
 from hil.limits import SafetyLimits
 from hil.modules.base import LabModule, parse_cells, run_module
@@ -47,7 +47,7 @@ from hil.modules.plugins import get_module
 from hil.modules.stability import DAY, MAX_DRIFT_DAYS, format_duration, wait_real
 from hil.ops.jobs import ProgramConfig, ProgramPlan, plan_for, program_job
 from hil.progress import Bars, CancelToken, Progress, no_bars
-from hil.runstore import RunWriter
+from hil.runstore import RunContent, RunWriter, read_content
 from hil.schema import load_toml
 
 GROUP = "sequence"
@@ -202,11 +202,28 @@ def load_sequence(source, geometry: Geometry, limits: SafetyLimits, v_read: floa
     return Sequence(head.get("name", "sequence"), steps, doc)
 
 
-def done_steps(writer: RunWriter) -> set:
-    """Indices of the steps a (resumed) record holds as finished."""
+def done_steps(content: RunContent) -> set:
+    """Indices of the steps a (resumed) record's content holds as finished."""
     prefix = f"/{GROUP}/steps/"
-    return {int(g[len(prefix):]) for g, a in writer.content.attrs.items()
+    return {int(g[len(prefix):]) for g, a in content.attrs.items()
             if g.startswith(prefix) and g[len(prefix):].isdigit() and a.get("done")}
+
+
+def stored_sequence(path) -> tuple[dict, set]:
+    """The sequence (as parsed from its file) that the cut-off sequence record at `path` was
+    running, and the indices of its steps done; DataError (one line) when there is nothing to
+    resume. Pass the first to `load_sequence`, then resume the record (`run_record(...,
+    resume=True)`) and `run_sequence` runs the rest."""
+    content = read_content(path)
+    root = content.attrs.get("/", {})
+    if root.get("kind") != "sequence":
+        raise DataError(f"{path} is a {root.get('kind')!r} record, not a sequence record")
+    if root.get("status") == "complete":
+        raise DataError(f"{path} is complete: nothing to resume")
+    source = content.attrs.get(f"/{GROUP}", {}).get("source")
+    if not isinstance(source, dict):
+        raise DataError(f"{path} holds no sequence (it was cut off before its first step)")
+    return source, done_steps(content)
 
 
 def run_sequence(xbar: Crossbar, writer: RunWriter, seq: Sequence, *, bars: Bars = no_bars,
@@ -216,7 +233,7 @@ def run_sequence(xbar: Crossbar, writer: RunWriter, seq: Sequence, *, bars: Bars
     cut off midway runs again from its start, into `sequence/steps/NNNN-retryK`."""
     cancel = cancel or CancelToken()
     writer.set_attrs(GROUP, name=seq.name, steps=[s.describe() for s in seq.steps], source=seq.source)
-    done = done_steps(writer)
+    done = done_steps(writer.content)
     out = []
     for k, step in enumerate(seq.steps):
         if k in done:
