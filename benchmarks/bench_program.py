@@ -64,7 +64,7 @@ def _child(argv: list[str], env: dict, out: Path) -> tuple[int, float, float, in
     """Run argv; (exit status, wall seconds, CPU seconds, that child's maxrss in bytes)."""
     t0 = time.perf_counter()
     with open(out, "w") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.DEVNULL, env=env)
+        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.DEVNULL, env=env, cwd=out.parent)
         _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     return p.returncode, time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
@@ -83,7 +83,7 @@ def measure_cli(code: Path, label: str, tmp: Path) -> dict:
     station = tmp / f"station-{label}.toml"
     station.write_text(STATION.format(*SIZES[label]))
     rec = tmp / f"program-{label}-{abs(hash(str(code)))}.h5"
-    env = {**os.environ, "PYTHONPATH": str(code)}
+    env = {**os.environ, "PYTHONPATH": str(code)}      # run from `tmp`: the current folder's hil cannot shadow it
     argv = [sys.executable, "-c", "import sys; from hil.cli import main; sys.exit(main())",
             "program", "--station", str(station), "--out", str(rec), "--json"]
     out = tmp / f"cli-{label}.json"
