@@ -19,6 +19,7 @@ from hil.report.figures import save as _save
 from hil.report.methods import count
 from hil.report.provenance import provenance, provenance_lines
 from hil.wang2019.demo import PAPER
+from hil.wang2019.stages import DEFAULT_BATCH
 
 CHANCE_CONVLSTM = 1 / 6
 
@@ -183,7 +184,7 @@ def methods(res: dict, content) -> str:
     def net_text(net: str, name: str, noun: str) -> str:
         c, s = cfg[net], sc[net]
         return (f"the {name} ({res[f'wang_{net}_cells']:,} cells) on {c['train_samples']:,} training {noun}s for "
-                f"{count(res[f'wang_{net}_updates'], 'update')} (mini-batch {s.get('batch') or 'paper default'}), "
+                f"{count(res[f'wang_{net}_updates'], 'update')} (mini-batch {s.get('batch') or DEFAULT_BATCH[net]}), "
                 f"tested on {c['test_samples']:,} {noun}s")
     return (f"A yield scan found {y['good_rows']}/{y['n_rows']} good rows and {y['good_cols']}/{y['n_cols']} good "
             f"columns; only their crossings were used. Every weight is a pair of cells on adjacent rows, stored "
