@@ -1,6 +1,7 @@
 """Full-fidelity hardware inference (bit-serial, ADC, read noise) of the mCNN against ideal
 float32 and float64 inference of the same network, pinned to one BLAS thread and with the BLAS
-library's default threads, in one run; and the wall time of hybrid training on the 10% subset.
+library's default threads, in one run (wall time, and process CPU time: steadier on a shared
+machine); and the wall time of hybrid training on the 10% subset.
 
     python benchmarks/bench_inference.py [--images 10000] [--epochs 6] [--busy 2] [--quick] [--json]
 
@@ -38,10 +39,10 @@ def ideal_logits(params: dict, x: np.ndarray, dtype) -> np.ndarray:
     return np.concatenate([forward_float(p, x[i:i + CHUNK]) for i in range(0, len(x), CHUNK)])
 
 
-def timed(fn):
-    t = time.perf_counter()
+def timed(fn, clock=time.perf_counter):
+    t = clock()
     out = fn()
-    return out, time.perf_counter() - t
+    return out, clock() - t
 
 
 def main(argv=None) -> dict:
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
     load_args(ap)
     a = ap.parse_args(argv)
     images, epochs = (1000, 1) if a.quick else (a.images, a.epochs)
-    modes = thread_modes()
+    modes = thread_modes(a.threads)
     ds = load_dataset(seed=a.seed)
     with blas_threads(1):
         model, _ = train_mcnn(ds, epochs=epochs, seed=a.seed)
@@ -75,7 +76,13 @@ def main(argv=None) -> dict:
                     l32, t32 = timed(lambda: ideal_logits(model.params, x, np.float32))
                     l64, t64 = timed(lambda: ideal_logits(model.params, x, np.float64))
                     lhw, thw = timed(lambda: hw.fc_logits(hw.features(x, 0)))
+                    cpu = {k: timed(f, time.process_time)[1] for k, f in (
+                        ("float32", lambda: ideal_logits(model.params, x, np.float32)),
+                        ("float64", lambda: ideal_logits(model.params, x, np.float64)),
+                        ("hardware", lambda: hw.fc_logits(hw.features(x, 0))))}
                 out[name] = {"blas_threads": n, "float32_s": t32, "float64_s": t64, "hardware_s": thw,
+                             "cpu_s": cpu, "cpu_ratio_vs_f32": cpu["hardware"] / cpu["float32"],
+                             "cpu_ratio_vs_f64": cpu["hardware"] / cpu["float64"],
                              "images_per_s": {"float32": images / t32, "float64": images / t64,
                                               "hardware": images / thw},
                              "ratio_vs_f32": thw / t32, "ratio_vs_f64": thw / t64,
@@ -98,7 +105,8 @@ def main(argv=None) -> dict:
         for k, t in (("float32", r["float32_s"]), ("float64", r["float64_s"]), ("hardware", r["hardware_s"])):
             print(f"  {'ideal ' + k if k != 'hardware' else 'hardware (G1)':16s} {images / t:9.0f} images/s "
                   f"({t:.2f} s)  accuracy {r['accuracy'][k]:.4f}")
-        print(f"  hardware / float32 {r['ratio_vs_f32']:6.1f}x   hardware / float64 {r['ratio_vs_f64']:6.1f}x")
+        print(f"  hardware / float32 {r['ratio_vs_f32']:6.1f}x   hardware / float64 {r['ratio_vs_f64']:6.1f}x"
+              f"   (CPU time: {r['cpu_ratio_vs_f32']:.1f}x, {r['cpu_ratio_vs_f64']:.1f}x)")
     h = out["hybrid"]
     print(f"hybrid training, {h['digits']} digits: convolver outputs measured once {h['features_s']:.2f} s, "
           f"{h['epochs']} epochs of in-situ FC training {h['fc_training_s']:.2f} s, total {h['total_s']:.2f} s wall")

@@ -40,16 +40,18 @@ def median_time(fn, repeats: int, clock=time.perf_counter) -> float:
     return statistics.median(ts)
 
 
-def thread_modes() -> list[tuple[str, int]]:
-    """("pinned", 1) and ("default", the BLAS library's own thread count, read before any limit)."""
+def thread_modes(which: str = "both") -> list[tuple[str, int]]:
+    """("pinned", 1) and/or ("default", the BLAS library's own thread count, read before any limit)."""
     default = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
-    return [("pinned", 1), ("default", default)]
+    return [(name, n) for name, n in (("pinned", 1), ("default", default)) if which in (name, "both")]
 
 
 @contextlib.contextmanager
 def busy_load(n: int):
-    """`n` busy-looping child processes for the duration (ended by their pids)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    """`n` busy-looping child processes for the duration (ended by their pids; each also stops
+    by itself once this process is gone)."""
+    loop = f"import os\nwhile os.getppid() == {os.getpid()}: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(n)]
     try:
         yield
     finally:
@@ -60,6 +62,8 @@ def busy_load(n: int):
 
 def load_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--busy", type=int, default=0, help="busy-looping processes while measuring (default 0)")
+    ap.add_argument("--threads", choices=("both", "pinned", "default"), default="both",
+                    help="BLAS thread settings to measure (default both)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -72,7 +76,7 @@ def main(argv=None) -> dict:
     load_args(ap)
     a = ap.parse_args(argv)
     repeats = 3 if a.quick else a.repeats
-    modes = thread_modes()
+    modes = thread_modes(a.threads)
     xbar = SimulatedCrossbar(seed=a.seed)
     rows, cols = xbar.geometry.rows, xbar.geometry.cols
     rng = np.random.default_rng(a.seed)
