@@ -473,7 +473,8 @@ class InsituPanel(QWidget):
         done = int(p.done)
         eta = el / max(done - self._b0, 1) * (self.total - done)
         pulses = self.rows[-1]["pulses_total"] if self.rows else 0
-        self.status.setText(f"batch {done:,}/{self.total:,} · {pulses:,} pulses · ETA {_fmt_s(eta)}")
+        left = f"ETA {_fmt_s(eta)}" if done < self.total else "finishing…"
+        self.status.setText(f"batch {done:,}/{self.total:,} · {pulses:,} pulses · {left}")
 
     def _partial(self, d: dict) -> None:
         self.rows.extend(d["rows"])

@@ -25,7 +25,7 @@ from .. import theme
 from ..history import RunHistory
 from ..session import Session, describe_error
 from ..widgets import muted, plot_widget
-from .programming import _fmt_s, station_snapshot, unique_path
+from .programming import _fmt_s, eta_text, station_snapshot, unique_path
 
 log = logging.getLogger(__name__)
 GAP = 3                      # blank columns between PEs in the plan mosaic
@@ -608,9 +608,8 @@ class NetworkPanel(QWidget):
     def _progress(self, p) -> None:
         self.bar.setValue(int(1000 * p.fraction))
         el = time.monotonic() - self._t0
-        eta = "—" if p.done <= 0 else _fmt_s(el * (p.total - p.done) / p.done)
         msg = f" · {p.message}" if p.message else ""
-        self.eta.setText(f"{int(p.done):,} / {int(p.total):,} {p.unit} · {_fmt_s(el)} elapsed · ETA {eta}{msg}")
+        self.eta.setText(f"{int(p.done):,} / {int(p.total):,} {p.unit} · {_fmt_s(el)} elapsed · {eta_text(p, el)}{msg}")
 
     def _transfer_done(self, res) -> None:
         plan, rep, hw, targets, history = res
@@ -634,7 +633,7 @@ class NetworkPanel(QWidget):
 
     def _transfer_end(self, outcome: str) -> None:
         if outcome == "cancelled":
-            self.eta.setText(self.eta.text().split(" · ETA")[0] + " · aborted")
+            self.eta.setText(self.eta.text().split(" · ETA")[0].split(" · finishing")[0] + " · aborted")
             self.summary_label.setText(f"aborted — the weights are only partly on the chip; transfer again "
                                        f"(record {self.out})")
         self.update_plan()

@@ -399,7 +399,7 @@ class ProgrammingPanel(QWidget):
         elif outcome == "cancelled":
             self.message.setText(f"aborted — finished cells are kept in {self.out}; continue with "
                                  f"'Resume a run…' or `hil program --resume {self.out}`")
-            self.eta.setText(self.eta.text().split(" · ETA")[0] + " · aborted")
+            self.eta.setText(self.eta.text().split(" · ETA")[0].split(" · finishing")[0] + " · aborted")
             self._summary_of_finished()
         self.s.set_run(self.out, self._history)
 
