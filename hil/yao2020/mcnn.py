@@ -48,6 +48,7 @@ STAGES = {"c1": ("c1", "c1.quant"), "c3": ("c3", "flatten"), "fc": ("fc", "fc.sc
 INPUT_CODE_SCALE = 1.0 / 255.0                     # real value of one input pixel code
 ACT_PERCENTILE = 99.99                             # activation calibration percentile
 CHUNK = 1000                                       # images per inference chunk (memory)
+CALIB_CHUNK = 200                                  # images per convolution chunk in calibration
 LR_FLOOR = 0.02                                    # last learning rate / first (cosine schedule)
 EVAL_STREAM = 0xE7A1                               # seed-stream tags: per-epoch eval subsets,
 CALIB_STREAM = 0xCA1B                              # activation calibration images
@@ -269,13 +270,15 @@ def _backward_train(dlogits: np.ndarray, c: dict) -> dict:
 
 def calibrate_scales(params: dict, x_uint8: np.ndarray,
                      percentile: float = ACT_PERCENTILE) -> dict:
-    """Activation scales layer by layer on the quantized path: scale = percentile / 255."""
+    """Activation scales layer by layer on the quantized path: scale = percentile / 255.
+    The convolutions run in chunks of CALIB_CHUNK images (cache-sized; same values)."""
     scales: dict = {}
     h = x_uint8[:, None].astype(np.float64) * INPUT_CODE_SCALE
     for layer in ("c1", "c3"):
         q, s = nn.quantize_weights(params[layer])
-        z, _ = nn.conv2d_forward(h, q * s, CONV[layer].pad)
-        p, _ = nn.maxpool2d_forward(np.maximum(z, 0.0), POOL[layer])
+        p = np.concatenate([nn.maxpool2d_forward(np.maximum(nn.conv2d_forward(h[i:i + CALIB_CHUNK], q * s,
+                                                                              CONV[layer].pad)[0], 0.0), POOL[layer])[0]
+                            for i in range(0, len(h), CALIB_CHUNK)])
         top = float(np.percentile(p, percentile))
         if not np.isfinite(top) or top <= 0:
             top = float(p.max()) if p.size and p.max() > 0 else 1.0
