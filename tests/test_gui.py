@@ -31,7 +31,7 @@ def win(make_window):
     return make_window(seed=3, geometry="small", timeout_ms=5000)
 
 
-def wait_idle(qtbot, w, timeout=10_000):
+def wait_idle(qtbot, w, timeout=30_000):
     qtbot.waitUntil(lambda: not w.s.busy, timeout=timeout)
 
 

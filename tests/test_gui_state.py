@@ -18,18 +18,7 @@ from hil.limits import Op
 from hil.runstore import RunRecord
 
 from gui.app import close_on_sigint
-
-
-def wait_idle(qtbot, w, timeout=30_000):
-    qtbot.waitUntil(lambda: not w.s.busy, timeout=timeout)
-
-
-def program(qtbot, w, pes="0"):
-    p = w.panels["programming"]
-    p.pes.setText(pes)
-    assert p.start()
-    wait_idle(qtbot, w)
-    return p
+from test_gui import program, wait_idle
 
 
 @pytest.fixture
@@ -52,10 +41,10 @@ def test_experiments_warn_of_targets_rewritten_by_the_cnn_and_retarget(make_wind
     net.fraction.setValue(0.05)
     net.epochs.setValue(1)
     assert net.train()
-    wait_idle(qtbot, w)
+    wait_idle(qtbot, w, 60_000)
     net.groups.setValue(1)
     assert net.start_transfer()
-    wait_idle(qtbot, w)
+    wait_idle(qtbot, w, 60_000)
     assert errors == []
     tw = w.s.chip.write_of(net.out, "transfer")
     assert tw is not None and np.isin(prog.plan.flat, tw.flat).any()
@@ -79,7 +68,7 @@ def test_experiments_warn_of_targets_rewritten_by_the_cnn_and_retarget(make_wind
     assert "every cell on the chip ages" in exp.clock_note.text()
     with caplog.at_level(logging.WARNING, logger="gui.chipstate"):
         assert exp.start_drift()
-        wait_idle(qtbot, w)
+        wait_idle(qtbot, w, 60_000)
     assert errors == []
     g0 = exp.result.snapshots[next(iter(exp.result.snapshots))]
     first_in_band = np.mean(np.abs(g0 - tw.plan.targets_s) <= tw.plan.tolerance_s)
@@ -188,11 +177,13 @@ def test_ctrl_c_in_the_terminal_aborts_the_job_and_closes_safely(small, qtbot, m
         w.panels["programming"].pes.setText("0,1")
         assert w.panels["programming"].start()
         qtbot.waitUntil(lambda: len(calls) >= 4, timeout=10_000)
+        job = w.s.job
         os.kill(os.getpid(), signal.SIGINT)
         qtbot.waitUntil(lambda: not w.isVisible(), timeout=10_000)
     finally:
         restore()
-    assert w.s.xbar is None and xbar._closed and w.s.job is None
+    assert w.s.xbar is None and xbar._closed
+    assert job.isFinished() and job.outcome == "cancelled"     # stopped before the station closed
     assert safe_calls                    # aborted: outputs made safe before the station closed
     with RunRecord.open(w.panels["programming"].out) as rec:
         assert rec.status == "stopped"
