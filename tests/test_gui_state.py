@@ -33,6 +33,8 @@ def test_experiments_warn_of_targets_rewritten_by_the_cnn_and_retarget(make_wind
     Hybrid no longer says 'transfer first'."""
     w = make_window(seed=5, geometry="yao")
     w.panels["convolver"].auto.setChecked(False)
+    w.resize(1480, 940)
+    size0 = w.size()
     prog = program(qtbot, w, "0")
     exp, hyb = w.panels["experiments"], w.panels["hybrid"]
     assert exp.target.record == prog.out and exp.dr_btn.isEnabled()
@@ -45,7 +47,7 @@ def test_experiments_warn_of_targets_rewritten_by_the_cnn_and_retarget(make_wind
     net.groups.setValue(1)
     assert net.start_transfer()
     wait_idle(qtbot, w, 60_000)
-    assert errors == []
+    assert errors == [] and w.size() == size0          # the window did not widen itself after the transfer
     tw = w.s.chip.write_of(net.out, "transfer")
     assert tw is not None and np.isin(prog.plan.flat, tw.flat).any()
     # the summary is the chip's, not the old programming run's
