@@ -103,6 +103,23 @@ def test_noise_follows_the_read_noise_model_of_the_bit_serial_read():
     assert np.abs(res.currents.mean(axis=0) - (v @ G)[0]).max() < 5 * expected.max() / np.sqrt(4000) + res.lsb_a / 2
 
 
+def test_read_noise_is_fresh_for_every_call_column_and_vector():
+    # Wang in-situ training reads the same weights call after call: the noise of a read must not
+    # repeat in the next call (the old NoisePool could), nor correlate across columns or vectors
+    p = DeviceParams(read_noise=ReadNoiseParams(rel=0.05, abs_us=0.5))
+    x = SimulatedCrossbar(WANG, params=p, seed=7)
+    rows, cols = np.arange(16), np.arange(32)
+    G = x.true_conductance(Cells.block(0, rows, cols, WANG)).reshape(16, 32)
+    v = np.repeat(signed_volts(np.random.default_rng(2), 1, 16, 0.05), 2000, axis=0)
+    err = [x.vmm_amplitude(0, v, rows, cols, adc_full_scale_a=20e-6).currents - v @ G for _ in range(2)]
+    z = [(e - e.mean(axis=0)) / e.std(axis=0) for e in err]           # 64,000 values a call
+    bound = 5 / np.sqrt(z[0].size)                                    # 5 standard errors
+    assert abs(np.mean(z[0] * z[1])) < bound                          # call to call, same cell and vector
+    assert abs(np.mean(z[0][:, 1:] * z[0][:, :-1])) < bound           # adjacent columns
+    assert abs(np.mean(z[0][1:] * z[0][:-1])) < bound                 # consecutive vectors
+    assert abs(np.mean(z[0][1000:] * z[0][:1000])) < bound            # Box-Muller pairs (n/2 apart)
+
+
 def test_bad_inputs_are_one_line_errors_and_leave_the_chip_untouched():
     x = SimulatedCrossbar(WANG, seed=1)
     rows = np.arange(4)
