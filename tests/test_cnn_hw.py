@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from hil.nn.datasets import load_embedded
+from hil.yao2020 import stages
 from hil.yao2020.demo import DemoConfig, load_model, run_demo
 from hil.errors import ConfigError, DataError
 from hil.geometry import Geometry
 from hil.yao2020.hwnet import HardwareMCNN, plan_mcnn, transfer
-from hil.yao2020.hybrid import HybridConfig, accuracy, hybrid_train
+from hil.yao2020.hybrid import HybridConfig, accuracy, holdout_indices, hybrid_train
 from hil.yao2020.mcnn import MCNN, train_mcnn
 from hil.yao2020.report import write_report
 from hil.runstore import RunRecord, RunWriter
@@ -86,15 +87,37 @@ def test_hybrid_training_keeps_its_best_state_on_the_held_out_part(small, tmp_pa
     hw.calibrate_adc(ds.x_train[:32])
     sub = ds.subset(0.3, seed=1)
     codes = hw.features(sub.x_train, 0)
-    cfg = HybridConfig(epochs=2, batch=50, lr_levels=4.0, threshold_levels=0.5, max_pulses=6, holdout=0.3, seed=1)
-    fit, held = cfg.split(len(codes))
-    assert held.size == round(0.3 * len(codes)) and not set(fit) & set(held)
-    hist = hybrid_train(hw, codes, sub.y_train, cfg)
+    cfg = HybridConfig(epochs=2, batch=50, lr_levels=4.0, threshold_levels=0.5, max_pulses=6, seed=1)
+    held = holdout_indices(sub.y_train, 0.3, seed=1)
+    fit = np.setdiff1d(np.arange(len(codes)), held)
+    hist = hybrid_train(hw, codes[fit], sub.y_train[fit], cfg, holdout=(codes[held], sub.y_train[held]))
     start = hist[0]["acc_holdout"]
     assert [r["kept_epoch"] for r in hist] == [0, 0, 0]
-    assert max(r["acc_holdout_trained"] for r in hist[1:]) < start - 0.2    # training alone ends far worse
+    assert max(r["acc_holdout_trained"] for r in hist[1:]) < start - 0.1    # training alone ends far worse
     # the kept state does not: programmed back within tolerance, it scores within 2 digits of the start
     assert all(r["acc_holdout"] >= start - 2 / held.size for r in hist)
+
+
+def test_hybrid_stops_on_digits_ex_situ_training_never_saw(tmp_path, monkeypatch):
+    """The train stage keeps a stratified, seeded 10% of the training digits out (stored in the
+    record); hybrid training runs its subset of the others, then those, through the chip."""
+    ds = load_embedded(seed=5).subset(0.1, seed=5)                 # 400 training digits
+    seen = []
+    with RunWriter.create(tmp_path / "t.h5", "mcnn", {}) as w:
+        monkeypatch.setattr(stages, "train_mcnn", lambda sub, **kw: (seen.append(sub.x_train), train_mcnn(sub, **kw))[1])
+        res = stages.train(None, w, stages.TrainConfig(epochs=1, seed=5), dataset=ds)
+        held = w.content.datasets["training/holdout"][0]
+        x, y, k = stages.hybrid_digits(w.content, stages.HybridStageConfig(), ds)
+    assert np.bincount(ds.y_train[held], minlength=10).tolist() == [
+        round(0.1 * c) for c in np.bincount(ds.y_train, minlength=10)]
+    assert res.train_images == len(seen[0]) == ds.n_train - len(held) == len(x) - k
+    trained = {im.tobytes() for im in seen[0]}
+    assert not trained & {im.tobytes() for im in ds.x_train[held]}
+    np.testing.assert_array_equal(x[-k:], ds.x_train[held])
+    np.testing.assert_array_equal(y[-k:], ds.y_train[held])
+    assert {im.tobytes() for im in x[:-k]} == trained              # the subset: every other digit
+    np.testing.assert_array_equal(held, holdout_indices(ds.y_train, 0.1, 5))
+    assert not np.array_equal(held, holdout_indices(ds.y_train, 0.1, 6))
 
 
 def test_bad_inputs_get_clear_errors(small):

@@ -24,7 +24,7 @@ from hil.progress import CancelToken, Progress, ProgressCallback, ensure
 from hil.runstore import RunWriter
 from hil.yao2020.hwnet import CONV_LAYERS, HardwareMCNN, TransferReport, plan_mcnn
 from hil.yao2020.hwnet import transfer as transfer_weights
-from hil.yao2020.hybrid import HybridConfig, accuracy, hybrid_train
+from hil.yao2020.hybrid import HybridConfig, accuracy, holdout_indices, hybrid_train
 from hil.yao2020.mcnn import MCNN, train_mcnn
 
 KIND = "mcnn"
@@ -52,6 +52,7 @@ class TrainConfig(Config):
     data: DataConfig = param(factory=DataConfig)
     epochs: int = param(12, lo=1, hi=1000)
     fraction: float = param(1.0, lo=0.0, hi=1.0, lo_open=True)   # of the training digits
+    holdout: float = param(0.1, lo=0.0, hi=0.5)   # of the training digits, kept out for hybrid training to stop on
     seed: int = param(0, lo=0, hi=MAX_SEED)
 
 
@@ -200,6 +201,24 @@ def _data(content, cfg: Optional[DataConfig], dataset: Optional[Dataset]) -> Dat
     return _load(cfg.source, cfg.seed, cfg.download)
 
 
+def _held_out(content, ds: Dataset) -> tuple[Dataset, np.ndarray]:
+    """(the training digits ex-situ training drew from, indices of those it held out) by the
+    record's `training/holdout` (none in a record without it)."""
+    held = content.datasets.get("training/holdout")
+    held = np.asarray(held[0], np.int64) if held is not None else np.zeros(0, np.int64)
+    keep = np.setdiff1d(np.arange(ds.n_train), held)
+    return Dataset(ds.x_train[keep], ds.y_train[keep], ds.x_test, ds.y_test, ds.source), held
+
+
+def hybrid_digits(content, cfg: "HybridStageConfig", ds: Dataset) -> tuple[np.ndarray, np.ndarray, int]:
+    """(images, labels, k) hybrid training runs through the chip: its subset of the digits ex-situ
+    training used, then the k digits ex-situ training held out (its stopping set)."""
+    pool, held = _held_out(content, ds)
+    sub = cfg.hybrid.subset(pool)
+    return (np.concatenate([sub.x_train, ds.x_train[held]]), np.concatenate([sub.y_train, ds.y_train[held]]),
+            len(held))
+
+
 def _chip(xbar) -> Optional[dict]:
     return xbar.describe().get("chip") or getattr(xbar, "chip_identity", None)
 
@@ -207,10 +226,13 @@ def _chip(xbar) -> Optional[dict]:
 # ---- train ---------------------------------------------------------------------------------
 def train(xbar: Optional[Crossbar], writer: RunWriter, cfg: TrainConfig, progress: Optional[ProgressCallback] = None,
           cancel: Optional[CancelToken] = None, dataset: Optional[Dataset] = None, on_epoch=None) -> TrainResult:
-    """Ex-situ training (no chip needed); stores the config, model and per-epoch history."""
+    """Ex-situ training (no chip needed) on the training digits but a held-out part (`holdout`,
+    stored as `training/holdout`, for the hybrid stage); stores the config, model and history."""
     ds = _data(None, cfg.data, dataset)
     writer.set_attrs("training", stage_config=cfg.to_dict())
-    sub = ds.subset(cfg.fraction, cfg.seed) if cfg.fraction < 1 else ds
+    writer.put("training/holdout", holdout_indices(ds.y_train, cfg.holdout, cfg.seed))
+    pool = _held_out(writer.content, ds)[0]
+    sub = pool.subset(cfg.fraction, cfg.seed) if cfg.fraction < 1 else pool
 
     def epoch(r: dict) -> None:
         writer.append("training/epochs", **{k: np.array([v]) for k, v in r.items()
@@ -315,16 +337,16 @@ def _measured_train_name(meas: dict, groups: list[int]) -> str:
 def measure(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress: Optional[ProgressCallback] = None,
             cancel: Optional[CancelToken] = None, dataset: Optional[Dataset] = None) -> None:
     """Measure once and store the convolver outputs hybrid training uses: every plan group on the
-    test images (`convolvers/test`), the first selected group on the whole training subset and the
-    others on their dispatched share (`convolvers/train`, `convolvers/train_first`)."""
+    test images (`convolvers/test`), the first selected group on all the training digits of
+    `hybrid_digits` and the others on their dispatched share (`convolvers/train`, `convolvers/train_first`)."""
     cancel, progress = ensure(cancel, progress)
     content = writer.content
     hw = hardware(xbar, content)
     groups = _groups(cfg, hw.plan)
     ds = _data(content, cfg.data, dataset)
-    sub = cfg.hybrid.subset(ds)
+    x_sub, _, held = hybrid_digits(content, cfg, ds)
     xt = ds.x_test[:cfg.test_images] if cfg.test_images else ds.x_test
-    total, done = len(xt) * hw.plan.groups + len(sub.x_train) * (2 if len(groups) > 1 else 1), [0]
+    total, done = len(xt) * hw.plan.groups + len(x_sub) * (2 if len(groups) > 1 else 1), [0]
 
     def part(what: str):
         base = done[0]
@@ -333,18 +355,18 @@ def measure(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress:
     for g in range(hw.plan.groups):
         test.append(hw.features(xt, g, progress=part(f"test images G{g + 1}"), cancel=cancel))
         done[0] += len(xt)
-    which = hw.dispatch(len(sub.x_train), groups)
-    first = hw.features(sub.x_train, groups[0], progress=part(f"training subset G{groups[0] + 1}"), cancel=cancel)
-    done[0] += len(sub.x_train)
+    which = hw.dispatch(len(x_sub), groups)
+    first = hw.features(x_sub, groups[0], progress=part(f"training subset G{groups[0] + 1}"), cancel=cancel)
+    done[0] += len(x_sub)
     train_codes = np.zeros_like(first)
     for g in groups:
         sel = which == g
         train_codes[sel] = first[sel] if g == groups[0] else hw.features(
-            sub.x_train[sel], g, progress=part(f"training subset G{g + 1}"), cancel=cancel)
+            x_sub[sel], g, progress=part(f"training subset G{g + 1}"), cancel=cancel)
         if g != groups[0]:
             done[0] += int(sel.sum())
     writer.set_attrs("convolvers", groups=[g + 1 for g in groups], images=cfg.hybrid.images, fraction=cfg.hybrid.fraction,
-                     seed=cfg.hybrid.seed, test_images=cfg.test_images)
+                     seed=cfg.hybrid.seed, test_images=cfg.test_images, holdout=held)
     writer.put("convolvers/test", np.stack(test))
     if len(groups) > 1:
         writer.put("convolvers/train_first", first)
@@ -364,10 +386,12 @@ def hybrid(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress: 
     plan, model = hw.plan, hw.model
     groups = _groups(cfg, plan)
     ds = _data(content, cfg.data, dataset)
-    sub = cfg.hybrid.subset(ds)
+    _, y_all, k = hybrid_digits(content, cfg, ds)
     yt = ds.y_test[:cfg.test_images] if cfg.test_images else ds.y_test
     test = content.datasets["convolvers/test"][0]
-    codes = content.datasets[_measured_train_name(group_attrs(content, "convolvers"), groups)][0]
+    codes_all = content.datasets[_measured_train_name(group_attrs(content, "convolvers"), groups)][0]
+    n = len(codes_all) - k
+    codes, y_fit, holdout = codes_all[:n], y_all[:n], (codes_all[n:], y_all[n:])
     ckpt = content.datasets.get(f"{cfg.prefix}/checkpoint")
     start = int(ckpt[1]["epoch"]) if ckpt is not None else 0
     par = test[hw.dispatch(len(yt), groups), np.arange(len(yt))]
@@ -385,13 +409,14 @@ def hybrid(xbar: Crossbar, writer: RunWriter, cfg: HybridStageConfig, progress: 
     evals["test"] = (par, yt)
     if len(groups) > 1:
         which = hw.dispatch(len(codes), groups)
-        evals.update({f"train_g{g + 1}": (codes[which == g], sub.y_train[which == g]) for g in groups})
+        evals.update({f"train_g{g + 1}": (codes[which == g], y_fit[which == g]) for g in groups})
     else:
-        evals["train"] = (codes, sub.y_train)
-    hist = hybrid_train(hw, codes, sub.y_train, cfg.hybrid, evals=evals, writer=writer, prefix=cfg.prefix,
+        evals["train"] = (codes, y_fit)
+    hist = hybrid_train(hw, codes, y_fit, cfg.hybrid, holdout=holdout, evals=evals, writer=writer, prefix=cfg.prefix,
                         progress=progress, cancel=cancel, on_epoch=on_epoch)
+    n_evals = {name: len(v[1]) for name, v in evals.items()} | ({"holdout": k} if k else {})
     return HybridResult(hist, groups, float(before["transfer_acc"]), list(before["group_acc_transfer"]), start,
-                        len(codes), len(yt), hw, {k: len(v[1]) for k, v in evals.items()})
+                        len(codes), len(yt), hw, n_evals)
 
 
 def train_accuracy(row: dict, sizes: dict) -> float:
