@@ -240,9 +240,10 @@ class ExperimentsPanel(QWidget):
 
         def job(ctx):
             with run_record(out, kind, station=snapshot) as writer:
-                if target.kind == "programming":
+                if target.kind == "programming":     # the record carries the programming, as `hil experiment`
                     carry_programming(writer, read_content(target.record))
-                writer.set_attrs("experiment", targets_record=str(target.record), targets_of=target.kind)
+                else:                                # re-targeted: name the record holding the targets
+                    writer.set_attrs("experiment", targets_record=str(target.record), targets_of=target.kind)
                 return experiments.experiment(xbar, writer, cfg, plan, progress=ctx.progress, cancel=ctx.cancel,
                                               on_snapshot=lambda k, label, g: ctx.partial((k, g.copy())))
 
