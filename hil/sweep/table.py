@@ -13,7 +13,7 @@ Layout of a sweep folder:
 - `cache/`: work shared by points (e.g. a software-trained model per training seed);
 - `records/`: the points' run records (with --keep-records); `plots/`: `hil sweep plot`.
 
-The table is standard parquet written by fastparquet (a few MB, where pyarrow is 170): it opens with
+The table is standard parquet written by fastparquet (18 MB installed, pyarrow 170 MB): it opens with
 `pandas.read_parquet(DIR/results.parquet)` (pyarrow or fastparquet), `pyarrow.parquet.read_table`, etc."""
 from __future__ import annotations
 
