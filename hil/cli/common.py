@@ -137,6 +137,11 @@ def check_same_chip(run: Path, station: dict, xbar) -> None:
                        f"{run.name}.chip.npz is missing or replaced, so resuming would program another chip")
 
 
+def bundled_station(name: str) -> Path:
+    """A station file shipped with memristor-hil (the repository's `stations/`, installed beside `hil`)."""
+    return Path(__file__).resolve().parents[2] / "stations" / name
+
+
 def chip_state_path(out: Path, station: str) -> Optional[Path]:
     """A simulated chip lives beside its run record, as a physical chip lives at the station."""
     return out.with_name(out.name + ".chip.npz") if station == "sim" or station.endswith(".toml") else None

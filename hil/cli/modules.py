@@ -36,7 +36,7 @@ def _settings(args) -> dict:
 
 def _new_out(out: Path, what: str) -> None:
     if out.exists() or journal_path(out).exists():
-        raise HilError(f"{out} already exists; choose another --out" + (f" or continue it with --resume" if what
+        raise HilError(f"{out} already exists; choose another --out" + (" or continue it with --resume" if what
                                                                           == "sequence" else ""))
 
 

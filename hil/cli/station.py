@@ -10,16 +10,15 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Optional
 
 from hil import options as opt
-from hil.cli.common import jsonable
+from hil.cli.common import bundled_station, jsonable
 from hil.errors import HilError
 from hil.ops.station_check import station_check
 from hil.registry import resolve
 
-DEFAULT_SIM_STATION = Path(__file__).resolve().parents[2] / "stations" / "sim-instruments.toml"
+DEFAULT_SIM_STATION = bundled_station("sim-instruments.toml")
 
 
 def format_check(res: dict) -> str:

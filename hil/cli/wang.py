@@ -11,12 +11,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from hil import options as opt
-from hil.cli.common import cancel_on_sigint, chip_state_path, emit, open_from_args, progress_bar
+from hil.cli.common import bundled_station, cancel_on_sigint, chip_state_path, emit, open_from_args, progress_bar
 from hil.errors import DataError, HilError
 from hil.runstore import read_content
 from hil.runstore.lifecycle import run_record, station_snapshot
 
-DEFAULT_STATION = Path(__file__).resolve().parents[2] / "stations" / "sim-wang.toml"
+DEFAULT_STATION = bundled_station("sim-wang.toml")
 NETS = ("cnn", "convlstm")
 
 

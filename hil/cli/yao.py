@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from hil import options as opt
-from hil.cli.common import (add_station_options, cancel_on_sigint, chip_state_path, emit, open_from_args,
+from hil.cli.common import (add_station_options, bundled_station, cancel_on_sigint, chip_state_path, emit, open_from_args,
                             progress_bar, show_progress)
 from hil.errors import DataError, HilError
 from hil.stats import parse_seeds
@@ -74,7 +74,7 @@ def _snapshot(args, xbar) -> dict:
 
 # ---- hil demo -----------------------------------------------------------------------------
 PAPERS = ("yao2020", "wang2019", "all")
-WANG_STATION = Path(__file__).resolve().parents[2] / "stations" / "sim-wang.toml"
+WANG_STATION = bundled_station("sim-wang.toml")
 YAO_KEYS = ("software_acc", "software_float_acc", "transfer_acc", "hybrid_acc", "group_acc_transfer",
             "group_acc_hybrid", "parallel_acc", "conv_throughput_ratio", "gops_per_w", "seconds", "after")
 WANG_KEYS = ("wang_cnn_acc", "wang_cnn_software_acc", "wang_cnn_exsitu_acc", "wang_cnn_updates", "wang_cnn_pulses",
