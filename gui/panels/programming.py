@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -16,12 +17,13 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
                                QProgressBar, QPushButton, QRadioButton, QSpinBox, QTableWidget,
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
-from hil.errors import ConfigError, DataError
-from hil.ops.jobs import (CELLS, ProgramConfig, ProgramPlan, plan_for, plan_from_content, program,
+from hil.errors import ConfigError
+from hil.limits import Op, SafetyLimits
+from hil.ops.jobs import (CELLS, ProgramConfig, ProgramPlan, plan_for, plan_from_content, program_job,
                           stored_program_config)
 from hil.programming import ProgramReport, WriteVerifyPolicy
-from hil.runstore import lifecycle, read_content
-from hil.runstore.lifecycle import run_record
+from hil.runstore import lifecycle
+from hil.runstore.lifecycle import resumable_content, run_record
 
 from .. import theme
 from ..history import RunHistory
@@ -31,6 +33,31 @@ from ..widgets import muted, plot_widget
 log = logging.getLogger(__name__)
 US_PER_S = 1e6
 PATTERNS = ("levels32", "checker", "random")
+#: policy levels a station's limits cap: (operation, which limit, the policy fields it bounds)
+POLICY_CAPS = ((Op.SET, "max_v", ("set_v_bl",)), (Op.SET, "max_v_gate", ("set_gate_start", "set_gate_max")),
+               (Op.RESET, "max_v", ("reset_v_sl_start", "reset_v_sl_max")), (Op.RESET, "max_v_gate", ("reset_gate",)),
+               (Op.FORM, "max_v", ("form_v_start", "form_v_max")), (Op.FORM, "max_v_gate", ("form_gate",)))
+
+
+def policy_within(limits: SafetyLimits, max_pulses: int = WriteVerifyPolicy.max_pulses
+                  ) -> tuple[WriteVerifyPolicy, list[str]]:
+    """The default write-verify policy with every ramp and level capped at the station's `limits`
+    (a ramp's start too, so it never exceeds its top), and one note per default that was lowered."""
+    base = WriteVerifyPolicy(max_pulses=max_pulses)
+    caps, notes = {}, []
+    for op, which, names in POLICY_CAPS:
+        bound = getattr(limits[op], which)
+        for name in names:
+            value = getattr(base, name)
+            if value > bound:
+                caps[name] = bound
+                notes.append(f"{name} {value:g} V → {bound:g} V (limits.{op.value}.{which})")
+    width = min(max(base.width_s, *(limits[op].min_width_s for op in (Op.SET, Op.RESET, Op.FORM))),
+                *(limits[op].max_width_s for op in (Op.SET, Op.RESET, Op.FORM)))
+    if width != base.width_s:
+        caps["width_s"] = width
+        notes.append(f"width_s {base.width_s:g} s → {width:g} s (the SET, RESET and FORM width limits)")
+    return replace(base, **caps), notes
 
 
 def unique_path(folder: Path, stem: str) -> Path:
@@ -256,12 +283,7 @@ class ProgrammingPanel(QWidget):
             return False
         try:
             path = Path(path)
-            content = read_content(path)
-            root = content.attrs.get("/", {})
-            if root.get("kind") != "programming":
-                raise DataError(f"{path.name} is a {root.get('kind')} run, not a programming run")
-            if root.get("status") == "complete":
-                raise DataError(f"{path.name} is complete; there is nothing to resume")
+            content = resumable_content(path, "programming", "programming run")
             cfg = stored_program_config(content, where=path.name)
             plan = plan_from_content(content, where=path.name)
             if plan.flat.size and plan.flat.max() >= self.s.geometry.n_cells:

@@ -47,7 +47,8 @@ from hil.modules.plugins import get_module
 from hil.modules.stability import DAY, MAX_DRIFT_DAYS, format_duration, wait_real
 from hil.ops.jobs import ProgramConfig, ProgramPlan, plan_for, program_job
 from hil.progress import Bars, CancelToken, Progress, no_bars
-from hil.runstore import RunContent, RunWriter, read_content
+from hil.runstore import RunContent, RunWriter
+from hil.runstore.lifecycle import resumable_content
 from hil.schema import load_toml
 
 GROUP = "sequence"
@@ -214,12 +215,7 @@ def stored_sequence(path) -> tuple[dict, set]:
     running, and the indices of its steps done; DataError (one line) when there is nothing to
     resume. Pass the first to `load_sequence`, then resume the record (`run_record(...,
     resume=True)`) and `run_sequence` runs the rest."""
-    content = read_content(path)
-    root = content.attrs.get("/", {})
-    if root.get("kind") != "sequence":
-        raise DataError(f"{path} is a {root.get('kind')!r} record, not a sequence record")
-    if root.get("status") == "complete":
-        raise DataError(f"{path} is complete: nothing to resume")
+    content = resumable_content(path, "sequence", "sequence record")
     source = content.attrs.get(f"/{GROUP}", {}).get("source")
     if not isinstance(source, dict):
         raise DataError(f"{path} holds no sequence (it was cut off before its first step)")

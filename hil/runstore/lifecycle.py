@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional
 
 from hil import __version__
-from hil.errors import Cancelled
+from hil.errors import Cancelled, DataError
 from hil.runstore.hdf5 import write_hdf5
 from hil.runstore.writer import RunWriter
 
@@ -77,6 +77,20 @@ class HeldRecord:
             self._stack.close()
         else:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def resumable_content(path, kind: str, what: str):
+    """The content (read only) of the cut-off record at `path`, made by `what` as a `kind` run;
+    DataError (one line) when it is another kind or complete: nothing to resume."""
+    from hil.runstore import read_content
+    name = getattr(path, "name", path)
+    content = read_content(path)
+    root = content.attrs.get("/", {})
+    if root.get("kind") != kind:
+        raise DataError(f"{name} is a {root.get('kind')!r} record, not a {what}")
+    if root.get("status") == "complete":
+        raise DataError(f"{name} is complete: nothing to resume")
+    return content
 
 
 def end(writer: RunWriter, status: str, **info) -> None:
