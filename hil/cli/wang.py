@@ -12,9 +12,8 @@ from pathlib import Path
 
 from hil import options as opt
 from hil.cli.common import bundled_station, cancel_on_sigint, chip_state_path, emit, open_from_args, progress_bar
-from hil.errors import DataError, HilError
-from hil.runstore import read_content
-from hil.runstore.lifecycle import run_record, station_snapshot
+from hil.errors import HilError
+from hil.runstore.lifecycle import resumable_content, run_record, station_snapshot
 
 DEFAULT_STATION = bundled_station("sim-wang.toml")
 NETS = ("cnn", "convlstm")
@@ -31,14 +30,8 @@ def _snapshot(args, xbar) -> dict:
 def _record(args):
     """The content of `--run` (a Wang record that is not finished), read without writing."""
     from hil.wang2019.stages import KIND
-    path = Path(args.run)
-    content = read_content(path)
-    root = content.attrs.get("/", {})
-    if root.get("kind") != KIND:
-        raise DataError(f"{path} is a {root.get('kind')} run, not a Wang 2019 run made by `hil wang yield`")
-    if root.get("status") == "complete":
-        raise DataError(f"{path} is finished (status complete); start a new one with `hil wang yield --out NEW.h5`")
-    return content
+    return resumable_content(Path(args.run), KIND, "Wang 2019 run made by `hil wang yield`",
+                             "start a new one with `hil wang yield --out NEW.h5`")
 
 
 def _stage(args, check, stage, cfg, done: str, desc: str, unit: str):

@@ -17,7 +17,7 @@ from hil.stats import parse_seeds
 from hil.yao2020.hybrid import HybridConfig
 from hil.progress import Progress
 from hil.runstore import RunRecord, read_content
-from hil.runstore.lifecycle import run_record, station_snapshot
+from hil.runstore.lifecycle import resumable_content, run_record, station_snapshot
 
 KIND = "mcnn"
 
@@ -270,14 +270,7 @@ def _stage_content(args):
     path = Path(args.run)
     if not path.exists() and not path.with_name(path.name + ".journal").exists():
         raise DataError(f"{path} does not exist; create it with `hil train --out {path}`")
-    content = read_content(path)
-    root = content.attrs.get("/", {})
-    if root.get("kind") != KIND:
-        raise DataError(f"{path} is a {root.get('kind')} run, not an mCNN run made by `hil train`")
-    if root.get("status") == "complete":
-        raise DataError(f"{path} is a finished {KIND} run (status complete) and is kept as it is; "
-                        f"start a new one with `hil train --out NEW.h5`")
-    return content
+    return resumable_content(path, KIND, "mCNN run made by `hil train`", "start a new one with `hil train --out NEW.h5`")
 
 
 def _stage_run(args, check, stage, cfg, done: str, desc: str, unit: str):

@@ -79,9 +79,10 @@ class HeldRecord:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
 
-def resumable_content(path, kind: str, what: str):
-    """The content (read only) of the cut-off record at `path`, made by `what` as a `kind` run;
-    DataError (one line) when it is another kind or complete: nothing to resume."""
+def resumable_content(path, kind: str, what: str, new_hint: str = ""):
+    """The content (read only) of the cut-off record at `path`, a `kind` record (`what` names it
+    for the message); DataError (one line) when it is another kind or complete: nothing to resume
+    (`new_hint` says how to start a new one)."""
     from hil.runstore import read_content
     name = getattr(path, "name", path)
     content = read_content(path)
@@ -89,7 +90,7 @@ def resumable_content(path, kind: str, what: str):
     if root.get("kind") != kind:
         raise DataError(f"{name} is a {root.get('kind')!r} record, not a {what}")
     if root.get("status") == "complete":
-        raise DataError(f"{name} is complete: nothing to resume")
+        raise DataError(f"{name} is complete: nothing to resume" + (f"; {new_hint}" if new_hint else ""))
     return content
 
 
