@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
-from hil.runstore import RunRecord
+from hil.runstore import RunRecord, read_content
 from hil.wang2019 import insitu
 from hil.wang2019.yield_scan import YieldMap
 
@@ -206,3 +206,30 @@ def test_too_few_good_lines_refuse_start_with_the_reason(make_window, qtbot, err
         assert not p.start_btn.isEnabled() and "does not fit the good lines of PE 0 (0 rows, 0 columns)" in why
         assert "\n" not in why and p.start_why.isVisibleTo(p) and p.start_why.text() == why
     assert not p.start() and errors[-1][1] == why
+
+
+def test_screenshot_session_on_the_wang_station_trains_in_situ(qapp, tmp_path, settings, errors, monkeypatch):
+    """`hil gui --screenshot DIR --station stations/sim-wang.toml`: the scripted programming runs with
+    the write-verify defaults capped at the file's 2 V RESET limit (and says so), and the In-situ tab
+    holds a finished short training when the panels are rendered."""
+    from gui.app import screenshot_session
+    from gui.mainwindow import MainWindow
+
+    seen = {}
+    save = MainWindow.save_screenshots
+
+    def spy(self, folder):
+        p, prog = self.panels["insitu"], self.panels["programming"]
+        seen.update(status=p.status.text(), rows=len(p.rows), out=p.out, note=prog.policy_note.text(),
+                    note_shown=not prog.policy_note.isHidden(),
+                    policy=read_content(prog.out).attrs["/programming"]["policy"])
+        return save(self, folder)
+
+    monkeypatch.setattr(MainWindow, "save_screenshots", spy)
+    assert screenshot_session(tmp_path / "shots", station=str(STATION), settings=settings, size=(1280, 800)) == 0
+    assert errors == []
+    assert seen["status"].startswith("finished 20 batches") and seen["rows"] == 20
+    assert read_content(seen["out"]).attrs["/"]["status"] == "trained"
+    assert seen["note_shown"] and "reset_v_sl_max 2.2 V → 2 V (limits.RESET.max_v)" in seen["note"]
+    assert seen["policy"]["reset_v_sl_max"] == 2.0 and seen["policy"]["set_gate_max"] == 2.2
+    assert (tmp_path / "shots" / "11-insitu.png").stat().st_size > 10_000

@@ -163,6 +163,8 @@ class ProgrammingPanel(QWidget):
         for i, (name, w) in enumerate(rows):
             o.addWidget(QLabel(name), i // 2, 2 * (i % 2), alignment=Qt.AlignRight)
             o.addWidget(w, i // 2, 2 * (i % 2) + 1)
+        self.policy_note = muted("")
+        o.addWidget(self.policy_note, len(rows) // 2 + 1, 0, 1, 4)
 
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
@@ -230,6 +232,10 @@ class ProgrammingPanel(QWidget):
             radio.setChecked(True)
 
     def _enable(self) -> None:
+        notes = policy_within(self.s.xbar.limits)[1] if self.s.connected else []
+        self.policy_note.setText("Write-verify defaults capped at this station's limits: " + "; ".join(notes)
+                                 if notes else "")
+        self.policy_note.setVisible(bool(notes))
         ok = self.s.connected and not self.s.busy
         self.start_btn.setEnabled(ok)
         self.resume_btn.setEnabled(ok)
@@ -261,12 +267,13 @@ class ProgrammingPanel(QWidget):
         try:
             cfg = self.config()
             plan = plan_for(cfg, self.s.geometry)
-            cfg.policy().validate(self.s.xbar.limits)
+            policy = policy_within(self.s.xbar.limits, cfg.max_pulses)[0]
+            policy.validate(self.s.xbar.limits)
             out = unique_path(Path(self.folder.text().strip() or "runs"), "program")
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        return self._run(cfg, plan, out, resume=False)
+        return self._run(cfg, plan, policy, out, resume=False)
 
     def _pick_resume(self) -> None:
         start = str(self.out) if self.out is not None else (self.folder.text() or "runs")
@@ -288,13 +295,15 @@ class ProgrammingPanel(QWidget):
             plan = plan_from_content(content, where=path.name)
             if plan.flat.size and plan.flat.max() >= self.s.geometry.n_cells:
                 raise ConfigError(f"{path.name} addresses cells this station does not have")
-            cfg.policy().validate(self.s.xbar.limits)
+            policy = policy_within(self.s.xbar.limits, cfg.max_pulses)[0]
+            policy.validate(self.s.xbar.limits)
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        return self._run(cfg, plan, path, resume=True)
+        return self._run(cfg, plan, policy, path, resume=True)
 
-    def _run(self, cfg: ProgramConfig, plan: ProgramPlan, out: Path, *, resume: bool) -> bool:
+    def _run(self, cfg: ProgramConfig, plan: ProgramPlan, policy: WriteVerifyPolicy, out: Path, *,
+             resume: bool) -> bool:
         xbar, snapshot = self.s.xbar, station_snapshot(self.s)
 
         self._writer = None
@@ -309,8 +318,11 @@ class ProgrammingPanel(QWidget):
                         t = writer.content.tables.get(CELLS)
                         if t:
                             ctx.partial((t["cell"].copy(), t["final_g_s"].copy(), t["pulses"].copy()))
-                report = program(xbar, writer, cfg, plan=None if resume else plan, resume=resume,
-                                 progress=progress, cancel=ctx.cancel)
+                report = program_job(xbar, writer, plan, policy, resume=resume, progress=progress,
+                                     cancel=ctx.cancel, config=cfg)
+                summary = report.summary()          # the root summary `hil.ops.jobs.program` writes
+                summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
+                writer.set_attrs("/", summary=summary)
                 after = writer.content.datasets["snapshots/after_programming"][0]
             return report, after, RunHistory(out, writer.content)
 
