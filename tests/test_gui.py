@@ -7,10 +7,12 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import threading
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
 
+from hil.cli import main as hil_main
 from hil.errors import BackendError, ConfigError, SafetyViolation
 from hil.geometry import Cells, Geometry
 from hil.limits import Op
@@ -284,7 +286,11 @@ def test_abort_with_escape_stops_programming_quickly(win, qtbot, monkeypatch, er
     with RunRecord.open(p.out) as rec:
         assert rec.status == "stopped"
         done = rec.table_rows("programming/cells") if "programming/cells" in rec.tables() else 0
-    assert done < 2 * SMALL.rows * SMALL.cols
+        pulses = rec.table_rows("programming/pulses")
+    assert done < 2 * SMALL.rows * SMALL.cols and pulses > 0
+    # the stopped record was written without gzip (the job ends sooner) and reads like any other
+    assert _compression(p.out, "programming/pulses/cell") is None
+    assert hil_main(["runs", "show", str(p.out)]) == 0
     assert "aborted" in p.message.text() and "--resume" in p.message.text()
     # the Summary holds the cells finished before the abort
     assert p.summary.item(0, 1).text() == f"{done:,} finished of {2 * SMALL.rows * SMALL.cols} (aborted)"
@@ -306,10 +312,17 @@ def test_abort_with_escape_stops_programming_quickly(win, qtbot, monkeypatch, er
         assert rec.status == "complete"
         cells = rec.table("programming/cells")["cell"]
         assert any(m["event"] == "resumed" for m in rec.marks)
+        assert rec.table_rows("programming/pulses") > pulses
+    assert _compression(first, "programming/pulses/cell") == "gzip"
     assert np.unique(cells).size == cells.size == 2 * SMALL.rows * SMALL.cols     # each cell once
     assert p.report.summary()["in_band_fraction"] > 0.95
     assert not p.resume(first)                                  # complete: refused with a reason
     assert "nothing to resume" in errors[-1][1]
+
+
+def _compression(path, dataset: str):
+    with h5py.File(path, "r") as f:
+        return f[dataset].compression
 
 
 def _press_escape(qtbot, w) -> bool:

@@ -9,7 +9,9 @@ Layout (schema_version 1):
 * ``/station``: group whose attr ``json`` is the station snapshot as JSON text.
 * Each table ``T`` (names may contain "/", e.g. ``programming/pulses``): a group with
   attrs ``kind="table"``, ``rows=N``, ``columns`` (JSON list, column order) and one
-  chunked, gzip-1 compressed 1-D dataset per column.
+  chunked, gzip-1 compressed 1-D dataset per column (uncompressed in a record that ended
+  stopped, failed or interrupted: it keeps its journal and is rewritten when resumed or
+  recovered, and an abort ends without waiting for gzip).
 * Each put dataset at its name (e.g. ``snapshots/after_programming``) with its attrs.
 * Group attrs from ``set_attrs``: bool/int/float/str values are stored natively, any
   other value as JSON text whose key is listed in the attr ``_json_keys`` (JSON list).
@@ -50,6 +52,8 @@ ROOT_RESERVED = ("format", "schema_version", "software_version", "kind", "status
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 #: rows per HDF5 chunk of a table column (at most 512 KiB of 8-byte values: within the chunk cache)
 TABLE_CHUNK_ROWS = 1 << 16
+#: statuses written without compression: records cut off by an abort, an error or a kill
+UNCOMPRESSED_STATUSES = ("stopped", "failed", "interrupted")
 
 
 def utc_now() -> str:
@@ -160,12 +164,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_table(g: h5py.Group, content: RunContent, name: str, schema: dict) -> None:
-    """One chunked, compressed, checksummed dataset per column, filled piece by piece (memory:
-    one piece of the table at a time)."""
+def _write_table(g: h5py.Group, content: RunContent, name: str, schema: dict, compress: bool) -> None:
+    """One chunked, checksummed (and with `compress` gzip-1 compressed) dataset per column, filled
+    piece by piece (memory: one piece of the table at a time)."""
     rows = content.table_rows(name)
     cols = {c: g.create_dataset(c, shape=(rows,), dtype=dt, chunks=(min(rows, TABLE_CHUNK_ROWS),),
-                                fletcher32=True, compression="gzip", compression_opts=1)
+                                fletcher32=True, compression="gzip" if compress else None,
+                                compression_opts=1 if compress else None)
             for c, dt in schema.items()}
     at = 0
     for piece in content.iter_table(name):
@@ -179,15 +184,16 @@ def _write_table(g: h5py.Group, content: RunContent, name: str, schema: dict) ->
 
 
 def _fill(f: h5py.File, content: RunContent, status: str) -> None:
+    compress = status not in UNCOMPRESSED_STATUSES
     for group, attrs in sorted(content.attrs.items()):
         if group != "/":
             _store_attrs(f.require_group(group.lstrip("/")), attrs)
     st = f.require_group("station")
     _store_str(st, "json", json.dumps(content.station))
     for name, schema in content._schema.items():
-        _write_table(f.require_group(name), content, name, schema)
+        _write_table(f.require_group(name), content, name, schema, compress)
     for name, (arr, attrs) in content.datasets.items():
-        ds = _create(f, name, arr, compress=True)
+        ds = _create(f, name, arr, compress=compress)
         _store_attrs(ds, attrs)
     root = dict(content.attrs.get("/", {}))
     root.update(format=FORMAT, schema_version=SCHEMA_VERSION, status=status,
