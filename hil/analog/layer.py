@@ -27,8 +27,22 @@ from hil.analog.mapping import AllocationPlan, Tile, tile_cells
 from hil.ops.vmm import bit_planes
 from hil.progress import CancelToken
 
-VMM_CHUNK = 65536             # input vectors per vmm call (bounds memory)
+# Input vectors per vmm call: bounds memory, and keeps every per-call array a few MB so the
+# allocator reuses it instead of page-faulting it in afresh (65536: ~10x the page faults and
+# 10-14% more CPU for mCNN inference; 4096: per-call overhead; 8192-16384 best, by measurement).
+VMM_CHUNK = 16384
 ENCODINGS = ("bit_serial", "amplitude")
+
+
+def _column_selector(idx: np.ndarray):
+    """`idx` as a slice when it is an increasing arithmetic progression (a view: no gather),
+    else the index array itself; selects the same columns either way."""
+    idx = np.asarray(idx)
+    if idx.size and idx[0] >= 0:
+        step = int(idx[1] - idx[0]) if idx.size > 1 else 1
+        if step > 0 and np.array_equal(idx, np.arange(idx[0], idx[-1] + 1, step)):
+            return slice(int(idx[0]), int(idx[-1]) + 1, step)
+    return idx
 
 
 @dataclass
@@ -98,13 +112,16 @@ class MappedLayer:
         read = self.xbar.vmm_amplitude if amplitude else self.xbar.vmm
         for t in self.tiles:
             xt = x[:, t.in0:t.in0 + t.n_in]
+            pos, neg = _column_selector(t.pos_cols), _column_selector(t.neg_cols)
             for s in range(0, x.shape[0], VMM_CHUNK):
                 chunk = xt[s:s + VMM_CHUNK]
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 r = read(t.pe, chunk, t.rows, t.cols, adc_full_scale_a=self.adc_full_scale_a)
                 c = r.currents
-                out[s:s + len(chunk), t.out0:t.out0 + t.n_out] += (c[:, t.pos_cols] - c[:, t.neg_cols]) * scale
+                d = np.subtract(c[:, pos], c[:, neg])
+                d *= scale
+                out[s:s + len(chunk), t.out0:t.out0 + t.n_out] += d
                 self.saturation.saturated += int(r.saturated.sum())
                 self.saturation.total += r.saturated.size
                 if self.ledger is not None and not amplitude:
