@@ -61,6 +61,28 @@ def test_forward_without_noise_is_the_ideal_sum_within_adc_quantization(quiet_la
     np.testing.assert_array_equal(twin, x @ levels)
 
 
+def test_forward_without_noise_does_not_depend_on_vmm_chunking_or_column_selection(quiet_layer, monkeypatch):
+    import hil.analog.layer as layer_mod
+    layer = quiet_layer[0]
+    x = np.random.default_rng(3).integers(0, 256, (40, 200))
+    y = layer.forward(x)                                           # one vmm call per tile, pair columns as slices
+    monkeypatch.setattr(layer_mod, "VMM_CHUNK", 7)                 # 6 calls per tile
+    monkeypatch.setattr(layer_mod, "_column_selector", lambda idx: np.asarray(idx))   # gathers
+    np.testing.assert_array_equal(layer.forward(x), y)
+    assert np.abs(y).max() > 0
+
+
+def test_column_selector_turns_progressions_into_slices():
+    from hil.analog.layer import _column_selector
+    cols = np.arange(10.0)[None, :]
+    for idx in ([0, 2, 4, 6], [1, 3, 5], [4], [2, 3, 4]):
+        sel = _column_selector(np.array(idx))
+        assert isinstance(sel, slice)
+        np.testing.assert_array_equal(cols[:, sel], cols[:, idx])
+    for idx in ([0, 3, 4], [5, 3, 1], []):
+        assert isinstance(_column_selector(np.array(idx, int)), np.ndarray)
+
+
 def test_amplitude_forward_without_noise_is_the_ideal_sum_within_adc_quantization(quiet_layer):
     layer, _, _ = quiet_layer
     amp = MappedLayer(layer.xbar, "d", SHARED, layer.tiles, ENC.step_s, ledger=VmmLedger(), encoding="amplitude")
