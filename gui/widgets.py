@@ -1,6 +1,7 @@
 """Small reusable widgets: limit-checked number fields, operation groups and plot helpers."""
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import pyqtgraph as pg
@@ -8,7 +9,17 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QDoubleSpinBox, QFormLayout, QFrame, QGroupBox, QLabel, QPushButton,
                                QScrollArea, QVBoxLayout, QWidget)
 
+from hil.report.accuracy import fmt, interval
+
 from . import theme
+
+
+def accuracy_text(acc: Optional[float], n: int) -> str:
+    """An accuracy (fraction) measured on `n` images with its Wilson 95% interval,
+    '96.40% [94.4, 97.7]'; '—' when there is none."""
+    if acc is None or not math.isfinite(acc) or not n:
+        return "—"
+    return fmt(interval(acc, n))
 
 
 class LimitField(QDoubleSpinBox):

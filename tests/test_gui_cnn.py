@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 
 import hil.yao2020.hybrid
 from hil.runstore import RunRecord
+from hil.stats import wilson
 
 from gui.panels.network import FC_COLOR, GAP, tag_color
 
@@ -61,8 +62,8 @@ def test_network_train_plan_and_transfer(win, qtbot, errors):
     train(qtbot, win)
     cnn = net.cnn
     assert cnn.model is not None and cnn.dataset.n_train == 4000
-    assert "trained on 200 digits" in net.model_label.text()
-    assert f"{100 * cnn.software_acc:.2f} %" in net.model_label.text()
+    assert "trained on 180 digits" in net.model_label.text()     # 5% of 4,000, 10% of it held out
+    assert f"{wilson_text(cnn.software_acc, 1000)} on 1,000 test digits" in net.model_label.text()
     x, y = net.curve_test.getData()
     assert list(x) == [1] and y[0] == pytest.approx(100 * cnn.train_history[0]["test_acc_quant"])
 
@@ -173,6 +174,12 @@ def test_convolver_shows_hardware_software_and_difference_per_group(win, qtbot, 
 
 
 # ---- 7 hybrid training -----------------------------------------------------------------------
+def wilson_text(acc: float, n: int) -> str:
+    """How the GUI shows an accuracy measured on `n` images: value and Wilson 95% interval."""
+    iv = wilson(round(acc * n), n)
+    return f"{100 * acc:.2f}% [{100 * iv.lo:.1f}, {100 * iv.hi:.1f}]"
+
+
 def setup_hybrid(win, qtbot, epochs, groups):
     train(qtbot, win)
     transfer(qtbot, win, groups)
@@ -205,13 +212,17 @@ def test_hybrid_training_live_curves_bars_and_paper_table(win, qtbot, errors):
     after = hyb.bars_after.opts["height"]
     np.testing.assert_allclose(before, [100 * h[0]["acc_g1"], 100 * h[0]["acc_g2"]])
     np.testing.assert_allclose(after, [100 * h[-1]["acc_g1"], 100 * h[-1]["acc_g2"]])
-    rows = {hyb.table.item(i, 0).text(): (hyb.table.item(i, 1).text(), hyb.table.item(i, 2).text())
+    # every accuracy in the table: its Wilson 95% interval and the number of test images
+    rows = {hyb.table.item(i, 0).text(): tuple(hyb.table.item(i, j).text() for j in (1, 2, 3))
             for i in range(hyb.table.rowCount())}
-    assert rows["after transfer, parallel"][0] == f"{100 * h[0]['acc_test']:.2f} %"
-    assert rows["after hybrid (2 ep.), parallel"] == (f"{100 * h[-1]['acc_test']:.2f} %", "95.83 %")
-    assert rows["software (quantized)"][1] == "97.99 %"
-    assert rows["G2 test: transfer → hybrid"][1] == "train 93.57 % → 95.78 %"
+    assert rows["transfer, parallel"][:2] == (wilson_text(h[0]["acc_test"], 50), "50")
+    assert rows["hybrid (2 ep.), parallel"] == (wilson_text(h[-1]["acc_test"], 50), "50", "95.83 %")
+    assert rows["software (quantized)"] == (wilson_text(win.panels["network"].cnn.software_acc, 1000), "1,000",
+                                            "97.99 %")
+    assert rows["G2 transfer"] == (wilson_text(h[0]["acc_g2"], 50), "50", "train 93.57 %")
+    assert rows["G2 hybrid"] == (wilson_text(h[-1]["acc_g2"], 50), "50", "train 95.78 %")
     assert "finished 2 epoch(s)" in hyb.phase.text()
+    assert f"test {wilson_text(h[-1]['acc_test'], 50)} on 50 images" in hyb.phase.text()
     assert hyb.message.text() == f"record {hyb.out}"
     assert hyb.out == win.panels["network"].out                 # continues the transfer's record
     with RunRecord.open(hyb.out) as rec:

@@ -19,6 +19,7 @@ from hil.wang2019 import insitu
 from hil.wang2019.yield_scan import YieldMap
 
 from gui.panels.insitu import CKPT_G, CKPT_VG, yield_image
+from test_gui_cnn import wilson_text
 
 STATION = Path(__file__).resolve().parents[1] / "stations" / "sim-wang.toml"
 
@@ -99,6 +100,7 @@ def test_cnn_batches_update_curves_map_and_histogram(win, qtbot, errors):
     assert list(x) == [1, 2, 3] and np.allclose(y, 100 * t["test_acc"])
     assert n_points(p.acc_curves[1]) == n_points(p.acc_curves[2]) == 0
     assert "batch 3" in p.g_title.text() and "finished 3 batches" in p.status.text()
+    assert f"test {wilson_text(t['test_acc'][-1], 100)} on 100 samples" in p.status.text()
     assert f"{int(t['pulses_total'][-1]):,} pulses" in p.status.text()
     # the map shows the last checkpoint at the placed cells and the yield scan's read elsewhere
     with RunRecord.open(p.out) as rec:

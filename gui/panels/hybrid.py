@@ -25,7 +25,7 @@ from hil.yao2020.stages import train_accuracy
 
 from .. import theme
 from ..session import Session, describe_error
-from ..widgets import muted, plot_widget
+from ..widgets import accuracy_text, muted, plot_widget
 from .network import _table, cnn_state, fill_table, int_ticks
 from .programming import _fmt_s, station_snapshot, unique_path
 
@@ -104,10 +104,10 @@ class HybridPanel(QWidget):
         rl.addWidget(self.bar)
         rl.addWidget(self.phase)
         rl.addWidget(self.message)
-        self.table = _table(3, ["", "this run", "Yao 2020"], 7)
+        self.table = _table(4, ["", "test accuracy\n[95% Wilson]", "test\nimages", "Yao 2020"], 10)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeToContents)
+        for col in (1, 2, 3):
+            self.table.horizontalHeader().setSectionResizeMode(col, QHeaderView.ResizeToContents)
         tg = QGroupBox("Result beside the paper")
         QVBoxLayout(tg).addWidget(self.table)
 
@@ -148,6 +148,7 @@ class HybridPanel(QWidget):
 
         self.history: list[dict] = []
         self.software_acc: Optional[float] = None
+        self.n_software = 0                  # test digits the software accuracy is measured on
         self.groups_used: list[int] = []
         self.train_sizes: dict = {}          # group (1-based) -> training digits it measured
         self.n_groups = 0
@@ -233,7 +234,7 @@ class HybridPanel(QWidget):
 
         self.history, self.groups_used, self.n_groups = [], groups, plan.groups
         self.n_test = cfg.test_images
-        self.software_acc = c.software_acc
+        self.software_acc, self.n_software = c.software_acc, ds.n_test
         self.out = out
         self._t0 = time.monotonic()
         self.bar.setValue(0)
@@ -313,18 +314,21 @@ class HybridPanel(QWidget):
         single = len(self.groups_used) == 1
         where = f"G{self.groups_used[0] + 1}" if single else "parallel"
         n = len(h) - 1
-        rows = [("software (quantized)", _pct(self.software_acc), _pct(PAPER["software_acc"])),
-                (f"after transfer, {where}", _pct(h[0]["acc_test"]),
+        nt, ns = f"{self.n_test:,}", f"{self.n_software:,}"
+        rows = [("software (quantized)", accuracy_text(self.software_acc, self.n_software), ns,
+                 _pct(PAPER["software_acc"])),
+                (f"transfer, {where}", accuracy_text(h[0]["acc_test"], self.n_test), nt,
                  _pct(PAPER["transfer_acc"]) if single else "—"),
-                (f"after hybrid ({n} ep.), {where}", _pct(h[-1]["acc_test"]) if n else "—",
+                (f"hybrid ({n} ep.), {where}", accuracy_text(h[-1]["acc_test"] if n else None, self.n_test), nt,
                  _pct(PAPER["hybrid_acc"] if single else PAPER["parallel_acc"]))]
         before, after = self.group_accuracy()
         pt, ph = PAPER["group_train_err_transfer"], PAPER["group_train_err_hybrid"]
         for g in range(self.n_groups):
-            paper = f"train {_pct(1 - pt[g])} → {_pct(1 - ph[g])}" if g < len(pt) else "—"
-            rows.append((f"G{g + 1} test: transfer → hybrid",
-                         f"{_pct(before[g])} → {_pct(after[g]) if n else '—'}", paper))
-        rows.append(("in-situ pulses / updates", f"{h[-1]['pulses']:,} / {h[-1]['updates']:,}", "—"))
+            rows.append((f"G{g + 1} transfer", accuracy_text(before[g], self.n_test), nt,
+                         f"train {_pct(1 - pt[g])}" if g < len(pt) else "—"))
+            rows.append((f"G{g + 1} hybrid", accuracy_text(after[g] if n else None, self.n_test), nt,
+                         f"train {_pct(1 - ph[g])}" if g < len(ph) else "—"))
+        rows.append(("in-situ pulses / updates", f"{h[-1]['pulses']:,} / {h[-1]['updates']:,}", "", "—"))
         fill_table(self.table, rows)
 
     def _done(self, hist) -> None:
@@ -336,7 +340,7 @@ class HybridPanel(QWidget):
         if outcome == "done":
             last = self.history[-1] if self.history else {}
             self.phase.setText(f"finished {done} epoch(s) in {_fmt_s(time.monotonic() - self._t0)} · test "
-                               f"{_pct(last.get('acc_test'))}")
+                               f"{accuracy_text(last.get('acc_test'), self.n_test)} on {self.n_test:,} images")
             self.message.setText(f"record {self.out}")
         elif outcome == "cancelled":
             self.phase.setText(f"stopped after {done} epoch(s)")

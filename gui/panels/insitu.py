@@ -28,7 +28,7 @@ from hil.wang2019.demo import PAPER
 
 from .. import theme
 from ..session import Session, describe_error
-from ..widgets import muted, plot_widget
+from ..widgets import accuracy_text, muted, plot_widget
 from .programming import _fmt_s, station_snapshot, unique_path
 
 US_PER_S = 1e6
@@ -62,10 +62,6 @@ def _legend(items) -> str:
     return "  ".join(f"<span style='color:{c}'>■</span> {t}" for t, c in items)
 
 
-def _pct(x) -> str:
-    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.2f} %"
-
-
 class _Live:
     """What a running training hands the UI: its new batch rows, the latest checkpoint rows and the
     cells of every weight (rows, cols, each (weights, 4) in checkpoint column order), read from the
@@ -77,6 +73,7 @@ class _Live:
         self.ckpt: Optional[np.ndarray] = None
         self.cells: Optional[tuple] = None
         self.started = False               # the config passed its checks: the record holds this training
+        self.n_test = 0                    # test samples each accuracy is measured on
         self._lock = threading.Lock()
 
     def add(self, row: dict, content) -> None:
@@ -446,7 +443,7 @@ class InsituPanel(QWidget):
 
         def job(ctx):
             data = stages.check_train(xbar, read_content(out), cfg)     # before the record changes
-            live.started = True
+            live.started, live.n_test = True, len(stages.subset(data, cfg)[3])
             with run_record(out, stages.KIND, station=snapshot, resume=True, done=stages.STAGE_DONE["train"]) as w:
                 def on_batch(row):
                     live.add(row, w.content)
@@ -515,7 +512,7 @@ class InsituPanel(QWidget):
         elif outcome == "done":
             again = f" (resumed at batch {self.resumed_from:,})" if self.resumed_from else ""
             self.status.setText(f"finished {self.total:,} batches{again} in {el} · {last['pulses_total']:,} "
-                                f"pulses · test {self._acc_text(last)}")
+                                f"pulses · test {self._acc_text(last, live.n_test)} on {live.n_test:,} samples")
             self.message.setText(f"record {self.out}")
         else:
             done = last["batch"] if last else 0
@@ -524,10 +521,11 @@ class InsituPanel(QWidget):
             self.message.setText(f"the finished batches are in {self.out}")
         self._enable()
 
-    def _acc_text(self, row: dict) -> str:
+    def _acc_text(self, row: dict, n: int) -> str:
         if self.cfg.net == "convlstm":
-            return ", ".join(f"frame {t + 1}: {_pct(row[f'test_acc_{t + 1}'])}" for t in range(len(self.acc_curves)))
-        return _pct(row["test_acc"])
+            return ", ".join(f"frame {t + 1}: {accuracy_text(row[f'test_acc_{t + 1}'], n)}"
+                             for t in range(len(self.acc_curves)))
+        return accuracy_text(row["test_acc"], n)
 
     # ---- drawing ----------------------------------------------------------------------------
     def _draw_yield(self) -> None:

@@ -24,7 +24,7 @@ from hil.runstore.lifecycle import run_record
 from .. import theme
 from ..history import RunHistory
 from ..session import Session, describe_error
-from ..widgets import muted, plot_widget
+from ..widgets import accuracy_text, muted, plot_widget
 from .programming import _fmt_s, eta_text, station_snapshot, unique_path
 
 log = logging.getLogger(__name__)
@@ -512,7 +512,8 @@ class NetworkPanel(QWidget):
         def done(res):
             r, ds = res
             info = (f"trained on {r.train_images:,} digits of {ds.source.split(' (')[0]}, {cfg.epochs} epoch(s), "
-                    f"seed {cfg.seed} · software accuracy {100 * r.software_acc:.2f} % on {ds.n_test:,} test digits")
+                    f"seed {cfg.seed} · software accuracy {accuracy_text(r.software_acc, ds.n_test)} on "
+                    f"{ds.n_test:,} test digits")
             self.cnn.set_model(r.model, ds, info, r.software_acc, r.history, cfg.data, out)
 
         self._t0 = time.monotonic()
@@ -549,7 +550,7 @@ class NetworkPanel(QWidget):
         def done(res):
             model, ds, acc, rows = res
             hist = [r for r in rows if {"epoch", "train_acc_quant", "test_acc_quant"} <= set(r)]
-            info = (f"loaded from {path.name} · software accuracy {100 * acc:.2f} % on "
+            info = (f"loaded from {path.name} · software accuracy {accuracy_text(acc, ds.n_test)} on "
                     f"{ds.n_test:,} test digits of {ds.source.split(' (')[0]}")
             self.cnn.set_model(model, ds, info, acc, hist, data, path)
 
