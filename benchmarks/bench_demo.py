@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,16 +27,21 @@ WORLD = "sim-wang-instruments"
 HIL = "import sys; from hil.cli import main; sys.argv[0] = 'hil'; sys.exit(main())"
 
 
-def run_demo(root: Path, quick: bool, paper: str) -> tuple[float, dict]:
-    """(wall seconds from process start to exit, the JSON) of `hil demo --seed 0` run from the
-    checkout `root` (its `hil` package first on the path)."""
+def run_demo(root: Path, quick: bool, paper: str) -> tuple[float, float, dict]:
+    """(wall seconds from process start to exit, CPU seconds (user + system) of the process, the
+    JSON) of `hil demo --seed 0` run from the checkout `root` (its `hil` package first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-c", HIL, "demo", "--seed", "0", "--json", "--out", out, "--paper", paper]
         cmd += ["--quick"] * quick
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _children_cpu()
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root, env=env).stdout)
-        return time.perf_counter() - t0, res
+        return time.perf_counter() - t0, _children_cpu() - c0, res
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def bench_demo(quick: bool, paper: str, base: Path | None, repeat: int) -> None:
@@ -46,9 +52,10 @@ def bench_demo(quick: bool, paper: str, base: Path | None, repeat: int) -> None:
             runs[name].append(run_demo(root, quick, paper))
     print(f"hil demo{' --quick' * quick} --seed 0 --paper {paper}, {repeat} run(s) each, alternating:")
     for name, rs in runs.items():
-        walls = [w for w, _ in rs]
-        res = rs[-1][1]
-        print(f"  {name:5s} {roots[name]}: wall median {statistics.median(walls):6.1f} s (min {min(walls):.1f})")
+        walls, cpus = [w for w, _, _ in rs], [c for _, c, _ in rs]
+        res = rs[-1][2]
+        print(f"  {name:5s} {roots[name]}: wall median {statistics.median(walls):6.1f} s (min {min(walls):.1f}), "
+              f"CPU median {statistics.median(cpus):6.1f} s")
         if "hybrid_acc" in res:
             print(f"        Yao 2020  {res['seconds']:6.1f} s  software {res['software_acc']:.2%}, "
                   f"transfer {res['transfer_acc']:.2%}, hybrid {res['hybrid_acc']:.2%}, parallel {res['parallel_acc']:.2%}")
@@ -56,8 +63,9 @@ def bench_demo(quick: bool, paper: str, base: Path | None, repeat: int) -> None:
             print(f"        Wang 2019 {res['wang_seconds']:6.1f} s  (CNN in situ {res['wang_cnn_acc']:.2%}, "
                   f"{res['wang_cnn_updates']} updates)")
     if base:
-        this, old = (statistics.median(w for w, _ in runs[k]) for k in ("this", "base"))
-        print(f"  this / base wall time: {this / old:.2f}")
+        for i, what in ((0, "wall"), (1, "CPU")):
+            this, old = (statistics.median(r[i] for r in runs[k]) for k in ("this", "base"))
+            print(f"  this / base {what} time: {this / old:.2f}")
 
 
 def bench_station(batches: int) -> None:

@@ -40,13 +40,17 @@ PAPER_SET = {"software_acc": "test set [est]", "transfer_acc": "test set", "hybr
              "parallel_acc": "test set [est]", "train_acc": "training set", "group_train": "training set",
              "after_change": "test set [est]", "gops_per_w": "[est]"}
 
+#: hybrid subset of `--quick` (the full demo keeps the paper's 6,000, capped by the training digits)
+QUICK_HYBRID_IMAGES = 2400
+
+
 @dataclass
 class DemoConfig(Config):
     """Everything `hil demo` varies."""
 
     seed: int = param(0, lo=0, hi=stages.MAX_SEED)
     groups: int = param(3, lo=1, hi=64)
-    train_epochs: int = param(12, lo=1, hi=1000)
+    train_epochs: int = param(20, lo=1, hi=1000)
     hybrid: HybridConfig = param(factory=HybridConfig)
     settle_s: float = param(600.0, lo=0.0, hi=3650 * DAY)    # virtual time between transfer and the first inference
     test_images: Optional[int] = param(None, lo=1, hi=10_000_000)  # None: the whole test part
@@ -57,7 +61,8 @@ class DemoConfig(Config):
     @classmethod
     def quick(cls, seed: int = 0) -> "DemoConfig":
         """A shorter run for a first look (under 2 minutes on 2 cores)."""
-        return cls(seed=seed, train_epochs=4, hybrid=HybridConfig(epochs=3, lr_levels=0.03, seed=seed),
+        return cls(seed=seed, train_epochs=6, hybrid=HybridConfig(images=QUICK_HYBRID_IMAGES, epochs=3, lr_levels=0.03,
+                                                                  seed=seed),
                    test_images=500, after_images=300, after_times_s=(600.0, 7200.0, DAY, 30 * DAY))
 
     def stage_configs(self, data: stages.DataConfig) -> dict:
@@ -133,7 +138,8 @@ def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
     # After training: read disturb on G1's convolution weights, then the clock.
     res["after"] = stages.aging(xbar, writer, sc["aging"], bars("accuracy against time", "point"), cancel, ds)
     res["saturation"] = res["after"].pop("saturation")
-    res["counts"] = {"test_images": len(xt), "hybrid_subset_images": a.n_train, "hybrid_single": a.eval_n,
+    res["counts"] = {"test_images": len(xt), "hybrid_subset_images": a.n_train,
+                     "hybrid_holdout_images": a.eval_n.get("holdout", 0), "hybrid_single": a.eval_n,
                      "hybrid_parallel": p.hybrid.eval_n, "after_images": res["after"]["images"]}
     _intervals(res, len(xt), a.eval_n, p.hybrid.eval_n, len(groups))
     res["seconds"] = time.perf_counter() - t0

@@ -50,7 +50,7 @@ class TrainConfig(Config):
     """Ex-situ training of the mCNN."""
 
     data: DataConfig = param(factory=DataConfig)
-    epochs: int = param(12, lo=1, hi=1000)
+    epochs: int = param(20, lo=1, hi=1000)
     fraction: float = param(1.0, lo=0.0, hi=1.0, lo_open=True)   # of the training digits
     holdout: float = param(0.1, lo=0.0, hi=0.5)   # of the training digits, kept out for hybrid training to stop on
     seed: int = param(0, lo=0, hi=MAX_SEED)
