@@ -3,11 +3,12 @@ float32 and float64 inference of the same network, pinned to one BLAS thread and
 library's default threads, in one run (wall time, and process CPU time: steadier on a shared
 machine); and the wall time of hybrid training on the 10% subset.
 
-    python benchmarks/bench_inference.py [--images 10000] [--epochs 6] [--busy 2] [--quick] [--json]
+    python benchmarks/bench_inference.py [--images 10000] [--epochs 6] [--repeats 3] [--busy 2] [--quick] [--json]
 
 Images are the embedded test digits repeated to the requested count. Float64 inference runs
-the same float forward with float64 weights. --busy N keeps N busy-looping processes running
-while measuring (a loaded machine).
+the same float forward with float64 weights. CPU times are medians over --repeats rounds in
+which the three take turns (one float32 run varies up to 2x on a shared machine). --busy N
+keeps N busy-looping processes running while measuring (a loaded machine).
 """
 from __future__ import annotations
 
@@ -45,22 +46,35 @@ def timed(fn, clock=time.perf_counter):
     return out, clock() - t
 
 
+def interleaved_cpu(fns: dict, repeats: int) -> dict:
+    """Median process CPU time of each function over `repeats` rounds, the functions taking
+    turns within a round (a load change on a shared machine hits all of them alike)."""
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, time.process_time)[1])
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--epochs", type=int, default=6, help="ex-situ training epochs before measuring")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="1,000 images, 1 epoch")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of CPU-time measurement, median (default 3)")
+    ap.add_argument("--quick", action="store_true", help="1,000 images, 1 epoch, 1 round")
     load_args(ap)
     a = ap.parse_args(argv)
-    images, epochs = (1000, 1) if a.quick else (a.images, a.epochs)
+    images, epochs, repeats = (1000, 1, 1) if a.quick else (a.images, a.epochs, a.repeats)
+    if repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {repeats}")
     modes = thread_modes(a.threads)
     ds = load_dataset(seed=a.seed)
     with blas_threads(1):
         model, _ = train_mcnn(ds, epochs=epochs, seed=a.seed)
     x = np.resize(ds.x_test, (images, 28, 28))
     y = np.resize(ds.y_test, images)
-    out = {"images": images, "dataset": ds.source, "epochs": epochs, "busy_processes": a.busy,
+    out = {"images": images, "dataset": ds.source, "epochs": epochs, "cpu_repeats": repeats, "busy_processes": a.busy,
            "cpus": os.cpu_count(), "load_avg_1min_start": os.getloadavg()[0]}
 
     xbar = SimulatedCrossbar(seed=a.seed)
@@ -76,10 +90,10 @@ def main(argv=None) -> dict:
                     l32, t32 = timed(lambda: ideal_logits(model.params, x, np.float32))
                     l64, t64 = timed(lambda: ideal_logits(model.params, x, np.float64))
                     lhw, thw = timed(lambda: hw.fc_logits(hw.features(x, 0)))
-                    cpu = {k: timed(f, time.process_time)[1] for k, f in (
-                        ("float32", lambda: ideal_logits(model.params, x, np.float32)),
-                        ("float64", lambda: ideal_logits(model.params, x, np.float64)),
-                        ("hardware", lambda: hw.fc_logits(hw.features(x, 0))))}
+                    cpu = interleaved_cpu({
+                        "float32": lambda: ideal_logits(model.params, x, np.float32),
+                        "float64": lambda: ideal_logits(model.params, x, np.float64),
+                        "hardware": lambda: hw.fc_logits(hw.features(x, 0))}, repeats)
                 out[name] = {"blas_threads": n, "float32_s": t32, "float64_s": t64, "hardware_s": thw,
                              "cpu_s": cpu, "cpu_ratio_vs_f32": cpu["hardware"] / cpu["float32"],
                              "cpu_ratio_vs_f64": cpu["hardware"] / cpu["float64"],
