@@ -15,6 +15,7 @@ from hil.cli.common import (add_station_options, bundled_station, cancel_on_sigi
 from hil.errors import DataError, HilError
 from hil.stats import parse_seeds
 from hil.yao2020.hybrid import HybridConfig
+from hil.yao2020.stages import TrainConfig
 from hil.progress import Progress
 from hil.runstore import RunRecord, read_content
 from hil.runstore.lifecycle import resumable_content, run_record, station_snapshot
@@ -247,7 +248,7 @@ def _demo_report(res: dict, out: Path, papers) -> Path:
 def cmd_train(args) -> int:
     from hil.yao2020 import stages
     seed = 0 if args.seed is None else args.seed
-    cfg = stages.TrainConfig(data=_data(args), epochs=args.epochs, seed=seed)
+    cfg = stages.TrainConfig(data=_data(args), epochs=args.epochs or stages.TrainConfig.epochs, seed=seed)
     ds = stages._load(cfg.data.source, cfg.data.seed, cfg.data.download)    # a bad --data fails before the record
     out = Path(args.out)
     bars = Bars(not args.json)
@@ -384,8 +385,8 @@ def add_parsers(sub) -> None:
     sp = sub.add_parser("train", help="train the mCNN ex situ; stores the model in a new run record")
     sp.add_argument("--out", required=True, type=opt.out_file, help="run record (.h5) to create")
     sp.add_argument("--seed", type=opt.seed, default=None, help="seed of the data split and training, 0..2**32-1")
-    sp.add_argument("--epochs", type=opt.positive_int(opt.MAX_TRAIN_EPOCHS), default=12,
-                    help=f"training epochs, 1..{opt.MAX_TRAIN_EPOCHS} (default 12)")
+    sp.add_argument("--epochs", type=opt.positive_int(opt.MAX_TRAIN_EPOCHS), default=None,
+                    help=f"training epochs, 1..{opt.MAX_TRAIN_EPOCHS} (default {TrainConfig.epochs})")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     data_opts(sp)
     sp.set_defaults(func=cmd_train)

@@ -276,7 +276,8 @@ def methods(res: dict, content) -> str:
                   f"write-verify tolerance ±{tgt[1]['tolerance_s'] * 1e6:.2f} µS)")
     after = res.get("after", {})
     times = listing([duration(t) for t in after.get("time_s", [])]) if after.get("time_s") else ""
-    hyb = [f"{100 * h['holdout']:g}% of them held out to keep the best epoch's weights"] if h.get("holdout") else []
+    held = counts.get("hybrid_holdout_images", 0)
+    hyb = [f"{held:,} training digits kept out of ex-situ training to keep the best epoch's weights"] if held else []
     hyb += [count(h["epochs"], "epoch")] if "epochs" in h else []
     hyb += [f"mini-batch {h['batch']}"] if "batch" in h else []
     hyb += [f"step {h['lr_levels']:g} weight levels"] if "lr_levels" in h else []
