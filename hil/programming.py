@@ -147,6 +147,35 @@ def _f64(a=()) -> np.ndarray:
     return np.asarray(a, dtype=float).ravel()
 
 
+
+#: policy levels a station's limits bound: (operation, which limit, the policy fields it bounds)
+POLICY_CAPS = ((Op.SET, "max_v", ("set_v_bl",)), (Op.SET, "max_v_gate", ("set_gate_start", "set_gate_max")),
+               (Op.RESET, "max_v", ("reset_v_sl_start", "reset_v_sl_max")), (Op.RESET, "max_v_gate", ("reset_gate",)),
+               (Op.FORM, "max_v", ("form_v_start", "form_v_max")), (Op.FORM, "max_v_gate", ("form_gate",)))
+
+
+def policy_within(limits: SafetyLimits, base: Optional[WriteVerifyPolicy] = None
+                  ) -> tuple[WriteVerifyPolicy, list[str]]:
+    """`base` (default: the default policy) with every ramp and level capped at the station's
+    `limits` (a ramp's start too, so it never exceeds its top) and the pulse width brought inside
+    the SET/RESET/FORM width ranges; with one note per value that was lowered."""
+    base = base or WriteVerifyPolicy()
+    caps, notes = {}, []
+    for op, which, names in POLICY_CAPS:
+        bound = getattr(limits[op], which)
+        for name in names:
+            value = getattr(base, name)
+            if value > bound:
+                caps[name] = bound
+                notes.append(f"{name} {value:g} V → {bound:g} V (limits.{op.value}.{which})")
+    width = min(max(base.width_s, *(limits[op].min_width_s for op in (Op.SET, Op.RESET, Op.FORM))),
+                *(limits[op].max_width_s for op in (Op.SET, Op.RESET, Op.FORM)))
+    if width != base.width_s:
+        caps["width_s"] = width
+        notes.append(f"width_s {base.width_s:g} s → {width:g} s (the SET, RESET and FORM width limits)")
+    return replace(base, **caps), notes
+
+
 @dataclass(frozen=True)
 class ProgramStep:
     """What one write-verify iteration did. Every `*_idx` is a position in the selection.

@@ -431,3 +431,23 @@ def test_policy_and_report_round_trip():
                 "median_pulses", "max_pulses", "seconds", "backend_seconds"):
         assert key in s
     assert s["write_errors"] == 1 and s["mean_pulses"] == 51.5 and s["max_pulses"] == 100
+
+
+def test_the_program_stage_caps_the_default_policy_at_the_station_limits(tmp_path, caplog):
+    """stations/sim-wang.toml allows a 2 V RESET; the default policy ramps to 2.2 V: the stage
+    lowers it to the limit, says so, and programs (before, the job was refused)."""
+    from pathlib import Path
+    from hil.cli import main
+    from hil.limits import Op
+    from hil.programming import WriteVerifyPolicy, policy_within
+    from hil.registry import open_station
+    station = str(Path(__file__).resolve().parents[1] / "stations" / "sim-wang.toml")
+    with open_station(station, seed=1) as x:
+        policy, notes = policy_within(x.limits)
+        assert WriteVerifyPolicy().reset_v_sl_max > x.limits[Op.RESET].max_v == policy.reset_v_sl_max
+        assert notes and "reset_v_sl_max 2.2 V → 2 V" in notes[0]
+        policy.validate(x.limits)
+    out = tmp_path / "wang.h5"
+    assert main(["program", "--station", station, "--pattern", "checker", "--max-pulses", "20",
+                 "--out", str(out), "--json"]) == 0
+    assert "capped at the station's limits: reset_v_sl_max 2.2 V → 2 V" in caplog.text

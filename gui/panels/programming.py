@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -18,10 +17,9 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFileDia
                                QTableWidgetItem, QVBoxLayout, QWidget)
 
 from hil.errors import ConfigError
-from hil.limits import Op, SafetyLimits
-from hil.ops.jobs import (CELLS, ProgramConfig, ProgramPlan, plan_for, plan_from_content, program_job,
+from hil.ops.jobs import (CELLS, ProgramConfig, ProgramPlan, plan_for, plan_from_content, program,
                           stored_program_config)
-from hil.programming import ProgramReport, WriteVerifyPolicy
+from hil.programming import ProgramReport, WriteVerifyPolicy, policy_within
 from hil.runstore import lifecycle
 from hil.runstore.lifecycle import resumable_content, run_record
 
@@ -33,33 +31,6 @@ from ..widgets import muted, plot_widget
 log = logging.getLogger(__name__)
 US_PER_S = 1e6
 PATTERNS = ("levels32", "checker", "random")
-#: policy levels a station's limits cap: (operation, which limit, the policy fields it bounds)
-POLICY_CAPS = ((Op.SET, "max_v", ("set_v_bl",)), (Op.SET, "max_v_gate", ("set_gate_start", "set_gate_max")),
-               (Op.RESET, "max_v", ("reset_v_sl_start", "reset_v_sl_max")), (Op.RESET, "max_v_gate", ("reset_gate",)),
-               (Op.FORM, "max_v", ("form_v_start", "form_v_max")), (Op.FORM, "max_v_gate", ("form_gate",)))
-
-
-def policy_within(limits: SafetyLimits, max_pulses: int = WriteVerifyPolicy.max_pulses
-                  ) -> tuple[WriteVerifyPolicy, list[str]]:
-    """The default write-verify policy with every ramp and level capped at the station's `limits`
-    (a ramp's start too, so it never exceeds its top), and one note per default that was lowered."""
-    base = WriteVerifyPolicy(max_pulses=max_pulses)
-    caps, notes = {}, []
-    for op, which, names in POLICY_CAPS:
-        bound = getattr(limits[op], which)
-        for name in names:
-            value = getattr(base, name)
-            if value > bound:
-                caps[name] = bound
-                notes.append(f"{name} {value:g} V → {bound:g} V (limits.{op.value}.{which})")
-    width = min(max(base.width_s, *(limits[op].min_width_s for op in (Op.SET, Op.RESET, Op.FORM))),
-                *(limits[op].max_width_s for op in (Op.SET, Op.RESET, Op.FORM)))
-    if width != base.width_s:
-        caps["width_s"] = width
-        notes.append(f"width_s {base.width_s:g} s → {width:g} s (the SET, RESET and FORM width limits)")
-    return replace(base, **caps), notes
-
-
 def unique_path(folder: Path, stem: str) -> Path:
     """folder/stem-YYYYmmdd-HHMMSS.h5, with a counter if that exists (with or without journal)."""
     base = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -267,13 +238,12 @@ class ProgrammingPanel(QWidget):
         try:
             cfg = self.config()
             plan = plan_for(cfg, self.s.geometry)
-            policy = policy_within(self.s.xbar.limits, cfg.max_pulses)[0]
-            policy.validate(self.s.xbar.limits)
+            cfg.policy(self.s.xbar.limits).validate(self.s.xbar.limits)
             out = unique_path(Path(self.folder.text().strip() or "runs"), "program")
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        return self._run(cfg, plan, policy, out, resume=False)
+        return self._run(cfg, plan, out, resume=False)
 
     def _pick_resume(self) -> None:
         start = str(self.out) if self.out is not None else (self.folder.text() or "runs")
@@ -295,14 +265,13 @@ class ProgrammingPanel(QWidget):
             plan = plan_from_content(content, where=path.name)
             if plan.flat.size and plan.flat.max() >= self.s.geometry.n_cells:
                 raise ConfigError(f"{path.name} addresses cells this station does not have")
-            policy = policy_within(self.s.xbar.limits, cfg.max_pulses)[0]
-            policy.validate(self.s.xbar.limits)
+            cfg.policy(self.s.xbar.limits).validate(self.s.xbar.limits)
         except Exception as e:
             self.s.error.emit(*describe_error(e))
             return False
-        return self._run(cfg, plan, policy, path, resume=True)
+        return self._run(cfg, plan, path, resume=True)
 
-    def _run(self, cfg: ProgramConfig, plan: ProgramPlan, policy: WriteVerifyPolicy, out: Path, *,
+    def _run(self, cfg: ProgramConfig, plan: ProgramPlan, out: Path, *,
              resume: bool) -> bool:
         xbar, snapshot = self.s.xbar, station_snapshot(self.s)
 
@@ -318,11 +287,7 @@ class ProgrammingPanel(QWidget):
                         t = writer.content.tables.get(CELLS)
                         if t:
                             ctx.partial((t["cell"].copy(), t["final_g_s"].copy(), t["pulses"].copy()))
-                report = program_job(xbar, writer, plan, policy, resume=resume, progress=progress,
-                                     cancel=ctx.cancel, config=cfg)
-                summary = report.summary()          # the root summary `hil.ops.jobs.program` writes
-                summary.update(out=str(out), virtual_seconds=summary.pop("backend_seconds"))
-                writer.set_attrs("/", summary=summary)
+                report = program(xbar, writer, cfg, plan=plan, resume=resume, progress=progress, cancel=ctx.cancel)
                 after = writer.content.datasets["snapshots/after_programming"][0]
             return report, after, RunHistory(out, writer.content)
 

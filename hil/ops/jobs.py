@@ -20,7 +20,7 @@ from hil.errors import ConfigError, DataError, HilError
 from hil.geometry import Cells
 from hil.levels import PATTERNS, LevelTable, validate_targets
 from hil.options import MAX_LEVELS, MAX_PE, MAX_PULSES, MAX_SEED
-from hil.programming import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy
+from hil.programming import NOT_FINISHED, ProgramReport, ProgramStep, WriteVerifyPolicy, policy_within
 from hil.ops.write_verify import write_verify
 from hil.progress import CancelToken, ProgressCallback
 from hil.runstore import RunRecord, RunWriter
@@ -70,8 +70,11 @@ class ProgramConfig(Config):
     def table(self) -> LevelTable:
         return LevelTable.linear(self.g_min_s, self.g_max_s, self.levels)
 
-    def policy(self) -> WriteVerifyPolicy:
-        return WriteVerifyPolicy(max_pulses=self.max_pulses)
+    def policy(self, limits=None) -> WriteVerifyPolicy:
+        """The write-verify policy of this job; capped at a station's `limits` when given
+        (hil.programming.policy_within)."""
+        policy = WriteVerifyPolicy(max_pulses=self.max_pulses)
+        return policy if limits is None else policy_within(limits, policy)[0]
 
 
 @dataclass
@@ -208,7 +211,10 @@ def program(xbar: Crossbar, writer: RunWriter, cfg: ProgramConfig, *, plan: Opti
         plan = plan_from_run(writer)
     elif plan is None:
         plan = plan_for(cfg, xbar.geometry)
-    report = program_job(xbar, writer, plan, cfg.policy(), resume=resume, progress=progress, cancel=cancel,
+    policy, capped = policy_within(xbar.limits, cfg.policy())
+    if capped:
+        log.warning("write-verify defaults capped at the station's limits: %s", "; ".join(capped))
+    report = program_job(xbar, writer, plan, policy, resume=resume, progress=progress, cancel=cancel,
                          config=cfg)
     summary = report.summary()
     summary.update(out=str(writer.path), virtual_seconds=summary.pop("backend_seconds"))
