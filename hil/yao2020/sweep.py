@@ -15,14 +15,13 @@ from hil.geometry import YAO
 from hil.runstore.lifecycle import run_record, station_snapshot
 from hil.sweep.target import Target
 from hil.yao2020 import stages
-from hil.yao2020.hybrid import HybridConfig
+from hil.yao2020.demo import DemoConfig
 from hil.yao2020.mcnn import MCNN
 
 
-def _hybrid() -> stages.HybridStageConfig:
-    """The quick demo's single-convolver hybrid training (DemoConfig.quick)."""
-    return stages.HybridStageConfig(hybrid=HybridConfig(epochs=3, lr_levels=0.03), groups=(1,), test_images=500,
-                                    group_evals=False, prefix="hybrid_single")
+def _quick(stage: str):
+    """The quick demo's config of `stage` (DemoConfig.quick: one source of these settings)."""
+    return DemoConfig.quick().stage_configs(stages.DataConfig())[stage]
 
 
 @dataclass
@@ -31,9 +30,9 @@ class TransferHybridConfig(Config):
     `transfer.groups` convolver groups and the FC, hybrid training on G1. Defaults: the quick
     demo's settings with one convolver group."""
 
-    train: stages.TrainConfig = param(factory=lambda: stages.TrainConfig(epochs=4))
+    train: stages.TrainConfig = param(factory=lambda: _quick("train"))
     transfer: stages.TransferConfig = param(factory=lambda: stages.TransferConfig(groups=1, settle_s=600.0))
-    hybrid: stages.HybridStageConfig = param(factory=_hybrid)
+    hybrid: stages.HybridStageConfig = param(factory=lambda: _quick("hybrid"))
 
 
 def prepare(cfg: TransferHybridConfig):
