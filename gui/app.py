@@ -331,6 +331,37 @@ def insitu_session(win, runs_dir: Path, *, train_samples: int = 1000, epochs: in
     return True
 
 
+def lab_session(win, *, cycles: int = 2, n_cells: int = 4) -> None:
+    """The Lab tab's curve tracer, run from its panel as a click would: `cycles` I–V cycles of
+    `n_cells` cells in the last row of the last PE (away from the programmed and CNN blocks)."""
+    g = win.s.geometry
+    lab = win.panels["lab"]
+    tracer = lab.show_module("curve-tracer")
+    tracer.form.set_values({"cycles": cycles})
+    tracer.cells.setText(f"{g.n_pe - 1}:{g.rows - 1}:0-{min(n_cells, g.cols) - 1}")
+    if not tracer.start():
+        raise RuntimeError(f"screenshot session: the curve tracer was refused: {tracer.reason.text()}")
+    _wait(win, "the curve tracer")
+
+
+def sweep_session(win, runs_dir: Path, *, seeds: str = "0-1", max_pulses: tuple = (5, 40)) -> None:
+    """A tiny write-verify sweep through `hil.sweep.run_sweep` (one 16 × 16 PE, pulse budgets
+    `max_pulses` × `seeds`, one worker) into `runs_dir`/sweep, opened in the Sweeps tab."""
+    import time
+
+    from hil.sweep import parse_spec, run_sweep
+    spec = parse_spec({"sweep": {"target": "write_verify", "seeds": seeds,
+                                 "geometry": {"n_pe": 1, "rows": 16, "cols": 16},
+                                 "description": "screenshot session: in-band fraction against the pulse budget"},
+                       "axis": [{"name": "config.program.max_pulses", "values": list(max_pulses)}]})
+    t0 = time.perf_counter()
+    outcome = run_sweep(spec, runs_dir / "sweep", workers=1)
+    log.info("screenshot session: sweep of %d points in %.1f s", outcome.points, time.perf_counter() - t0)
+    sweeps = win.panels["sweeps"]
+    sweeps.open_folder(runs_dir / "sweep")
+    sweeps.figure_box.setCurrentText("in_band_fraction")
+
+
 def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, geometry: str = "yao",
                        settings=None, size: tuple[int, int] = SHOT_SIZE) -> int:
     """Scripted session on the (simulated) station, then every tab rendered to `out_dir`/NN-key.png.
@@ -339,7 +370,9 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
     disturb (1e6 reads) and a 30-day drift on those cells, selects a programmed cell for its
     history and opens the programming run on the Runs tab; then, when the mCNN fits the chip,
     a short CNN session (`cnn_session`) for the Network, Convolver and Hybrid-training tabs, and
-    on a Wang-geometry station a short in-situ training (`insitu_session`) for the In-situ tab."""
+    on a Wang-geometry station a short in-situ training (`insitu_session`) for the In-situ tab;
+    last a curve tracer on the Lab tab (`lab_session`) and a tiny sweep for the Sweeps tab
+    (`sweep_session`)."""
     from PySide6.QtCore import QSettings
 
     from hil.geometry import Cells
@@ -397,6 +430,8 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         runs.open_run(prog.out)
         cnn_session(win, runs_dir)
         insitu_session(win, runs_dir)
+        lab_session(win)
+        sweep_session(win, runs_dir)
 
         win.tabs.setCurrentIndex(1)
         files = win.save_screenshots(out_dir)

@@ -146,6 +146,27 @@ def plot_widget(title: str, x=("", ""), y=("", ""), *, log_x: bool = False, lege
     return w
 
 
+def show_hint(w: pg.PlotWidget, hint: str) -> None:
+    """While `hint` is not empty, `w` shows it centred in place of its axes, ticks and grid (an
+    empty plot, not 0–1 ranges); `show_hint(w, "")` brings the axes back for the data."""
+    item = w.getPlotItem()
+    text = getattr(w, "empty_hint", None)
+    if text is None:
+        text = w.empty_hint = pg.TextItem("", color=theme.MUTED, anchor=(0.5, 0.5))
+        text.setZValue(10)
+    item.removeItem(text)                # (a no-op unless shown; plot.clear() may have taken it)
+    for ax in ("left", "bottom"):
+        item.showAxis(ax, not hint)
+    item.showGrid(x=not hint, y=not hint, alpha=theme.GRID_ALPHA)
+    text.setText(hint)
+    if hint:
+        item.addItem(text, ignoreBounds=True)
+        item.vb.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
+        text.setPos(0.5, 0.5)
+    else:
+        item.enableAutoRange()
+
+
 def muted(text: str) -> QLabel:
     lab = QLabel(text)
     lab.setProperty("muted", "true")

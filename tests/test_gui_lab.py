@@ -64,6 +64,14 @@ def run(qtbot, lab, panel, timeout=20_000):
         return rec.status, rec.attrs["summary"], rec.table(f"modules/{panel.module.name}/series")
 
 
+def hint(w) -> str:
+    """The hint an empty plot shows in place of its axes ('' when it shows axes)."""
+    item, text = w.getPlotItem(), getattr(w, "empty_hint", None)
+    shown = text is not None and text in item.items
+    assert shown != item.getAxis("left").isVisible() and shown != item.getAxis("bottom").isVisible()
+    return text.toPlainText() if shown else ""
+
+
 def settings(panel, **values):
     for k, v in values.items():
         w = panel.form.widgets[k]
@@ -107,7 +115,9 @@ def test_retention_and_curve_tracer_show_their_plots(lab, qtbot):
     assert t[-1] == pytest.approx(3600, rel=1e-3) and p.plot.getPlotItem().ctrl.logXCheck.isChecked()
     assert any("retention advanced the station clock by 1 h" in m for m in win.status)
 
+    assert hint(p.plot) == ""                                        # a plot with data shows its axes
     p = lab.show_module("curve-tracer")
+    assert hint(p.plot) == "Run a module to see its data"             # not empty 0–1 axes before a run
     settings(p, cycles=2, v_step=0.1)
     p.cells.setText("0:5:0-1")
     status, summary, table = run(qtbot, win, p)
@@ -115,7 +125,7 @@ def test_retention_and_curve_tracer_show_their_plots(lab, qtbot):
     assert status == "complete" and [c for c, _, _ in curves] == [0, 0, 1, 1]     # 2 cycles x 2 cells
     v, i_abs = curves[0][1], curves[0][2]
     assert v.max() == pytest.approx(1.5) and v.min() == pytest.approx(-1.5) and np.all(i_abs > 0)
-    assert p.lines[0].getOriginalDataset()[0].size == v.size
+    assert p.lines[0].getOriginalDataset()[0].size == v.size and hint(p.plot) == ""
     p.view.setCurrentText("R = V/I")
     r = p.lines[0].getOriginalDataset()[1]
     assert r.size and np.all(r > 1e3)                              # ohms of a kΩ–MΩ cell
@@ -126,8 +136,10 @@ def test_forming_on_a_fresh_chip_shows_the_voltage_distribution(lab, qtbot):
     win = lab
     lab.connect(qtbot, seed=5, params_path=str(FRESH))
     p = lab.panel.show_module("forming")
+    assert hint(p.ramp) == hint(p.hist) == "Run a module to see its data"
     p.cells.setText("0:0-3:0-3")
     status, summary, table = run(qtbot, win, p)
+    assert hint(p.ramp) == hint(p.hist) == ""                       # the bars count as data too
     levels, counts = p.counts
     assert status == "complete" and summary["already_formed"] == 0
     assert counts.sum() == summary["formed"] >= 14                 # the histogram holds every formed cell

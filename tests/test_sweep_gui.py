@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hil.sweep import SweepTable, load_spec
+from tests.test_gui_lab import hint
 from tests.test_sweep import finished_folder
 
 
@@ -18,6 +19,7 @@ def panel(qtbot, qapp, settings, errors):
 
 def test_sweeps_tab_shows_table_and_figure_and_refreshes_live(panel, tmp_path):
     out = finished_folder(tmp_path, seeds=(0, 1))
+    assert hint(panel.plot) == "Open a sweep folder"                # not empty 0–1 axes
     assert panel.open_folder(out)
     assert panel.table.rowCount() == 8                      # 2 x 2 axis values x 2 seeds
     headers = [panel.table.horizontalHeaderItem(i).text() for i in range(panel.table.columnCount())]
@@ -29,6 +31,7 @@ def test_sweeps_tab_shows_table_and_figure_and_refreshes_live(panel, tmp_path):
     curve = panel.plot.getPlotItem().listDataItems()[-1]
     x, y = curve.getData()
     assert list(x) == [5, 40] and y[0] < y[1]               # mean over seeds and read noise per pulse budget
+    assert hint(panel.plot) == ""
     assert "8 of 8 points" in panel.status.text()
 
     # the sweep grows (another seed) while the tab watches: the next timer tick shows it

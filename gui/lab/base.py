@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import pyqtgraph as pg
 from PySide6.QtWidgets import (QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar,
                                QPushButton, QScrollArea, QFrame, QVBoxLayout, QWidget)
 
@@ -25,13 +26,16 @@ from hil.runstore.lifecycle import run_record
 from .. import theme
 from ..panels.programming import station_snapshot, unique_path
 from ..session import Session, describe_selection
-from ..widgets import muted, plot_widget
+from ..widgets import muted, plot_widget, show_hint
 from .form import ConfigForm
 
 log = logging.getLogger(__name__)
 US_PER_S = 1e6
 #: at most this many per-cell curves are drawn (the rest are in the record)
 MAX_CURVES = 32
+#: what an empty plot says before the first run, and during a run before its first data
+EMPTY_HINT = "Run a module to see its data"
+WAITING_HINT = "Waiting for the first data…"
 
 
 class Rows:
@@ -62,6 +66,16 @@ class Rows:
         data = {c: self[c] for c in self.columns()}
         self._parts.clear()
         return data
+
+
+def has_data(w: pg.PlotWidget) -> bool:
+    """True if a curve, scatter or bar item of `w` holds at least one point."""
+    for it in w.getPlotItem().items:
+        if isinstance(it, pg.PlotDataItem) and it.xData is not None and len(it.xData):
+            return True
+        if isinstance(it, pg.BarGraphItem) and it.opts.get("height") is not None and np.size(it.opts["height"]):
+            return True
+    return False
 
 
 def per_cell(x: np.ndarray, y: np.ndarray, cell: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -119,6 +133,7 @@ class ModulePanel(QWidget):
         self.rows = Rows()
         self.result = None
         self.out: Optional[Path] = None
+        self.running = False
 
         title = QLabel(f"{module.title or module.name}")
         title.setStyleSheet(f"font-size: 12pt; font-weight: 600; color: {theme.TEXT};")
@@ -166,8 +181,11 @@ class ModulePanel(QWidget):
         left_w.setMaximumWidth(380)
 
         self.plot_grid = QGridLayout()
+        self.plots: list[pg.PlotWidget] = []
         for i, w in enumerate(self.make_plots()):
             self.plot_grid.addWidget(w, i // 2, i % 2)
+            self.plots += [w] if isinstance(w, pg.PlotWidget) else w.findChildren(pg.PlotWidget)
+        self.update_hints()
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(left_w)
@@ -199,6 +217,12 @@ class ModulePanel(QWidget):
 
     def show_result(self, res) -> None:
         """The module's typed result arrived (the run finished)."""
+
+    def update_hints(self) -> None:
+        """A centred hint in each plot without data, instead of empty 0–1 axes."""
+        hint = WAITING_HINT if self.running else EMPTY_HINT
+        for w in self.plots:
+            show_hint(w, "" if has_data(w) else hint)
 
     # ---- state --------------------------------------------------------------------------------
     def refusal(self) -> tuple[str, str]:
@@ -272,6 +296,7 @@ class ModulePanel(QWidget):
         def on_rows(data):
             self.rows.add(data)
             self.redraw()
+            self.update_hints()
 
         def on_progress(p):
             self.bar.setValue(int(1000 * p.fraction))
@@ -280,8 +305,11 @@ class ModulePanel(QWidget):
         def on_result(res):
             self.result = res
             self.show_result(res)
+            self.update_hints()
 
         def on_end(outcome):
+            self.running = False
+            self.update_hints()
             self._after_run(outcome, out, flat, pulses_before)
 
         self.rows = Rows()
@@ -289,8 +317,10 @@ class ModulePanel(QWidget):
         self.clear_plots()
         self.bar.setValue(0)
         self.record_label.setText("")
-        return self.s.start_job(f"{module.name}", job, on_result=on_result, on_progress=on_progress,
-                                on_partial=on_rows, on_end=on_end, needs_station=True)
+        self.running = self.s.start_job(f"{module.name}", job, on_result=on_result, on_progress=on_progress,
+                                        on_partial=on_rows, on_end=on_end, needs_station=True)
+        self.update_hints()
+        return self.running
 
     def _after_run(self, outcome: str, out: Path, flat: np.ndarray, pulses_before: int) -> None:
         """Say where the record is; put the cells' last conductances on the map and, when the run

@@ -18,7 +18,7 @@ class CurveTracerPanel(ModulePanel):
     def make_plots(self) -> list[QWidget]:
         self.view = QComboBox()
         self.view.addItems(list(VIEWS))
-        self.view.currentTextChanged.connect(lambda _: self.redraw())
+        self.view.currentTextChanged.connect(lambda _: (self.redraw(), self.update_hints()))
         self.plot = plot_widget("I–V cycles", ("V", "V"), ("|I|", "A"))
         self.lines: list = []
         box = QWidget()

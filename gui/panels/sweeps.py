@@ -17,12 +17,16 @@ from hil.errors import HilError
 from hil.sweep.plot import axes_and_figures, plot_sweep, summarize
 from hil.sweep.table import PARTS, TABLE, SweepTable
 
+from .. import theme
 from ..session import Session
-from ..widgets import muted, plot_widget
+from ..widgets import muted, plot_widget, show_hint
 
 log = logging.getLogger(__name__)
 #: how often an open folder is checked for new points while a sweep runs
 REFRESH_MS = 2000
+#: what the empty plot says before a folder is open, and while it has no finished point
+OPEN_HINT = "Open a sweep folder"
+NO_POINTS_HINT = "No finished points yet"
 #: rows shown in the table (the newest last); the parquet file holds them all
 MAX_ROWS = 2000
 
@@ -61,6 +65,7 @@ class SweepsPanel(QWidget):
         pick.addWidget(QLabel("against"))
         pick.addWidget(self.axis_box, 1)
         self.plot = plot_widget("Mean over seeds, 95% interval of the mean")
+        show_hint(self.plot, OPEN_HINT)
         self.table = QTableWidget()
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setMinimumHeight(180)
@@ -150,11 +155,12 @@ class SweepsPanel(QWidget):
     def _draw(self) -> None:
         self.plot.clear()
         fig, axis = self.figure_box.currentText(), self.axis_box.currentText()
-        if self.df is None or not fig or not axis:
+        df = self.df
+        ok = df[df["status"] == "ok"] if df is not None and "status" in df else df
+        if ok is None or ok.empty or not fig or not axis:
+            show_hint(self.plot, OPEN_HINT if self.df is None else NO_POINTS_HINT)
             return
-        ok = self.df[self.df["status"] == "ok"] if "status" in self.df else self.df
-        if ok.empty:
-            return
+        show_hint(self.plot, "")
         s = summarize(ok, [axis], fig).sort_values(axis)
         x = s[axis].to_numpy(float)
         logx = bool((x > 0).all() and len(x) > 2 and x.max() / x.min() >= 100)
@@ -162,8 +168,7 @@ class SweepsPanel(QWidget):
         xs = np.log10(x) if logx else x
         self.plot.addItem(pg.ErrorBarItem(x=xs, y=s["mean"].to_numpy(), height=2 * s["half"].to_numpy()))
         self.plot.plot(x, s["mean"].to_numpy(), symbol="o")
-        self.plot.getPlotItem().setLabel("bottom", axis)
-        self.plot.getPlotItem().setLabel("left", fig)
+        theme.style_plot(self.plot.getPlotItem(), "", (axis, ""), (fig, ""))
 
     def save_plots(self) -> list:
         """`hil sweep plot` on the open folder; the files written."""
