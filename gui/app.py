@@ -331,11 +331,12 @@ def insitu_session(win, runs_dir: Path, *, train_samples: int = 1000, epochs: in
     return True
 
 
-def lab_session(win, *, cycles: int = 2, n_cells: int = 4) -> None:
+def lab_session(win, runs_dir: Path, *, cycles: int = 2, n_cells: int = 4) -> None:
     """The Lab tab's curve tracer, run from its panel as a click would: `cycles` I–V cycles of
     `n_cells` cells in the last row of the last PE (away from the programmed and CNN blocks)."""
     g = win.s.geometry
     lab = win.panels["lab"]
+    lab.folder.setText(str(runs_dir))
     tracer = lab.show_module("curve-tracer")
     tracer.form.set_values({"cycles": cycles})
     tracer.cells.setText(f"{g.n_pe - 1}:{g.rows - 1}:0-{min(n_cells, g.cols) - 1}")
@@ -344,10 +345,13 @@ def lab_session(win, *, cycles: int = 2, n_cells: int = 4) -> None:
     _wait(win, "the curve tracer")
 
 
-def sweep_session(win, runs_dir: Path, *, seeds: str = "0-1", max_pulses: tuple = (5, 40)) -> None:
+def sweep_session(win, runs_dir: Path, *, seeds: str = "0-2", max_pulses: tuple = (5, 10, 20, 40)) -> None:
     """A tiny write-verify sweep through `hil.sweep.run_sweep` (one 16 × 16 PE, pulse budgets
-    `max_pulses` × `seeds`, one worker) into `runs_dir`/sweep, opened in the Sweeps tab."""
+    `max_pulses` × `seeds`, one worker) into `runs_dir`/sweep, opened in the Sweeps tab. The
+    dask cluster's INFO lines are kept out of the log pane."""
     import time
+
+    import distributed  # noqa: F401  (its loggers exist from here on, each with its own level)
 
     from hil.sweep import parse_spec, run_sweep
     spec = parse_spec({"sweep": {"target": "write_verify", "seeds": seeds,
@@ -355,7 +359,15 @@ def sweep_session(win, runs_dir: Path, *, seeds: str = "0-1", max_pulses: tuple 
                                  "description": "screenshot session: in-band fraction against the pulse budget"},
                        "axis": [{"name": "config.program.max_pulses", "values": list(max_pulses)}]})
     t0 = time.perf_counter()
-    outcome = run_sweep(spec, runs_dir / "sweep", workers=1)
+    dask_logs = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.split(".")[0] == "distributed"]
+    levels = [lg.level for lg in dask_logs]
+    for lg in dask_logs:
+        lg.setLevel(logging.WARNING)
+    try:
+        outcome = run_sweep(spec, runs_dir / "sweep", workers=1)
+    finally:
+        for lg, level in zip(dask_logs, levels):
+            lg.setLevel(level)
     log.info("screenshot session: sweep of %d points in %.1f s", outcome.points, time.perf_counter() - t0)
     sweeps = win.panels["sweeps"]
     sweeps.open_folder(runs_dir / "sweep")
@@ -430,7 +442,7 @@ def screenshot_session(out_dir: Path, *, station: str = "sim", seed: int = 0, ge
         runs.open_run(prog.out)
         cnn_session(win, runs_dir)
         insitu_session(win, runs_dir)
-        lab_session(win)
+        lab_session(win, runs_dir)
         sweep_session(win, runs_dir)
 
         win.tabs.setCurrentIndex(1)

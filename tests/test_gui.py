@@ -469,7 +469,7 @@ def test_screenshot_session_writes_every_panel(qapp, tmp_path, settings, errors,
     monkeypatch.setattr(MainWindow, "save_screenshots", spy)
     assert screenshot_session(tmp_path / "shots", geometry="small", settings=settings) == 0
     assert len(shown["iv"]) == 2 * 4 and all(v.size and np.all(i > 0) for v, i in shown["iv"])  # 2 cycles x 4 cells
-    assert list(shown["sweep"][0]) == [5, 40] and shown["hints"] == ("", "", "in_band_fraction")
+    assert list(shown["sweep"][0]) == [5, 10, 20, 40] and shown["hints"] == ("", "", "in_band_fraction")
     pngs = sorted((tmp_path / "shots").glob("*.png"))
     assert [p.name for p in pngs][:2] == ["01-station.png", "02-arraymap.png"] and len(pngs) == len(PANELS)
     assert all(p.read_bytes()[:8] == PNG_MAGIC and p.stat().st_size > 10_000 for p in pngs)

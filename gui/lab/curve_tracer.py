@@ -14,12 +14,29 @@ from .base import MAX_CURVES, ModulePanel
 VIEWS = {"log |I|": ("|I|", "A", True), "I": ("I", "A", False), "R = V/I": ("R", "Ω", True)}
 
 
+class DecadeAxis(pg.AxisItem):
+    """A log axis whose decades are the top tick level: the 2…9 ticks between them are labelled
+    only where there is room (pyqtgraph puts all of them in one level, so they crowd)."""
+
+    def logTickValues(self, minVal, maxVal, size, stdTicks):
+        ticks = super().logTickValues(minVal, maxVal, size, stdTicks)
+        if len(ticks) != 1:
+            return ticks
+        values = np.asarray(ticks[0][1], float)
+        decade = np.isclose(values, np.round(values))
+        if not decade.any():
+            return ticks
+        return [(1.0, values[decade].tolist()), (None, values[~decade].tolist())]
+
+
 class CurveTracerPanel(ModulePanel):
     def make_plots(self) -> list[QWidget]:
         self.view = QComboBox()
         self.view.addItems(list(VIEWS))
         self.view.currentTextChanged.connect(lambda _: (self.redraw(), self.update_hints()))
-        self.plot = plot_widget("I–V cycles", ("V", "V"), ("|I|", "A"))
+        self.plot = plot_widget("I–V cycles")
+        self.plot.setAxisItems({"left": DecadeAxis("left")})
+        theme.style_plot(self.plot.getPlotItem(), "", ("V", "V"), ("|I|", "A"))
         self.lines: list = []
         box = QWidget()
         lay = QVBoxLayout(box)

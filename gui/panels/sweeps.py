@@ -151,6 +151,7 @@ class SweepsPanel(QWidget):
         for i, row in enumerate(shown.itertuples(index=False)):
             for j, v in enumerate(row):
                 self.table.setItem(i, j, QTableWidgetItem(f"{v:.6g}" if isinstance(v, float) else str(v)))
+        self.table.resizeColumnsToContents()
 
     def _draw(self) -> None:
         self.plot.clear()
@@ -167,7 +168,8 @@ class SweepsPanel(QWidget):
         self.plot.setLogMode(x=logx, y=False)
         xs = np.log10(x) if logx else x
         self.plot.addItem(pg.ErrorBarItem(x=xs, y=s["mean"].to_numpy(), height=2 * s["half"].to_numpy()))
-        self.plot.plot(x, s["mean"].to_numpy(), symbol="o")
+        self.plot.plot(x, s["mean"].to_numpy(), pen=pg.mkPen(theme.ACCENT, width=1.5), symbol="o",
+                       symbolBrush=theme.ACCENT, symbolPen=None)
         theme.style_plot(self.plot.getPlotItem(), "", (axis, ""), (fig, ""))
 
     def save_plots(self) -> list:
