@@ -173,7 +173,7 @@ class CurveTracer(LabModule):
                 cur = self._branch(ctx, part)
                 i_a[c, k0:k0 + part.size] = cur
                 done += 1
-                ctx.emit(done, total, f"cycle {c + 1}: {part[0]:+.2f} → {part[-1]:+.2f} V", series="series",
+                ctx.emit(done, total, f"cycle {c + 1}: {round(part[0], 2) + 0.0:+.2f} → {round(part[-1], 2) + 0.0:+.2f} V", series="series",
                          cycle=np.repeat(np.int64(c), cur.size), point=np.repeat(np.arange(k0, k0 + part.size), cur.shape[1]),
                          v=np.repeat(part, cur.shape[1]), cell=np.tile(ctx.flat, part.size), i_a=cur.ravel())
                 k0 += part.size
