@@ -24,7 +24,7 @@ from hil.report.accuracy import add_intervals
 from hil.runstore import RunWriter
 from hil.yao2020 import stages
 from hil.yao2020.hwnet import plan_mcnn
-from hil.yao2020.hybrid import HybridConfig
+from hil.yao2020.hybrid import HybridConfig, holdout_indices
 from hil.yao2020.mcnn import MCNN
 from hil.yao2020.stages import AFTER_TIMES_S, DAY, STAGE_DONE, load_model, load_plan, save_model  # noqa: F401 (API)
 
@@ -93,7 +93,9 @@ def run_demo(xbar: Crossbar, ds: Dataset, writer: RunWriter, cfg: DemoConfig, *,
         xt, yt = xt[:cfg.test_images], yt[:cfg.test_images]
 
     plan_mcnn(xbar.geometry, MCNN(seed=cfg.seed), cfg.groups)     # fail before training if it cannot fit
-    say(f"training the mCNN ex situ on {len(ds.x_train)} digits ({cfg.train_epochs} epochs)")
+    held = len(holdout_indices(ds.y_train, sc["train"].holdout, sc["train"].seed))
+    say(f"training the mCNN ex situ on {len(ds.x_train) - held} digits ({cfg.train_epochs} epochs; "
+        f"{held} held out for hybrid training to stop on)")
     tr = stages.train(xbar, writer, sc["train"], bars("train", "batch"), cancel, ds)
     res["software_acc"] = tr.model.accuracy(xt, yt, quantized=True)
     res["software_float_acc"] = tr.model.accuracy(xt, yt, quantized=False)
